@@ -1,0 +1,276 @@
+//! Map keys, values and constants shared by the foobar XDP program and its control plane.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so the kernel and user-space sides
+//! agree byte for byte. Changing any layout means bumping [`LAYOUT_VERSION`]: pinned maps live
+//! under a directory named after it, so an incompatible layout is never adopted silently.
+#![no_std]
+
+/// Version of the map layouts below; part of the bpffs pin path.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the program and its maps, as they appear in the BPF object and under the pin directory.
+pub mod names {
+    /// The XDP entry point.
+    pub const PROGRAM: &str = "foobar_xdp";
+    /// An empty XDP_PASS program (veth peers, benchmark baseline).
+    pub const PASS_PROGRAM: &str = "foobar_pass";
+    /// A swap-MACs-and-XDP_TX program (benchmark baseline).
+    pub const REFLECT_PROGRAM: &str = "foobar_reflect";
+    /// [`crate::ServiceKey`] -> [`crate::ServiceInfo`].
+    pub const SERVICES: &str = "SERVICES";
+    /// Backend id -> [`crate::Backend`].
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Flat array of Maglev lookup tables (two halves per service), values are backend ids.
+    pub const MAGLEV: &str = "MAGLEV";
+    /// [`crate::FlowKey`] -> [`crate::FlowValue`], an LRU connection table.
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Single-entry array holding the [`crate::NodeConfig`].
+    pub const NODE: &str = "NODE";
+    /// [`crate::AddrKey`] -> u32: the VIPs (any service); traffic to them is balanced or dropped.
+    pub const VIPS: &str = "VIPS";
+    /// [`crate::AddrKey`] -> u32: this node's addresses that terminate IPIP tunnels.
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// Per-CPU global counters indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU [`crate::TrafficStats`] indexed by service id.
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Per-CPU [`crate::TrafficStats`] indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU [`crate::InsertBudget`] for the new-flow insert rate cap.
+    pub const INSERT_BUDGET: &str = "INSERT_BUDGET";
+}
+
+/// Address family tag used in keys: IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag used in keys: IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Service forwarding mode: encapsulate in IPIP (IPv4 backend) or IPv6-in-IPv6, direct server return.
+pub const MODE_IPIP: u8 = 1;
+/// Service forwarding mode: rewrite the destination MAC to the backend's (same L2 segment).
+pub const MODE_L2DSR: u8 = 2;
+
+/// [`Backend::flags`]: the backend may receive traffic (healthy and configured).
+pub const BACKEND_ACTIVE: u8 = 1;
+/// [`Backend::flags`]: the backend is this node; its traffic is delivered locally (XDP_PASS).
+pub const BACKEND_LOCAL: u8 = 2;
+/// [`Backend::flags`]: the slot holds a configured backend (active or not).
+pub const BACKEND_IN_USE: u8 = 4;
+
+/// [`NodeConfig::flags`]: this node balances VIP traffic (it owns the VIP).
+pub const NODE_FORWARDING: u32 = 1;
+
+/// Backend id stored in an unfilled Maglev slot; packets hitting it are dropped and counted.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// An IPv4 or IPv6 address as the maps store it: IPv4 in the first four bytes, the rest zero.
+pub type Addr = [u8; 16];
+
+/// Service table key: where a VIP service listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// VIP address.
+    pub addr: Addr,
+    /// Destination port in network byte order, or 0 for "any port".
+    pub port_be: u16,
+    /// IP protocol (TCP or UDP).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Service table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceInfo {
+    /// Index into the per-service arrays (statistics, Maglev tables).
+    pub id: u32,
+    /// Which half of the service's double-buffered Maglev table is live (0 or 1).
+    pub table_half: u32,
+    /// [`MODE_IPIP`] or [`MODE_L2DSR`].
+    pub mode: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// A backend ("real") of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Backend address (the IPIP outer destination, or the L2 next hop).
+    pub addr: Addr,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// [`BACKEND_ACTIVE`], [`BACKEND_LOCAL`], [`BACKEND_IN_USE`].
+    pub flags: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 2],
+    /// Id of the service this backend belongs to (lets a restarted control plane adopt the maps).
+    pub service_id: u32,
+}
+
+/// Connection table key: one direction of a flow, client to VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address.
+    pub src: Addr,
+    /// VIP address.
+    pub dst: Addr,
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// VIP port, network byte order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Connection table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    /// Backend id the flow is pinned to.
+    pub backend: u32,
+}
+
+/// Node-wide settings, written by the control plane.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// [`NODE_FORWARDING`].
+    pub flags: u32,
+    /// Maglev table size M (prime); every service table has M slots.
+    pub maglev_size: u32,
+    /// Maximum new connection-table inserts per CPU per second (0 = unlimited).
+    pub new_flow_cap: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// Outer source address for IPv4 IPIP packets.
+    pub encap_src_v4: [u8; 4],
+    /// Outer source address for IPv6-in-IPv6 packets.
+    pub encap_src_v6: Addr,
+}
+
+/// Key of the tunnel-endpoint table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// The address.
+    pub addr: Addr,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Packet, byte and new-flow counts of one service or backend (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen (L3 and up, as received).
+    pub bytes: u64,
+    /// Flows that were assigned a backend by Maglev (connection-table misses).
+    pub new_flows: u64,
+}
+
+/// State of the per-CPU new-flow insert rate cap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertBudget {
+    /// Start of the current one-second window (bpf_ktime_get_ns).
+    pub window_start_ns: u64,
+    /// Inserts made in the current window.
+    pub inserted: u64,
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)+) => {
+        /// Global data-plane counters, one slot each in the per-CPU `COUNTERS` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl Counter {
+            /// Every counter, in slot order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+            /// Number of counter slots.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name, used in `foobar stats` and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)+ }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Packets that were not VIP traffic and went to the kernel untouched.
+    Passed = "passed",
+    /// VIP packets sent out with XDP_TX.
+    Transmitted = "transmitted",
+    /// VIP packets sent out with bpf_redirect to another interface.
+    Redirected = "redirected",
+    /// VIP packets for a local backend, delivered with XDP_PASS.
+    LocalDelivered = "local_delivered",
+    /// IPIP packets addressed to this node, decapsulated and passed up.
+    Decapsulated = "decapsulated",
+    /// Frames whose Ethernet or IP header is truncated or inconsistent: passed to the kernel
+    /// untouched (it drops them itself).
+    MalformedPassed = "malformed_passed",
+    /// VIP packets too short for their L4 header: dropped.
+    DropMalformed = "drop_malformed",
+    /// VIP traffic on a port/protocol no service names (the VIP firewall).
+    DropNoService = "drop_no_service",
+    /// IP fragments addressed to a VIP.
+    DropFragment = "drop_fragment",
+    /// VIP packets with IPv6 extension headers or other shapes the data plane does not balance.
+    DropUnsupported = "drop_unsupported",
+    /// The service has no usable backend (empty or all-down Maglev table).
+    DropNoBackend = "drop_no_backend",
+    /// The FIB had no route or neighbour for the backend.
+    DropNoRoute = "drop_no_route",
+    /// Encapsulation failed (headroom could not be grown).
+    DropEncapFailed = "drop_encap_failed",
+    /// VIP packets while this node does not forward (backup) and no local delivery applies.
+    PassedNotForwarding = "passed_not_forwarding",
+    /// Connection-table hits.
+    ConntrackHit = "conntrack_hit",
+    /// Connection-table misses (Maglev picks).
+    ConntrackMiss = "conntrack_miss",
+    /// New flows forwarded by Maglev but not inserted because the per-CPU insert cap was reached.
+    ConntrackInsertCapped = "conntrack_insert_capped",
+    /// Packets too big for the egress MTU after encapsulation: ICMP sent back to the client.
+    IcmpTooBigSent = "icmp_too_big_sent",
+    /// ICMP errors about a VIP flow forwarded to that flow's backend.
+    IcmpForwarded = "icmp_forwarded",
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], made only of integers and byte arrays, with explicit
+    // padding fields, so any bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::TrafficStats {}
+    unsafe impl aya::Pod for super::InsertBudget {}
+}

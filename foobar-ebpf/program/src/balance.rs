@@ -1,0 +1,120 @@
+//! Backend choice: the connection table first, Maglev for flows it does not know.
+
+use crate::maps::{count, BACKENDS, CONNTRACK, INSERT_BUDGET, MAGLEV};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use foobar_common::{Backend, Counter, FlowKey, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE};
+
+/// Length of the new-flow insert window.
+const INSERT_WINDOW_NS: u64 = 1_000_000_000;
+
+/// The backend a packet goes to.
+pub struct Choice {
+    /// Backend id (index into `BACKENDS` and `BACKEND_STATS`).
+    pub id: u32,
+    /// The backend itself (its map slot).
+    pub backend: &'static Backend,
+    /// True when Maglev picked it (a connection-table miss).
+    pub new_flow: bool,
+}
+
+/// Hash of a flow's 5-tuple (murmur3 mixing over its 32-bit words). Every node runs the same
+/// program, so a flow hashes to the same Maglev slot on either edge.
+#[inline(always)]
+pub fn flow_hash(flow: &FlowKey) -> u32 {
+    let mut h: u32 = 0x5f0f_ba11;
+    let mut i = 0;
+    while i < 4 {
+        let o = i * 4;
+        h = mix(
+            h,
+            u32::from_ne_bytes([flow.src[o], flow.src[o + 1], flow.src[o + 2], flow.src[o + 3]]),
+        );
+        h = mix(
+            h,
+            u32::from_ne_bytes([flow.dst[o], flow.dst[o + 1], flow.dst[o + 2], flow.dst[o + 3]]),
+        );
+        i += 1;
+    }
+    h = mix(h, (flow.sport_be as u32) << 16 | flow.dport_be as u32);
+    h = mix(h, flow.proto as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn mix(h: u32, word: u32) -> u32 {
+    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+/// Returns the active backend with this id.
+#[inline(always)]
+fn active_backend(id: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(id)?;
+    if backend.flags & BACKEND_ACTIVE == 0 {
+        return None;
+    }
+    Some(backend)
+}
+
+/// Chooses the backend for `flow` of service `svc`: the connection table's entry when its
+/// backend is still active, otherwise the service's live Maglev table (and records the choice,
+/// within the per-CPU insert budget). `None` means the service has no usable backend.
+#[inline(always)]
+pub fn choose(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choice> {
+    if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
+        let id = entry.backend;
+        if let Some(backend) = active_backend(id) {
+            count(Counter::ConntrackHit);
+            return Some(Choice {
+                id,
+                backend,
+                new_flow: false,
+            });
+        }
+    }
+    count(Counter::ConntrackMiss);
+    let size = node.maglev_size;
+    let slot = flow_hash(flow).checked_rem(size)?;
+    let table = svc.id.wrapping_mul(2).wrapping_add(svc.table_half & 1);
+    let id = *MAGLEV.get(table.wrapping_mul(size).wrapping_add(slot))?;
+    let backend = active_backend(id)?;
+    if may_insert(node) {
+        // An LRU insert only fails under memory pressure; the packet is forwarded either way.
+        let _ = CONNTRACK.insert(flow, &FlowValue { backend: id }, 0);
+    } else {
+        count(Counter::ConntrackInsertCapped);
+    }
+    Some(Choice {
+        id,
+        backend,
+        new_flow: true,
+    })
+}
+
+/// Takes one insert from this CPU's budget for the current second.
+#[inline(always)]
+fn may_insert(node: &NodeConfig) -> bool {
+    let cap = node.new_flow_cap as u64;
+    if cap == 0 {
+        return true;
+    }
+    let Some(budget) = INSERT_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe {
+        if now.wrapping_sub((*budget).window_start_ns) >= INSERT_WINDOW_NS {
+            (*budget).window_start_ns = now;
+            (*budget).inserted = 0;
+        }
+        if (*budget).inserted >= cap {
+            return false;
+        }
+        (*budget).inserted += 1;
+    }
+    true
+}

@@ -1,0 +1,193 @@
+//! ICMP about VIP flows: path-MTU errors sent to a VIP are routed to the flow's backend, and a
+//! packet too big to encapsulate gets "fragmentation needed" / "packet too big" back.
+
+use crate::{
+    csum,
+    maps::count,
+    parse::{
+        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseError, PortsHdr, ICMP_LEN, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPV4_LEN, IPV6_LEN,
+    },
+};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use foobar_common::{Counter, FlowKey, FAMILY_V4};
+
+/// ICMP destination unreachable / fragmentation needed.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 packet too big.
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// Bytes of the offending packet's L4 header quoted in an ICMP error.
+const QUOTED_L4: usize = 8;
+/// Hop limit of ICMP errors this program originates.
+const ICMP_TTL: u8 = 64;
+
+/// For an ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to a VIP (`flow.dst`),
+/// rewrites `flow` to the flow it is about, in the client-to-VIP direction (the quoted packet
+/// is the backend's reply, sent from the VIP), and returns true. Any other ICMP message
+/// returns false and is left to the kernel.
+#[inline(always)]
+pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowKey) -> Result<bool, ParseError> {
+    let icmp: *const IcmpHdr = ptr_at(ctx, pkt.l4_off)?;
+    let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
+    let inner_off = pkt.l4_off + ICMP_LEN;
+    let ports_off = if pkt.family == FAMILY_V4 {
+        if pkt.proto != IPPROTO_ICMP || kind != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED {
+            return Ok(false);
+        }
+        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off)?;
+        unsafe {
+            if (*ip).ver_ihl != 0x45 || (*ip).src != [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]] {
+                return Ok(false);
+            }
+            flow.src[..4].copy_from_slice(&(*ip).dst);
+            flow.proto = (*ip).proto;
+        }
+        inner_off + IPV4_LEN
+    } else {
+        if pkt.proto != IPPROTO_ICMPV6 || kind != ICMPV6_PKT_TOOBIG {
+            return Ok(false);
+        }
+        let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off)?;
+        unsafe {
+            if (*ip).src != flow.dst {
+                return Ok(false);
+            }
+            flow.src = (*ip).dst;
+            flow.proto = (*ip).next_hdr;
+        }
+        inner_off + IPV6_LEN
+    };
+    let ports: *const PortsHdr = ptr_at(ctx, ports_off)?;
+    unsafe {
+        flow.sport_be = u16::from_ne_bytes((*ports).dport);
+        flow.dport_be = u16::from_ne_bytes((*ports).sport);
+    }
+    Ok(true)
+}
+
+/// Turns `pkt` (of `flow`, from a client, too big for the egress MTU once encapsulated) into an ICMP
+/// "fragmentation needed" / ICMPv6 "packet too big" reporting `mtu`, and sends it back.
+#[inline(always)]
+pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize) -> u32 {
+    let built = if pkt.family == FAMILY_V4 {
+        build_frag_needed(ctx, pkt, flow, mtu)
+    } else {
+        build_packet_too_big(ctx, pkt, flow, mtu)
+    };
+    if built.is_err() {
+        count(Counter::DropEncapFailed);
+        return xdp_action::XDP_DROP;
+    }
+    count(Counter::IcmpTooBigSent);
+    xdp_action::XDP_TX
+}
+
+/// Grows the head by `grow` bytes, moves the L2 header to the new front with its MACs swapped,
+/// and trims the frame to `l3_off + keep` bytes.
+#[inline(always)]
+fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<(), ParseError> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return Err(ParseError::Malformed);
+    }
+    // Tags (if any) stay where they were relative to the IP header: copy them along.
+    match l3_off {
+        14 => copy_tags::<2>(ctx, grow)?,
+        18 => copy_tags::<6>(ctx, grow)?,
+        22 => copy_tags::<10>(ctx, grow)?,
+        _ => return Err(ParseError::Malformed),
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    unsafe {
+        (*eth).dst = src;
+        (*eth).src = dst;
+    }
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    let want = (l3_off + keep) as i32;
+    if want > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+        return Err(ParseError::Malformed);
+    }
+    Ok(())
+}
+
+/// Copies the N bytes after the MACs (tags and EtherType) from `grow` bytes further in.
+#[inline(always)]
+fn copy_tags<const N: usize>(ctx: &XdpContext, grow: usize) -> Result<(), ParseError> {
+    let from: *const [u8; N] = ptr_at(ctx, grow + 12)?;
+    let to: *mut [u8; N] = ptr_at(ctx, 12)?;
+    unsafe { core::ptr::write_volatile(to, core::ptr::read_volatile(from)) };
+    Ok(())
+}
+
+#[inline(always)]
+fn build_frag_needed(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize) -> Result<(), ParseError> {
+    if pkt.ip_hdr_len != IPV4_LEN {
+        return Err(ParseError::Malformed);
+    }
+    const QUOTE: usize = IPV4_LEN + QUOTED_L4;
+    const TOTAL: usize = IPV4_LEN + ICMP_LEN + QUOTE;
+    let l3 = pkt.l3_off;
+    reframe(ctx, l3, IPV4_LEN + ICMP_LEN, TOTAL)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, l3 + IPV4_LEN)?;
+    let quote: *const [u8; QUOTE] = ptr_at(ctx, l3 + IPV4_LEN + ICMP_LEN)?;
+    let mtu = (mtu as u16).to_be_bytes();
+    unsafe {
+        (*ip).ver_ihl = 0x45;
+        (*ip).tos = 0;
+        (*ip).tot_len = (TOTAL as u16).to_be_bytes();
+        (*ip).id = [0; 2];
+        (*ip).frag_off = [0; 2];
+        (*ip).ttl = ICMP_TTL;
+        (*ip).proto = IPPROTO_ICMP;
+        (*ip).check = [0; 2];
+        (*ip).src = [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]];
+        (*ip).dst = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+        (*ip).check = csum::ipv4_header(&*ip).to_be_bytes();
+        (*icmp).kind = ICMP_DEST_UNREACH;
+        (*icmp).code = ICMP_FRAG_NEEDED;
+        (*icmp).check = [0; 2];
+        (*icmp).rest = [0, 0, mtu[0], mtu[1]];
+        let mut sum = csum::add_packet_bytes(0, icmp as *const [u8; ICMP_LEN]);
+        sum = csum::add_packet_bytes(sum, quote);
+        (*icmp).check = csum::finish(sum).to_be_bytes();
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn build_packet_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize) -> Result<(), ParseError> {
+    const QUOTE: usize = IPV6_LEN + QUOTED_L4;
+    const PAYLOAD: usize = ICMP_LEN + QUOTE;
+    let l3 = pkt.l3_off;
+    reframe(ctx, l3, IPV6_LEN + ICMP_LEN, IPV6_LEN + PAYLOAD)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, l3)?;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, l3 + IPV6_LEN)?;
+    let quote: *const [u8; QUOTE] = ptr_at(ctx, l3 + IPV6_LEN + ICMP_LEN)?;
+    unsafe {
+        (*ip).ver_tc_flow = [0x60, 0, 0, 0];
+        (*ip).payload_len = (PAYLOAD as u16).to_be_bytes();
+        (*ip).next_hdr = IPPROTO_ICMPV6;
+        (*ip).hop_limit = ICMP_TTL;
+        (*ip).src = flow.dst;
+        (*ip).dst = flow.src;
+        (*icmp).kind = ICMPV6_PKT_TOOBIG;
+        (*icmp).code = 0;
+        (*icmp).check = [0; 2];
+        (*icmp).rest = (mtu as u32).to_be_bytes();
+        // Pseudo-header (addresses, upper-layer length, next header), then the message.
+        let mut sum = csum::add_bytes(0, &flow.dst);
+        sum = csum::add_bytes(sum, &flow.src);
+        sum += PAYLOAD as u32 + IPPROTO_ICMPV6 as u32;
+        sum = csum::add_packet_bytes(sum, icmp as *const [u8; ICMP_LEN]);
+        sum = csum::add_packet_bytes(sum, quote);
+        (*icmp).check = csum::finish(sum).to_be_bytes();
+    }
+    Ok(())
+}

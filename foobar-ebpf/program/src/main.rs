@@ -1,0 +1,164 @@
+//! foobar's XDP data plane.
+//!
+//! The entry function reads as a packet's path: parse, tunnel decapsulation, VIP check,
+//! service lookup (the VIP firewall), connection table or Maglev, then local delivery,
+//! L2 direct server return or IPIP encapsulation. Every exit names its verdict and bumps a
+//! counter. Everything that is not VIP traffic is passed to the kernel untouched.
+#![no_std]
+#![no_main]
+
+mod balance;
+mod csum;
+mod encap;
+mod icmp;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use foobar_common::{
+    AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
+};
+use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS};
+use parse::{ParseError, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6};
+
+/// The load balancer.
+#[xdp]
+pub fn foobar_xdp(ctx: XdpContext) -> u32 {
+    let Some(node) = NODE.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut pkt = match parse::parse_ip(&ctx) {
+        Ok(pkt) => pkt,
+        Err(ParseError::NotIp) => return pass(Counter::Passed),
+        Err(ParseError::Malformed) => return pass(Counter::MalformedPassed),
+    };
+    let mut flow = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport_be: 0,
+        dport_be: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    if parse::read_addrs(&ctx, &pkt, &mut flow.src, &mut flow.dst).is_err() {
+        return pass(Counter::MalformedPassed);
+    }
+
+    let dst = addr_key(&flow.dst, pkt.family);
+    if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6) && unsafe { LOCAL_ADDRS.get(&dst) }.is_some() {
+        return encap::decapsulate(&ctx, &pkt);
+    }
+
+    if unsafe { VIPS.get(&dst) }.is_none() {
+        return pass(Counter::Passed);
+    }
+    if node.flags & NODE_FORWARDING == 0 {
+        return pass(Counter::PassedNotForwarding);
+    }
+    if pkt.fragment {
+        return drop(Counter::DropFragment);
+    }
+
+    match pkt.proto {
+        PROTO_TCP | PROTO_UDP => match parse::ports_at(&ctx, pkt.l4_off) {
+            Ok((sport_be, dport_be)) => {
+                flow.sport_be = sport_be;
+                flow.dport_be = dport_be;
+            }
+            Err(_) => return drop(Counter::DropMalformed),
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::quoted_flow(&ctx, &pkt, &mut flow) {
+            Ok(true) => pkt.quotes_flow = true,
+            // Echo requests and other ICMP to the VIP: the kernel holding the VIP answers.
+            Ok(false) => return pass(Counter::Passed),
+            Err(_) => return drop(Counter::DropMalformed),
+        },
+        _ => return drop(Counter::DropNoService),
+    }
+
+    let Some(svc) = lookup_service(&flow) else {
+        return drop(Counter::DropNoService);
+    };
+    let Some(choice) = balance::choose(&flow, &svc, node) else {
+        return drop(Counter::DropNoBackend);
+    };
+    account(&SERVICE_STATS, svc.id, pkt.ip_len, choice.new_flow);
+    account(&BACKEND_STATS, choice.id, pkt.ip_len, choice.new_flow);
+    if pkt.quotes_flow {
+        count(Counter::IcmpForwarded);
+    }
+    if choice.backend.flags & BACKEND_LOCAL != 0 {
+        return pass(Counter::LocalDelivered);
+    }
+    encap::forward(&ctx, &pkt, &flow, choice.backend, svc.mode, node)
+}
+
+/// Finds the service for a flow: exact port first, then the VIP's any-port service.
+#[inline(always)]
+fn lookup_service(flow: &FlowKey) -> Option<ServiceInfo> {
+    let mut key = ServiceKey {
+        addr: flow.dst,
+        port_be: flow.dport_be,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    if let Some(svc) = unsafe { SERVICES.get(&key) } {
+        return Some(*svc);
+    }
+    key.port_be = 0;
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn addr_key(addr: &[u8; 16], family: u8) -> AddrKey {
+    AddrKey {
+        addr: *addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn pass(counter: Counter) -> u32 {
+    count(counter);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(counter: Counter) -> u32 {
+    count(counter);
+    xdp_action::XDP_DROP
+}
+
+/// An empty program that passes every frame. Attach it to veth peers that must receive
+/// frames other XDP programs transmit into them, and use it as the benchmarks' baseline.
+#[xdp]
+pub fn foobar_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Swaps the Ethernet addresses and bounces the frame: the benchmarks' XDP_TX baseline.
+#[xdp]
+pub fn foobar_reflect(ctx: XdpContext) -> u32 {
+    let Ok(eth) = parse::ptr_at::<parse::EthHdr>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    unsafe {
+        let dst = (*eth).dst;
+        (*eth).dst = (*eth).src;
+        (*eth).src = dst;
+    }
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// License of the program, which must allow GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,82 @@
+//! Every map of the data plane, in one place. All are pinned by name, so forwarding state
+//! survives a restart of the control plane. Sizes here are defaults; the control plane sets
+//! the real ones from its configuration before the maps are created.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_F_NO_COMMON_LRU},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use foobar_common::{
+    AddrKey, Backend, Counter, FlowKey, FlowValue, InsertBudget, NodeConfig, ServiceInfo, ServiceKey, TrafficStats,
+};
+
+/// VIP services.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(256, 0);
+
+/// Backends by id.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(4096, 0);
+
+/// Maglev lookup tables: for service id `s`, half `h`, slot `i`: index `(2s + h) * M + i`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::pinned(2 * 65537, 0);
+
+/// Connection table; per-CPU LRU lists so CPUs do not contend on eviction.
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+
+/// Node-wide settings (one entry).
+#[map]
+pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// The VIPs of all services (value unused, 1).
+#[map]
+pub static VIPS: HashMap<AddrKey, u32> = HashMap::pinned(256, 0);
+
+/// This node's tunnel endpoint addresses: IPIP addressed to them is decapsulated.
+#[map]
+pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::pinned(64, 0);
+
+/// Global counters.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// Per-service traffic.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(256, 0);
+
+/// Per-backend traffic.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(4096, 0);
+
+/// New-flow insert budget per CPU.
+#[map]
+pub static INSERT_BUDGET: PerCpuArray<InsertBudget> = PerCpuArray::pinned(1, 0);
+
+/// Scratch space for bpf_fib_lookup's parameters (too large for the 512-byte stack budget).
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to a global counter.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds a packet of `bytes` (and a new flow when `new_flow`) to a per-CPU traffic slot.
+#[inline(always)]
+pub fn account(stats: &PerCpuArray<TrafficStats>, index: u32, bytes: usize, new_flow: bool) {
+    if let Some(slot) = stats.get_ptr_mut(index) {
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += bytes as u64;
+            if new_flow {
+                (*slot).new_flows += 1;
+            }
+        }
+    }
+}

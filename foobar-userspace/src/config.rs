@@ -1,0 +1,507 @@
+//! The configuration file: one TOML document, parsed and validated in full before anything
+//! uses it. Every problem is reported with file, line, column and reason; a file with any
+//! problem is refused as a whole.
+
+use crate::maglev;
+use serde::Deserialize;
+use std::{
+    collections::{BTreeSet, HashSet},
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node.
+    pub node: Node,
+    /// Data-plane sizing and policy.
+    #[serde(default)]
+    pub dataplane: Dataplane,
+    /// VIP services.
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+}
+
+/// The `[node]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Node name, used in logs and metrics.
+    pub name: String,
+    /// Interfaces the XDP program is attached to.
+    pub interfaces: Spanned<Vec<String>>,
+    /// How to attach: native (driver) mode, falling back to generic with a warning (`auto`,
+    /// the default), or only `native` / only `generic`.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// This node's own addresses: backends with one of them are delivered locally, and
+    /// IPIP packets addressed to them are decapsulated.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Outer source address of IPv4 tunnels (required when an IPv4 backend is reached by IPIP).
+    pub tunnel_source_v4: Option<Spanned<IpAddr>>,
+    /// Outer source address of IPv6 tunnels (required when an IPv6 backend is reached by IPIP).
+    pub tunnel_source_v6: Option<Spanned<IpAddr>>,
+    /// bpffs directory for pinned maps and links; a layout-version subdirectory is added.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native, or generic with a warning where the driver lacks XDP.
+    #[default]
+    Auto,
+    /// Driver mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// The `[dataplane]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dataplane {
+    /// Maglev table size M (prime, >= 100 x the largest backend count).
+    pub maglev_table_size: Spanned<u32>,
+    /// Seed of the Maglev permutations; equal on both edges so they pick the same backends.
+    pub maglev_seed: u64,
+    /// Connection-table capacity (flows).
+    pub conntrack_entries: Spanned<u32>,
+    /// New connection-table inserts allowed per CPU per second (0 = unlimited).
+    pub new_flow_cap: u32,
+    /// Capacity of the service table.
+    pub max_services: Spanned<u32>,
+    /// Capacity of the backend table (all services together).
+    pub max_backends: Spanned<u32>,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Self {
+            maglev_table_size: Spanned::new(0..0, maglev::DEFAULT_TABLE_SIZE),
+            maglev_seed: 0,
+            conntrack_entries: Spanned::new(0..0, 262_144),
+            new_flow_cap: 125_000,
+            max_services: Spanned::new(0..0, 64),
+            max_backends: Spanned::new(0..0, 4096),
+        }
+    }
+}
+
+/// One `[[service]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Name, unique in the file.
+    pub name: Spanned<String>,
+    /// The VIP.
+    pub vip: Spanned<IpAddr>,
+    /// Port; 0 means every port of the protocol.
+    pub port: u16,
+    /// Protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How packets reach remote backends.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Health check applied to every backend.
+    #[serde(default)]
+    pub health: HealthCheck,
+    /// Backends.
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// L4 protocol of a service.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Forwarding mode of a service.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// IPIP / IPv6-in-IPv6 encapsulation, direct server return.
+    #[default]
+    Ipip,
+    /// Destination MAC rewrite, direct server return on the same L2 segment.
+    L2dsr,
+}
+
+/// One `[[service.backend]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Backend address.
+    pub address: Spanned<IpAddr>,
+    /// Relative weight; 0 drains (no new flows, established ones stay).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// Active health check settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// What to check.
+    pub kind: CheckKind,
+    /// Port to check; defaults to the service port.
+    pub port: Option<u16>,
+    /// HTTP path.
+    pub path: String,
+    /// HTTP status that means healthy.
+    pub expect_status: u16,
+    /// Milliseconds between checks.
+    pub interval_ms: u64,
+    /// Milliseconds before a check counts as failed.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that make an up backend down.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::Tcp,
+            port: None,
+            path: "/".into(),
+            expect_status: 200,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Kind of health check.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// TCP connect.
+    #[default]
+    Tcp,
+    /// HTTP/1.1 GET, healthy on the expected status.
+    Http,
+    /// No check: always healthy.
+    None,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/foobar")
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// Its problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.path.display(), p.line, p.column, p.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        problems: vec![Problem {
+            line: 0,
+            column: 0,
+            reason: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&text).map_err(|problems| ConfigError {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        vec![problem(text, &span, e.message().to_string())]
+    })?;
+    let mut found = Vec::new();
+    validate(&config, &mut |span: &Range<usize>, reason: String| {
+        found.push((span.clone(), reason))
+    });
+    if found.is_empty() {
+        return Ok(config);
+    }
+    found.sort_by_key(|(span, _)| span.start);
+    Err(found
+        .into_iter()
+        .map(|(span, reason)| problem(text, &span, reason))
+        .collect())
+}
+
+fn problem(text: &str, span: &Range<usize>, reason: String) -> Problem {
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Problem { line, column, reason }
+}
+
+fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
+    if c.node.interfaces.get_ref().is_empty() {
+        report(&c.node.interfaces.span(), "at least one interface is needed".into());
+    }
+    let dp = &c.dataplane;
+    let m = *dp.maglev_table_size.get_ref();
+    if !maglev::is_prime(m) {
+        report(
+            &dp.maglev_table_size.span(),
+            format!("maglev_table_size {m} is not a prime"),
+        );
+    }
+    if *dp.conntrack_entries.get_ref() == 0 {
+        report(
+            &dp.conntrack_entries.span(),
+            "conntrack_entries must be at least 1".into(),
+        );
+    }
+    let max_services = *dp.max_services.get_ref();
+    if max_services == 0 || (max_services as u64) * 2 * (m as u64) > u32::MAX as u64 {
+        report(
+            &dp.max_services.span(),
+            format!(
+                "max_services {max_services} must be 1.. and max_services x 2 x maglev_table_size must fit in 2^32"
+            ),
+        );
+    }
+    if c.services.len() > max_services as usize {
+        report(
+            &dp.max_services.span(),
+            format!(
+                "{} services configured but max_services is {max_services}",
+                c.services.len()
+            ),
+        );
+    }
+    let backend_total: usize = c.services.iter().map(|s| s.backends.len()).sum();
+    if backend_total > *dp.max_backends.get_ref() as usize {
+        report(
+            &dp.max_backends.span(),
+            format!(
+                "{backend_total} backends configured but max_backends is {}",
+                dp.max_backends.get_ref()
+            ),
+        );
+    }
+
+    let mut names = HashSet::new();
+    let mut listeners = HashSet::new();
+    for svc in &c.services {
+        if !names.insert(svc.name.get_ref().as_str()) {
+            report(
+                &svc.name.span(),
+                format!("service name {:?} is used twice", svc.name.get_ref()),
+            );
+        }
+        let vip = *svc.vip.get_ref();
+        if !listeners.insert((vip, svc.port, svc.protocol)) {
+            report(
+                &svc.vip.span(),
+                format!("{vip} port {} {:?} is already a service", svc.port, svc.protocol),
+            );
+        }
+        if svc.backends.len() * 100 > m as usize {
+            report(
+                &dp.maglev_table_size.span(),
+                format!(
+                    "service {:?} has {} backends: maglev_table_size must be at least 100 x that",
+                    svc.name.get_ref(),
+                    svc.backends.len()
+                ),
+            );
+        }
+        let mut addresses = BTreeSet::new();
+        for b in &svc.backends {
+            let addr = *b.address.get_ref();
+            if !addresses.insert(addr) {
+                report(
+                    &b.address.span(),
+                    format!("backend {addr} is listed twice in this service"),
+                );
+            }
+            if svc.forwarding == Forwarding::Ipip && !c.node.addresses.contains(&addr) {
+                let source = if addr.is_ipv4() {
+                    &c.node.tunnel_source_v4
+                } else {
+                    &c.node.tunnel_source_v6
+                };
+                if source.is_none() {
+                    let which = if addr.is_ipv4() {
+                        "tunnel_source_v4"
+                    } else {
+                        "tunnel_source_v6"
+                    };
+                    report(
+                        &b.address.span(),
+                        format!("backend {addr} is reached by IPIP: [node] needs {which}"),
+                    );
+                }
+            }
+        }
+        let h = &svc.health;
+        if h.kind != CheckKind::None && (h.interval_ms == 0 || h.timeout_ms == 0 || h.rise == 0 || h.fall == 0) {
+            report(
+                &svc.name.span(),
+                format!(
+                    "service {:?}: health interval_ms, timeout_ms, rise and fall must be positive",
+                    svc.name.get_ref()
+                ),
+            );
+        }
+        if h.kind != CheckKind::None && svc.port == 0 && h.port.is_none() {
+            report(
+                &svc.name.span(),
+                format!(
+                    "service {:?} listens on every port: its health check needs a port",
+                    svc.name.get_ref()
+                ),
+            );
+        }
+    }
+    for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
+        if let Some(s) = source {
+            if s.get_ref().is_ipv4() != v4 {
+                report(
+                    &s.span(),
+                    format!("{} is not an IPv{} address", s.get_ref(), if v4 { 4 } else { 6 }),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "edge1"
+interfaces = ["eth0"]
+addresses = ["10.0.0.1"]
+tunnel_source_v4 = "10.0.0.1"
+
+[[service]]
+name = "web"
+vip = "192.0.2.1"
+port = 443
+
+[[service.backend]]
+address = "10.0.0.2"
+
+[[service.backend]]
+address = "10.0.0.1"
+weight = 50
+"#;
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.services[0].backends.len(), 2);
+        assert_eq!(c.services[0].backends[0].weight, 100);
+        assert_eq!(*c.dataplane.maglev_table_size.get_ref(), 65537);
+        assert_eq!(c.services[0].forwarding, Forwarding::Ipip);
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text).expect_err("invalid")
+    }
+
+    #[test]
+    fn syntax_and_type_errors_point_at_the_line() {
+        let bad = GOOD.replace("port = 443", "port = \"https\"");
+        let p = problems(&bad);
+        assert_eq!((p[0].line, p[0].column), (11, 8), "{p:?}");
+        let bad = GOOD.replace("address = \"10.0.0.2\"", "address = \"10.0.0.300\"");
+        let p = problems(&bad);
+        assert_eq!(p[0].line, 14, "{p:?}");
+        assert!(p[0].reason.contains("invalid IP address"), "{p:?}");
+        let bad = GOOD.replace("weight = 50", "wieght = 50");
+        let p = problems(&bad);
+        assert_eq!(p[0].line, 18, "{p:?}");
+        assert!(p[0].reason.contains("wieght"), "{p:?}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_lines() {
+        let bad = GOOD.replace("address = \"10.0.0.1\"\nweight", "address = \"10.0.0.2\"\nweight")
+            + "\n[dataplane]\nmaglev_table_size = 65536\n";
+        let p = problems(&bad);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!((p[0].line, p[0].column), (17, 11), "{p:?}");
+        assert!(p[0].reason.contains("listed twice"));
+        assert_eq!(p[1].line, 21, "{p:?}");
+        assert!(p[1].reason.contains("not a prime"));
+    }
+
+    #[test]
+    fn ipip_needs_a_tunnel_source() {
+        let bad = GOOD.replace("tunnel_source_v4 = \"10.0.0.1\"\n", "");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 13, "{p:?}");
+        assert!(p[0].reason.contains("tunnel_source_v4"));
+    }
+
+    #[test]
+    fn duplicate_listener_is_refused() {
+        let bad = format!("{GOOD}\n[[service]]\nname = \"web2\"\nvip = \"192.0.2.1\"\nport = 443\n");
+        let p = problems(&bad);
+        assert!(
+            p.iter().any(|p| p.line == 22 && p.reason.contains("already a service")),
+            "{p:?}"
+        );
+    }
+}

@@ -1,0 +1,549 @@
+//! The XDP data plane as the control plane sees it: loading the embedded program, pinning its
+//! maps and links so forwarding outlives this process, adopting a previous run's state, and
+//! turning a validated configuration plus health into map contents.
+
+use crate::{
+    config::{self, Config, Forwarding, Protocol},
+    health::Health,
+    maglev,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo},
+    programs::{
+        links::{FdLink, PinnedLink},
+        Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use foobar_common::{
+    names, AddrKey, Backend, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL,
+    FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+use tracing::{info, warn};
+
+/// The XDP program, built by build.rs and embedded in the binary.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar-xdp.o"));
+
+/// Directory under `pin_dir` that holds this layout version's pinned maps and links.
+pub fn pin_root(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("v{LAYOUT_VERSION}"))
+}
+
+/// Pin path of the XDP link on `interface`.
+fn link_pin(root: &Path, interface: &str) -> PathBuf {
+    root.join(format!("link_{interface}"))
+}
+
+/// Stores an address the way the maps do.
+pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}
+
+fn addr_key(addr: IpAddr) -> AddrKey {
+    let (addr, family) = addr_bytes(addr);
+    AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+/// The service-table key of a configured service.
+pub fn service_key(svc: &config::Service) -> ServiceKey {
+    let (addr, family) = addr_bytes(*svc.vip.get_ref());
+    let proto = match svc.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    ServiceKey {
+        addr,
+        port_be: svc.port.to_be(),
+        proto,
+        family,
+    }
+}
+
+/// Sizes of the maps the configuration asks for, by map name.
+fn map_sizes(c: &Config) -> [(&'static str, u32); 6] {
+    let dp = &c.dataplane;
+    let services = *dp.max_services.get_ref();
+    let backends = *dp.max_backends.get_ref();
+    [
+        (names::SERVICES, services),
+        (names::VIPS, services),
+        (names::SERVICE_STATS, services),
+        (names::BACKENDS, backends),
+        (names::BACKEND_STATS, backends),
+        (names::CONNTRACK, *dp.conntrack_entries.get_ref()),
+    ]
+}
+
+/// Size of the MAGLEV map for a configuration.
+fn maglev_entries(c: &Config) -> u32 {
+    2 * c.dataplane.max_services.get_ref() * c.dataplane.maglev_table_size.get_ref()
+}
+
+/// A loaded data plane with its maps adopted or created under the pin directory.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    root: PathBuf,
+    services: HashMap<ServiceKey, ServiceInfo>,
+    backends: HashMap<(u32, IpAddr), u32>,
+    tables: HashMap<u32, Vec<u32>>,
+    max_backends: u32,
+    backend_cursor: u32,
+}
+
+impl Dataplane {
+    /// Loads the program, creating the pinned maps or adopting those a previous run left.
+    /// A pinned map whose size no longer matches the configuration is replaced (and logged).
+    pub fn load(c: &Config) -> Result<Self> {
+        if BPF_OBJECT.is_empty() {
+            bail!("this foobar binary was built with FOOBAR_SKIP_BPF and has no XDP program; build it with `cargo xtask build`");
+        }
+        let root = pin_root(&c.node.pin_dir);
+        ensure_bpffs(&c.node.pin_dir)?;
+        std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
+        let mut sizes: Vec<(&str, u32)> = map_sizes(c).to_vec();
+        sizes.push((names::MAGLEV, maglev_entries(c)));
+        for (name, size) in &sizes {
+            replace_if_resized(&root.join(name), *size)?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&root);
+        for (name, size) in &sizes {
+            loader.map_max_entries(name, *size);
+        }
+        let ebpf = loader
+            .load(BPF_OBJECT)
+            .context("loading the XDP program and its maps")?;
+        let mut dp = Self {
+            ebpf,
+            root,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            tables: HashMap::new(),
+            max_backends: *c.dataplane.max_backends.get_ref(),
+            backend_cursor: 0,
+        };
+        dp.program(names::PROGRAM)
+            .context("the kernel verifier refused the XDP program")?;
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    /// Reads back the services and backends a previous run wrote, so ids (which the connection
+    /// table refers to) and live table halves stay as they are.
+    fn adopt(&mut self) -> Result<()> {
+        let services: BpfHashMap<_, ServiceKey, ServiceInfo> = BpfHashMap::try_from(self.map(names::SERVICES)?)?;
+        let services: Vec<(ServiceKey, ServiceInfo)> = services.iter().collect::<Result<_, _>>()?;
+        let backends: Array<_, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        let mut in_use = Vec::new();
+        for id in 0..backends.len() {
+            let b = backends.get(&id, 0)?;
+            if b.flags & BACKEND_IN_USE != 0 {
+                in_use.push(((b.service_id, ip_from(&b.addr, b.family)), id));
+            }
+        }
+        self.services.extend(services);
+        self.backends.extend(in_use);
+        if !self.services.is_empty() {
+            info!(
+                services = self.services.len(),
+                backends = self.backends.len(),
+                "adopted pinned data-plane state"
+            );
+        }
+        Ok(())
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
+    }
+
+    /// The named XDP program of the object, loaded into the kernel on first use. Besides the
+    /// load balancer the object carries `foobar_pass` and `foobar_reflect` (benchmark baselines).
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load().with_context(|| format!("loading program {name}"))?;
+        }
+        Ok(program)
+    }
+
+    /// Attaches the program to every configured interface, or swaps it into the XDP link a
+    /// previous run pinned there (atomically: no packet sees no program).
+    pub fn attach(&mut self, c: &Config) -> Result<()> {
+        let root = self.root.clone();
+        for interface in c.node.interfaces.get_ref() {
+            enable_forwarding(interface)?;
+            let pin = link_pin(&root, interface);
+            let program = self.program(names::PROGRAM)?;
+            if pin.exists() {
+                let pinned =
+                    PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+                let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))?;
+                let id = program
+                    .attach_to_link(link)
+                    .with_context(|| format!("replacing the program on {interface}"))?;
+                // The pin keeps the link; this process's handle may go.
+                drop(program.take_link(id)?);
+                info!(interface, "replaced the XDP program in the pinned link");
+                continue;
+            }
+            let id = match c.node.xdp_mode {
+                config::XdpMode::Native => program.attach(interface, XdpMode::Driver),
+                config::XdpMode::Generic => program.attach(interface, XdpMode::Skb),
+                config::XdpMode::Auto => program.attach(interface, XdpMode::Driver).or_else(|e| {
+                    warn!(interface, error = %e, "native XDP unavailable; using generic mode");
+                    program.attach(interface, XdpMode::Skb)
+                }),
+            }
+            .with_context(|| format!("attaching XDP to {interface}"))?;
+            let link = FdLink::try_from(program.take_link(id)?)?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+            info!(interface, "attached XDP program");
+        }
+        Ok(())
+    }
+
+    /// Makes the maps say what the configuration and the health view say: node settings,
+    /// VIPs, services, backends and their Maglev tables. Tables are written to the idle half
+    /// and switched in one service-table update, so packets never see a half-written table.
+    pub fn sync(&mut self, c: &Config, health: &Health) -> Result<()> {
+        let m = *c.dataplane.maglev_table_size.get_ref();
+        self.write_node(c)?;
+        let local: HashSet<IpAddr> = c.node.addresses.iter().copied().collect();
+        let wanted: Vec<ServiceKey> = c.services.iter().map(service_key).collect();
+
+        // Service ids: keep existing ones, give new services the lowest free id.
+        let mut used: HashSet<u32> = self
+            .services
+            .iter()
+            .filter(|(k, _)| wanted.contains(k))
+            .map(|(_, v)| v.id)
+            .collect();
+        let mut plan = Vec::new();
+        for (svc, key) in c.services.iter().zip(&wanted) {
+            let (id, half) = match self.services.get(key) {
+                Some(info) => (info.id, info.table_half),
+                None => {
+                    let id = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+                    used.insert(id);
+                    (id, 1)
+                }
+            };
+            plan.push((svc, *key, id, half));
+        }
+
+        // Backends: write every configured one, then each service's table, then flip.
+        let mut keep_backends = HashSet::new();
+        for (svc, key, sid, half) in &plan {
+            let key = *key;
+            let mut ids = Vec::with_capacity(svc.backends.len());
+            for b in &svc.backends {
+                let addr = *b.address.get_ref();
+                let bid = self.backend_id(*sid, addr)?;
+                keep_backends.insert(bid);
+                let up = health.is_up(svc.name.get_ref(), addr);
+                let (bytes, family) = addr_bytes(addr);
+                let mut flags = BACKEND_IN_USE;
+                if up {
+                    flags |= BACKEND_ACTIVE;
+                }
+                if local.contains(&addr) {
+                    flags |= BACKEND_LOCAL;
+                }
+                let backend = Backend {
+                    addr: bytes,
+                    family,
+                    flags,
+                    _pad: [0; 2],
+                    service_id: *sid,
+                };
+                let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+                backends.set(bid, backend, 0)?;
+                ids.push((b, bid, up));
+            }
+            let identities: Vec<String> = ids.iter().map(|(b, _, _)| b.address.get_ref().to_string()).collect();
+            let candidates: Vec<(maglev::Candidate<'_>, u32)> = ids
+                .iter()
+                .zip(&identities)
+                .filter(|((_, _, up), _)| *up)
+                .map(|((b, bid, _), identity)| {
+                    (
+                        maglev::Candidate {
+                            identity,
+                            weight: b.weight,
+                        },
+                        *bid,
+                    )
+                })
+                .collect();
+            let cands: Vec<maglev::Candidate<'_>> = candidates.iter().map(|(c, _)| c.clone()).collect();
+            let table: Vec<u32> = maglev::build_table(c.dataplane.maglev_seed, &cands, m)
+                .into_iter()
+                .map(|i| {
+                    if i == NO_BACKEND {
+                        NO_BACKEND
+                    } else {
+                        candidates[i as usize].1
+                    }
+                })
+                .collect();
+            let mode = match svc.forwarding {
+                Forwarding::Ipip => MODE_IPIP,
+                Forwarding::L2dsr => MODE_L2DSR,
+            };
+            let unchanged =
+                self.tables.get(sid) == Some(&table) && self.services.get(&key).is_some_and(|i| i.mode == mode);
+            if unchanged {
+                continue;
+            }
+            let next_half = if self.services.contains_key(&key) {
+                1 - (half & 1)
+            } else {
+                0
+            };
+            let mut maglev: Array<_, u32> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
+            let base = (sid * 2 + next_half) * m;
+            for (slot, bid) in table.iter().enumerate() {
+                maglev.set(base + slot as u32, bid, 0)?;
+            }
+            let info = ServiceInfo {
+                id: *sid,
+                table_half: next_half,
+                mode,
+                _pad: [0; 3],
+            };
+            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
+                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
+            services.insert(key, info, 0)?;
+            self.services.insert(key, info);
+            self.tables.insert(*sid, table);
+        }
+
+        self.sync_vips(c)?;
+        // Services and backends no longer configured: unlink first, then free.
+        let stale: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        for key in stale {
+            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
+                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
+            services.remove(&key)?;
+            if let Some(info) = self.services.remove(&key) {
+                self.tables.remove(&info.id);
+            }
+        }
+        let freed: Vec<((u32, IpAddr), u32)> = self
+            .backends
+            .iter()
+            .filter(|(_, id)| !keep_backends.contains(id))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (key, id) in freed {
+            let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+            backends.set(
+                id,
+                Backend {
+                    addr: [0; 16],
+                    family: 0,
+                    flags: 0,
+                    _pad: [0; 2],
+                    service_id: 0,
+                },
+                0,
+            )?;
+            self.backends.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn write_node(&mut self, c: &Config) -> Result<()> {
+        let mut encap_src_v4 = [0u8; 4];
+        if let Some(IpAddr::V4(a)) = c.node.tunnel_source_v4.as_ref().map(|s| *s.get_ref()) {
+            encap_src_v4 = a.octets();
+        }
+        let mut encap_src_v6 = [0u8; 16];
+        if let Some(IpAddr::V6(a)) = c.node.tunnel_source_v6.as_ref().map(|s| *s.get_ref()) {
+            encap_src_v6 = a.octets();
+        }
+        let node = NodeConfig {
+            flags: NODE_FORWARDING,
+            maglev_size: *c.dataplane.maglev_table_size.get_ref(),
+            new_flow_cap: c.dataplane.new_flow_cap,
+            _pad: 0,
+            encap_src_v4,
+            encap_src_v6,
+        };
+        let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
+        array.set(0, node, 0)?;
+        let mut locals: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)?;
+        let wanted: HashSet<AddrKey> = c.node.addresses.iter().map(|a| addr_key(*a)).collect();
+        replace_set(&mut locals, &wanted)
+    }
+
+    fn sync_vips(&mut self, c: &Config) -> Result<()> {
+        let wanted: HashSet<AddrKey> = c.services.iter().map(|s| addr_key(*s.vip.get_ref())).collect();
+        let mut vips: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
+        replace_set(&mut vips, &wanted)
+    }
+
+    /// The id of backend `addr` of service `sid`, allocating one round-robin (so a freed id
+    /// is reused as late as possible: stale connection-table entries may still name it).
+    fn backend_id(&mut self, sid: u32, addr: IpAddr) -> Result<u32> {
+        if let Some(id) = self.backends.get(&(sid, addr)) {
+            return Ok(*id);
+        }
+        let used: HashSet<u32> = self.backends.values().copied().collect();
+        for step in 0..self.max_backends {
+            let id = (self.backend_cursor + step) % self.max_backends;
+            if !used.contains(&id) {
+                self.backend_cursor = (id + 1) % self.max_backends;
+                self.backends.insert((sid, addr), id);
+                return Ok(id);
+            }
+        }
+        bail!("no free backend slot (max_backends = {})", self.max_backends)
+    }
+}
+
+/// Makes a set-like BPF hash map hold exactly `wanted` (value 1).
+fn replace_set(map: &mut BpfHashMap<&mut MapData, AddrKey, u32>, wanted: &HashSet<AddrKey>) -> Result<()> {
+    let present: Vec<AddrKey> = map.keys().collect::<Result<_, _>>()?;
+    for key in wanted {
+        map.insert(key, 1, 0)?;
+    }
+    for key in present.iter().filter(|k| !wanted.contains(k)) {
+        map.remove(key)?;
+    }
+    Ok(())
+}
+
+/// Turns map address bytes back into an address.
+pub fn ip_from(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    }
+}
+
+/// Removes a pinned map whose capacity differs from what the configuration asks for, so the
+/// loader creates it anew. Its state (e.g. connection-table entries) is lost; Maglev keeps
+/// flows on their backends while the backend set is unchanged.
+fn replace_if_resized(path: &Path, size: u32) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(path).with_context(|| format!("reading pinned map {}", path.display()))?;
+    if info.max_entries() != size {
+        warn!(map = %path.display(), was = info.max_entries(), now = size, "map size changed: replacing the pinned map");
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there and the pin directory is under it.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"));
+    if !mounted && pin_dir.starts_with("/sys/fs/bpf") {
+        nix::mount::mount(
+            Some("bpf"),
+            "/sys/fs/bpf",
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    Ok(())
+}
+
+/// bpf_fib_lookup forwards only on interfaces with forwarding enabled.
+fn enable_forwarding(interface: &str) -> Result<()> {
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
+        if Path::new(&path).exists() {
+            std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the empty `foobar_pass` program to `interface` and pins its link under `pin_dir`.
+/// A veth drops frames that an XDP program on its peer transmits into it unless it has an
+/// XDP program itself; labs attach this one to such peers (bridge ports included).
+pub fn attach_pass(pin_dir: &Path, interface: &str) -> Result<()> {
+    ensure_bpffs(pin_dir)?;
+    let root = pin_root(pin_dir);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
+    let pin = root.join(format!("pass_{interface}"));
+    if pin.exists() {
+        return Ok(());
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&root)
+        .load(BPF_OBJECT)
+        .context("loading the BPF object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(names::PASS_PROGRAM)
+        .ok_or_else(|| anyhow!("the BPF object has no program {}", names::PASS_PROGRAM))?
+        .try_into()?;
+    program.load()?;
+    let id = program
+        .attach(interface, XdpMode::Driver)
+        .or_else(|_| program.attach(interface, XdpMode::Skb))
+        .with_context(|| format!("attaching {} to {interface}", names::PASS_PROGRAM))?;
+    FdLink::try_from(program.take_link(id)?)?
+        .pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
+}
+
+/// Detaches the program from every pinned link and removes all pinned state under `pin_dir`.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    let root = pin_root(pin_dir);
+    if !root.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    std::fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(())
+}
+
+/// Opens one pinned map of a running (or stopped) data plane.
+pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_root(pin_dir).join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {} (is the data plane loaded?)", path.display()))
+}

@@ -1,0 +1,154 @@
+//! Active health checks of backends: TCP connect or HTTP/1.1 GET with an expected status,
+//! with interval, timeout, rise and fall. Backends start up (as HAProxy's do), so a restart
+//! never drains a healthy pool; a check task per backend reports transitions.
+
+use crate::config::{CheckKind, Config, HealthCheck};
+use std::{collections::HashSet, net::IpAddr, net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    task::JoinSet,
+    time::timeout,
+};
+use tracing::{info, warn};
+
+/// Which backends are down, by service name and address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    down: HashSet<(String, IpAddr)>,
+}
+
+impl Health {
+    /// True unless the backend's checks have failed `fall` times in a row.
+    pub fn is_up(&self, service: &str, addr: IpAddr) -> bool {
+        !self.down.contains(&(service.to_string(), addr))
+    }
+
+    fn set(&mut self, service: &str, addr: IpAddr, up: bool) -> bool {
+        let key = (service.to_string(), addr);
+        if up {
+            self.down.remove(&key)
+        } else {
+            self.down.insert(key)
+        }
+    }
+
+    /// Forgets backends the configuration no longer has.
+    pub fn retain_configured(&mut self, c: &Config) {
+        let configured: HashSet<(String, IpAddr)> = c
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (s.name.get_ref().clone(), *b.address.get_ref()))
+            })
+            .collect();
+        self.down.retain(|k| configured.contains(k));
+    }
+}
+
+/// Starts one check task per backend of every service whose check is not `none`; they publish
+/// transitions into `health`. Dropping (or `abort_all` on) the returned set stops them.
+pub fn spawn_checks(c: &Config, health: &watch::Sender<Health>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for svc in &c.services {
+        if svc.health.kind == CheckKind::None {
+            continue;
+        }
+        let port = svc.health.port.unwrap_or(svc.port);
+        for b in &svc.backends {
+            let target = SocketAddr::new(*b.address.get_ref(), port);
+            let check = svc.health.clone();
+            let service = svc.name.get_ref().clone();
+            let health = health.clone();
+            tasks.spawn(check_loop(service, target, check, health));
+        }
+    }
+    tasks
+}
+
+async fn check_loop(service: String, target: SocketAddr, check: HealthCheck, health: watch::Sender<Health>) {
+    let mut up = health.borrow().is_up(&service, target.ip());
+    let mut streak = 0u32;
+    let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = timeout(Duration::from_millis(check.timeout_ms), probe(target, &check))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", check.timeout_ms)));
+        let ok = result.is_ok();
+        streak = if ok == up { 0 } else { streak + 1 };
+        let needed = if up { check.fall } else { check.rise };
+        if streak >= needed {
+            up = ok;
+            streak = 0;
+            match &result {
+                Ok(()) => info!(service, backend = %target, "backend is up"),
+                Err(reason) => warn!(service, backend = %target, reason, "backend is down"),
+            }
+            health.send_if_modified(|h| h.set(&service, target.ip(), up));
+        }
+    }
+}
+
+/// One check: Ok when the backend passes.
+async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let mut stream = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
+    if check.kind != CheckKind::Http {
+        return Ok(());
+    }
+    let host = match target {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: foobar-health\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let status = parse_status(&head).ok_or_else(|| "no HTTP status line".to_string())?;
+    if status == check.expect_status {
+        Ok(())
+    } else {
+        Err(format!("status {status}, expected {}", check.expect_status))
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! foobar's control plane: configuration, Maglev tables, the XDP data plane's maps and links,
+//! health checks, and the `foobar` commands built on them.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod health;
+pub mod maglev;
+pub mod stats;

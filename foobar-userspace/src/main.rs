@@ -1,0 +1,106 @@
+//! The `foobar` command.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use foobar::{config, daemon, dataplane, stats};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+/// foobar: an XDP-accelerated edge appliance.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the data plane and run the control plane.
+    Run {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and report every problem.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Print the data plane's counters from its pinned maps.
+    Stats {
+        /// bpffs directory the data plane is pinned under.
+        #[arg(long, default_value = "/sys/fs/bpf/foobar")]
+        pin_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach an empty XDP program to a veth peer so frames XDP transmits into it arrive.
+    AttachPass {
+        /// Interface.
+        #[arg(long)]
+        interface: String,
+        /// bpffs directory to pin the link under.
+        #[arg(long, default_value = "/sys/fs/bpf/foobar")]
+        pin_dir: PathBuf,
+    },
+    /// Detach the data plane and remove its pinned state.
+    Detach {
+        /// bpffs directory the data plane is pinned under.
+        #[arg(long, default_value = "/sys/fs/bpf/foobar")]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("foobar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(daemon::run(&config))
+        }
+        Command::CheckConfig { file } => {
+            let c = config::load(&file)?;
+            println!("{}: ok ({} services)", file.display(), c.services.len());
+            Ok(())
+        }
+        Command::Stats { pin_dir, json } => {
+            let snapshot = stats::snapshot(&pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                stats::print(&snapshot);
+            }
+            Ok(())
+        }
+        Command::AttachPass { interface, pin_dir } => dataplane::attach_pass(&pin_dir, &interface),
+        Command::Detach { pin_dir } => dataplane::detach(&pin_dir),
+    }
+}
+
+/// Human-readable logs on a terminal, JSON lines otherwise; `RUST_LOG` filters.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}

@@ -1,0 +1,142 @@
+//! `foobar stats`: the data plane's counters, read from the pinned maps whether or not
+//! `foobar run` is running.
+
+use crate::dataplane::{ip_from, open_pinned};
+use anyhow::Result;
+use aya::maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray};
+use foobar_common::{
+    names, Backend, Counter, ServiceInfo, ServiceKey, TrafficStats, BACKEND_ACTIVE, BACKEND_IN_USE, PROTO_TCP,
+};
+use serde::Serialize;
+use std::{net::SocketAddr, path::Path};
+
+/// Everything `foobar stats` reports.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// Global counters by name, summed over CPUs.
+    pub counters: Vec<(String, u64)>,
+    /// Per-service traffic.
+    pub services: Vec<ServiceStats>,
+    /// Per-backend traffic.
+    pub backends: Vec<BackendStats>,
+}
+
+/// One service's traffic.
+#[derive(Debug, Serialize)]
+pub struct ServiceStats {
+    /// VIP and port.
+    pub vip: SocketAddr,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    /// Service id.
+    pub id: u32,
+    /// Counts summed over CPUs.
+    pub traffic: Traffic,
+}
+
+/// One backend's traffic.
+#[derive(Debug, Serialize)]
+pub struct BackendStats {
+    /// Backend id.
+    pub id: u32,
+    /// Id of its service.
+    pub service_id: u32,
+    /// Address.
+    pub address: std::net::IpAddr,
+    /// Whether it takes traffic.
+    pub active: bool,
+    /// Counts summed over CPUs.
+    pub traffic: Traffic,
+}
+
+/// Packets, bytes, new flows.
+#[derive(Debug, Default, Serialize)]
+pub struct Traffic {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Flows assigned by Maglev.
+    pub new_flows: u64,
+}
+
+fn sum(values: &[TrafficStats]) -> Traffic {
+    values.iter().fold(Traffic::default(), |t, v| Traffic {
+        packets: t.packets + v.packets,
+        bytes: t.bytes + v.bytes,
+        new_flows: t.new_flows + v.new_flows,
+    })
+}
+
+/// Reads every counter from the pinned maps under `pin_dir`.
+pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::COUNTERS)?))?;
+    let mut totals = Vec::new();
+    for c in Counter::ALL {
+        let per_cpu = counters.get(&(*c as u32), 0)?;
+        totals.push((c.name().to_string(), per_cpu.iter().sum()));
+    }
+    let service_map: BpfHashMap<_, ServiceKey, ServiceInfo> =
+        BpfHashMap::try_from(Map::HashMap(open_pinned(pin_dir, names::SERVICES)?))?;
+    let service_stats: PerCpuArray<_, TrafficStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::SERVICE_STATS)?))?;
+    let mut services = Vec::new();
+    for entry in service_map.iter() {
+        let (key, info) = entry?;
+        services.push(ServiceStats {
+            vip: SocketAddr::new(ip_from(&key.addr, key.family), u16::from_be(key.port_be)),
+            protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" },
+            id: info.id,
+            traffic: sum(&service_stats.get(&info.id, 0)?),
+        });
+    }
+    services.sort_by_key(|s| s.id);
+    let backend_map: Array<_, Backend> = Array::try_from(Map::Array(open_pinned(pin_dir, names::BACKENDS)?))?;
+    let backend_stats: PerCpuArray<_, TrafficStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::BACKEND_STATS)?))?;
+    let mut backends = Vec::new();
+    for id in 0..backend_map.len() {
+        let b = backend_map.get(&id, 0)?;
+        if b.flags & BACKEND_IN_USE == 0 {
+            continue;
+        }
+        backends.push(BackendStats {
+            id,
+            service_id: b.service_id,
+            address: ip_from(&b.addr, b.family),
+            active: b.flags & BACKEND_ACTIVE != 0,
+            traffic: sum(&backend_stats.get(&id, 0)?),
+        });
+    }
+    Ok(Snapshot {
+        counters: totals,
+        services,
+        backends,
+    })
+}
+
+/// Prints a snapshot as aligned text.
+pub fn print(s: &Snapshot) {
+    println!("counters");
+    for (name, value) in &s.counters {
+        println!("  {name:<26} {value:>14}");
+    }
+    println!("services");
+    for svc in &s.services {
+        let t = &svc.traffic;
+        println!(
+            "  {:<28} {:<4} packets {:>12} bytes {:>14} new_flows {:>10}",
+            svc.vip, svc.protocol, t.packets, t.bytes, t.new_flows
+        );
+    }
+    println!("backends");
+    for b in &s.backends {
+        let t = &b.traffic;
+        let state = if b.active { "up" } else { "down" };
+        println!(
+            "  {:<28} svc {:<3} {:<4} packets {:>12} bytes {:>14} new_flows {:>10}",
+            b.address, b.service_id, state, t.packets, t.bytes, t.new_flows
+        );
+    }
+}

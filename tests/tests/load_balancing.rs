@@ -1,0 +1,164 @@
+//! Real TCP connections through the VIP in network namespaces: spread, stickiness, health
+//! checks, drain, backend removal, and control-plane restarts, in IPIP and L2 DSR modes.
+
+use anyhow::{bail, Context, Result};
+use foobar::stats;
+use foobar_tests::{
+    lab::{backend_name, BackendSetting, LbLab},
+    wait_until, EchoClient, EchoServer,
+};
+use nix::sys::signal::Signal;
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+/// Opens `n` connections from the client namespace.
+fn connect(lab: &LbLab, n: usize) -> Result<Vec<EchoClient>> {
+    let vip = lab.vip();
+    lab.client
+        .run(move || (0..n).map(|_| EchoClient::connect(vip)).collect::<Result<Vec<_>>>())?
+}
+
+fn spread(conns: &[EchoClient]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for c in conns {
+        *by.entry(c.backend.clone()).or_default() += 1;
+    }
+    by
+}
+
+fn round_trip_all(conns: &mut [EchoClient], what: &str) -> Result<()> {
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.round_trip(&format!("{what} {i}"))
+            .with_context(|| format!("{what}: connection {i} to {}", c.backend))?;
+    }
+    Ok(())
+}
+
+fn backend_active(lab: &LbLab, i: usize) -> Result<bool> {
+    let addr = foobar_tests::lab::backend_addr(i);
+    let snap = stats::snapshot(&lab.edge_pins.path)?;
+    Ok(snap.backends.iter().any(|b| b.address == addr && b.active))
+}
+
+fn reload(lab: &LbLab, settings: &[BackendSetting]) -> Result<()> {
+    let before = lab.edge_log().matches("configuration reloaded").count();
+    lab.write_edge_config(settings)?;
+    lab.edge_foobar
+        .as_ref()
+        .context("edge running")?
+        .signal(Signal::SIGHUP)?;
+    wait_until(Duration::from_secs(5), "the reload", || {
+        lab.edge_log().matches("configuration reloaded").count() > before
+    })
+    .with_context(|| lab.edge_log())
+}
+
+#[test]
+fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
+    let mut lab = LbLab::start(3, "ipip")?;
+
+    // Spread: 60 new flows land on every backend.
+    let mut conns = connect(&lab, 60)?;
+    let by = spread(&conns);
+    for i in 0..3 {
+        let got = by.get(&backend_name(i)).copied().unwrap_or(0);
+        if got < 5 {
+            bail!("backend {} got {got} of 60 flows: {by:?}", backend_name(i));
+        }
+    }
+    round_trip_all(&mut conns, "spread")?;
+
+    // Health: b3's server stops; the checks take it out, new flows avoid it, others live on.
+    conns.retain(|c| c.backend != "b3");
+    if let Some(mut server) = lab.servers[2].take() {
+        server.stop();
+    }
+    wait_until(Duration::from_secs(5), "b3 to be marked down", || {
+        backend_active(&lab, 2).is_ok_and(|a| !a)
+    })?;
+    let fresh = connect(&lab, 30)?;
+    if fresh.iter().any(|c| c.backend == "b3") {
+        bail!("a new flow went to the down backend: {:?}", spread(&fresh));
+    }
+    round_trip_all(&mut conns, "after b3 went down")?;
+    // It comes back when its server does.
+    let addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), foobar_tests::lab::PORT);
+    lab.servers[2] = Some(EchoServer::start(&lab.backends[2], addr, "b3")?);
+    wait_until(Duration::from_secs(5), "b3 to be marked up", || {
+        backend_active(&lab, 2).unwrap_or(false)
+    })?;
+    let fresh = connect(&lab, 40)?;
+    if !fresh.iter().any(|c| c.backend == "b3") {
+        bail!("b3 got no new flows after recovering: {:?}", spread(&fresh));
+    }
+
+    // Drain: b1 at weight 0 takes no new flows but keeps its established ones.
+    let all = [BackendSetting {
+        present: true,
+        weight: 100,
+    }; 3];
+    let mut drained = all;
+    drained[0].weight = 0;
+    reload(&lab, &drained)?;
+    let fresh = connect(&lab, 30)?;
+    if fresh.iter().any(|c| c.backend == "b1") {
+        bail!("a new flow went to the drained backend: {:?}", spread(&fresh));
+    }
+    if !conns.iter().any(|c| c.backend == "b1") {
+        bail!("no established flow on b1 to check draining with");
+    }
+    round_trip_all(&mut conns, "while b1 drains")?;
+
+    // Removing b2 from the configuration with 100 connections open breaks none of the others.
+    reload(&lab, &all)?;
+    let mut many = connect(&lab, 100)?;
+    let mut without_b2 = all;
+    without_b2[1].present = false;
+    reload(&lab, &without_b2)?;
+    many.retain(|c| c.backend != "b2");
+    round_trip_all(&mut many, "after b2 was removed")?;
+    conns.retain(|c| c.backend != "b2");
+    round_trip_all(&mut conns, "after b2 was removed (older flows)")?;
+
+    // Restarts: SIGTERM, then kill -9, with connections open; forwarding never stops.
+    reload(&lab, &all)?;
+    let mut held = connect(&lab, 30)?;
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let mut edge = lab.edge_foobar.take().context("edge running")?;
+        edge.signal(signal)?;
+        edge.wait(Duration::from_secs(5))?;
+        round_trip_all(&mut held, &format!("while foobar is stopped by {signal}"))?;
+        round_trip_all(&mut many, &format!("while foobar is stopped by {signal} (older)"))?;
+        lab.start_edge()?;
+        round_trip_all(&mut held, &format!("after restart from {signal}"))?;
+        let fresh = connect(&lab, 10)?;
+        if fresh.len() != 10 {
+            bail!("new connections failed after restart");
+        }
+    }
+    if !lab.edge_log().contains("replaced the XDP program in the pinned link") {
+        bail!(
+            "the restarted foobar did not adopt the pinned link:\n{}",
+            lab.edge_log()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn l2_dsr_spreads_real_connections() -> Result<()> {
+    let lab = LbLab::start(3, "l2dsr")?;
+    let mut conns = connect(&lab, 45)?;
+    let by = spread(&conns);
+    if by.len() != 3 {
+        bail!("flows did not reach all three backends: {by:?}");
+    }
+    round_trip_all(&mut conns, "l2dsr")?;
+    // An HTTP request through the VIP reaches a backend's server.
+    let out = lab
+        .client
+        .exec(&["curl", "-s", "--max-time", "5", &format!("http://{}/", lab.vip())])?;
+    if !out.starts_with("hello from b") {
+        bail!("unexpected HTTP answer: {out:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask`: everything a developer or operator runs. Builds make sure the BPF toolchain
+//! is there first (nightly rust-src, bpf-linker built against the nightly's own LLVM).
+
+mod toolchain;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+#[derive(Parser)]
+#[command(about = "foobar's build, test, run and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the BPF toolchain if needed and build the XDP program and the `foobar` binary.
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite: unit tests, the XDP program under BPF_PROG_TEST_RUN, and the
+    /// namespace scenarios (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bring up the embedded demo lab in network namespaces and stay in the foreground until
+    /// Ctrl-C; with `-- --config FILE`, run foobar on this host with that configuration.
+    Run {
+        /// Arguments for `foobar run` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks; writes target/bench/NAME.json.
+    Bench {
+        /// Which benchmark: xdp.
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root()?;
+    match Cli::parse().command {
+        Task::Build { release } => build(&root, release),
+        Task::Test { args } => test(&root, &args),
+        Task::Run { args } => run(&root, &args),
+        Task::Bench { name } => bench(&root, &name),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask lives inside the workspace")
+}
+
+/// Runs `cargo` with `args` in the workspace, failing on a non-zero exit.
+fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build(root: &Path, release: bool) -> Result<()> {
+    toolchain::ensure()?;
+    let mut args = vec!["build", "--workspace", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    cargo(root, &args, &[])
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    toolchain::ensure()?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl"])?;
+    cleanup_leftovers()?;
+    cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
+    cargo(root, &["build", "--workspace", "--all-targets"], &[])?;
+    let bin = root.join("target/debug/foobar");
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(root, &args, &[("FOOBAR_BIN", &bin.display().to_string())])
+}
+
+fn run(root: &Path, args: &[String]) -> Result<()> {
+    build(root, true)?;
+    if args.is_empty() {
+        toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl"])?;
+        cargo(
+            root,
+            &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
+            &[],
+        )?;
+        let bin = root.join("target/release/foobar");
+        let status = Command::new(root.join("target/release/foobar-lab"))
+            .env("FOOBAR_BIN", bin)
+            .status()
+            .context("starting the lab")?;
+        if !status.success() {
+            bail!("the lab exited with {status}");
+        }
+        return Ok(());
+    }
+    let status = Command::new(root.join("target/release/foobar"))
+        .arg("run")
+        .args(args)
+        .status()
+        .context("starting foobar")?;
+    if !status.success() {
+        bail!("foobar exited with {status}");
+    }
+    Ok(())
+}
+
+fn bench(root: &Path, name: &str) -> Result<()> {
+    toolchain::ensure()?;
+    match name {
+        "xdp" => cargo(
+            root,
+            &[
+                "run",
+                "--release",
+                "--package",
+                "foobar-tests",
+                "--bin",
+                "foobar-bench",
+                "--",
+                "xdp",
+            ],
+            &[("FOOBAR_BENCH_OUT", &root.join("target/bench").display().to_string())],
+        ),
+        other => bail!("unknown benchmark {other:?} (available: xdp)"),
+    }
+}
+
+/// Removes namespaces and pinned objects a killed test run left behind (prefix `fbt`).
+fn cleanup_leftovers() -> Result<()> {
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .context("ip netns list")?;
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with("fbt")) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("fbt") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
