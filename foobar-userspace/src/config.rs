@@ -325,6 +325,13 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
             ),
         );
     }
+    let max_backends = *dp.max_backends.get_ref();
+    if max_backends == 0 || max_backends > foobar_common::MAX_BACKENDS {
+        report(
+            &dp.max_backends.span(),
+            format!("max_backends must be 1..={}", foobar_common::MAX_BACKENDS),
+        );
+    }
     let backend_total: usize = c.services.iter().map(|s| s.backends.len()).sum();
     if backend_total > *dp.max_backends.get_ref() as usize {
         report(

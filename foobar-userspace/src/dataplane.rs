@@ -17,8 +17,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_common::{
-    names, AddrKey, Backend, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL,
-    FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    addr_from_octets, addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, MaglevSlots,
+    NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4, FAMILY_V6,
+    LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
+    VIP_FILTER_WORDS,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -41,14 +43,10 @@ fn link_pin(root: &Path, interface: &str) -> PathBuf {
 }
 
 /// Stores an address the way the maps do.
-pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
-    let mut out = [0u8; 16];
+pub fn addr_bytes(addr: IpAddr) -> (Addr, u8) {
     match addr {
-        IpAddr::V4(a) => {
-            out[..4].copy_from_slice(&a.octets());
-            (out, FAMILY_V4)
-        }
-        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+        IpAddr::V4(a) => (addr_from_octets(&a.octets()), FAMILY_V4),
+        IpAddr::V6(a) => (addr_from_octets(&a.octets()), FAMILY_V6),
     }
 }
 
@@ -93,7 +91,7 @@ fn map_sizes(c: &Config) -> [(&'static str, u32); 6] {
 
 /// Size of the MAGLEV map for a configuration.
 fn maglev_entries(c: &Config) -> u32 {
-    2 * c.dataplane.max_services.get_ref() * c.dataplane.maglev_table_size.get_ref()
+    2 * c.dataplane.max_services.get_ref() * maglev_elements(*c.dataplane.maglev_table_size.get_ref())
 }
 
 /// A loaded data plane with its maps adopted or created under the pin directory.
@@ -102,7 +100,7 @@ pub struct Dataplane {
     root: PathBuf,
     services: HashMap<ServiceKey, ServiceInfo>,
     backends: HashMap<(u32, IpAddr), u32>,
-    tables: HashMap<u32, Vec<u32>>,
+    tables: HashMap<u32, Vec<u16>>,
     max_backends: u32,
     backend_cursor: u32,
 }
@@ -119,6 +117,7 @@ impl Dataplane {
         std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
         let mut sizes: Vec<(&str, u32)> = map_sizes(c).to_vec();
         sizes.push((names::MAGLEV, maglev_entries(c)));
+        sizes.push((names::NEXT_HOPS, *c.dataplane.max_backends.get_ref()));
         for (name, size) in &sizes {
             replace_if_resized(&root.join(name), *size)?;
         }
@@ -307,14 +306,12 @@ impl Dataplane {
                 })
                 .collect();
             let cands: Vec<maglev::Candidate<'_>> = candidates.iter().map(|(c, _)| c.clone()).collect();
-            let table: Vec<u32> = maglev::build_table(c.dataplane.maglev_seed, &cands, m)
+            // Backend ids are below max_backends <= MAX_BACKENDS, so they fit the u16 lanes.
+            let table: Vec<u16> = maglev::build_table(c.dataplane.maglev_seed, &cands, m)
                 .into_iter()
-                .map(|i| {
-                    if i == NO_BACKEND {
-                        NO_BACKEND
-                    } else {
-                        candidates[i as usize].1
-                    }
+                .map(|i| match candidates.get(i as usize) {
+                    Some((_, bid)) => *bid as u16,
+                    None => MAGLEV_EMPTY,
                 })
                 .collect();
             let mode = match svc.forwarding {
@@ -331,10 +328,12 @@ impl Dataplane {
             } else {
                 0
             };
-            let mut maglev: Array<_, u32> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
-            let base = (sid * 2 + next_half) * m;
-            for (slot, bid) in table.iter().enumerate() {
-                maglev.set(base + slot as u32, bid, 0)?;
+            let mut maglev: Array<_, MaglevSlots> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
+            let base = (sid * 2 + next_half) * maglev_elements(m);
+            for (i, lanes) in table.chunks(MAGLEV_LANES as usize).enumerate() {
+                let mut slots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
+                slots[..lanes.len()].copy_from_slice(lanes);
+                maglev.set(base + i as u32, slots, 0)?;
             }
             let info = ServiceInfo {
                 id: *sid,
@@ -371,7 +370,7 @@ impl Dataplane {
             backends.set(
                 id,
                 Backend {
-                    addr: [0; 16],
+                    addr: [0; 4],
                     family: 0,
                     flags: 0,
                     _pad: [0; 2],
@@ -385,14 +384,9 @@ impl Dataplane {
     }
 
     fn write_node(&mut self, c: &Config) -> Result<()> {
-        let mut encap_src_v4 = [0u8; 4];
-        if let Some(IpAddr::V4(a)) = c.node.tunnel_source_v4.as_ref().map(|s| *s.get_ref()) {
-            encap_src_v4 = a.octets();
-        }
-        let mut encap_src_v6 = [0u8; 16];
-        if let Some(IpAddr::V6(a)) = c.node.tunnel_source_v6.as_ref().map(|s| *s.get_ref()) {
-            encap_src_v6 = a.octets();
-        }
+        let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| addr_bytes(*s.get_ref()).0);
+        let encap_src_v4 = source(&c.node.tunnel_source_v4)[0];
+        let encap_src_v6 = source(&c.node.tunnel_source_v6);
         let node = NodeConfig {
             flags: NODE_FORWARDING,
             maglev_size: *c.dataplane.maglev_table_size.get_ref(),
@@ -408,10 +402,33 @@ impl Dataplane {
         replace_set(&mut locals, &wanted)
     }
 
+    /// Writes the VIP set and its pre-filter. New VIPs enter the filter before the set, and
+    /// bits leave the filter only after the VIPs behind them left the set.
     fn sync_vips(&mut self, c: &Config) -> Result<()> {
         let wanted: HashSet<AddrKey> = c.services.iter().map(|s| addr_key(*s.vip.get_ref())).collect();
+        let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
+        for key in &wanted {
+            let (word, bit) = vip_filter_slot(&key.addr);
+            filter[word as usize] |= bit;
+        }
+        let mut words: Array<_, u64> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
+        let mut current = Vec::with_capacity(filter.len());
+        for (i, want) in filter.iter().enumerate() {
+            let have = words.get(&(i as u32), 0)?;
+            if have | want != have {
+                words.set(i as u32, have | want, 0)?;
+            }
+            current.push(have);
+        }
         let mut vips: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
-        replace_set(&mut vips, &wanted)
+        replace_set(&mut vips, &wanted)?;
+        let mut words: Array<_, u64> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
+        for (i, (have, want)) in current.iter().zip(&filter).enumerate() {
+            if have & !want != 0 {
+                words.set(i as u32, *want, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// The id of backend `addr` of service `sid`, allocating one round-robin (so a freed id
@@ -446,11 +463,12 @@ fn replace_set(map: &mut BpfHashMap<&mut MapData, AddrKey, u32>, wanted: &HashSe
 }
 
 /// Turns map address bytes back into an address.
-pub fn ip_from(addr: &[u8; 16], family: u8) -> IpAddr {
+pub fn ip_from(addr: &Addr, family: u8) -> IpAddr {
+    let octets = addr_octets(addr);
     if family == FAMILY_V4 {
-        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+        IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
     } else {
-        IpAddr::from(*addr)
+        IpAddr::from(octets)
     }
 }
 

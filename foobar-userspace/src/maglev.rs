@@ -8,7 +8,8 @@
 //! backends' identities and weights, and their order, so two nodes with the same configuration
 //! compute identical tables.
 
-use foobar_common::NO_BACKEND;
+/// Table entry of a slot no candidate took (every weight is zero).
+pub const NO_CANDIDATE: u32 = u32::MAX;
 
 /// Default table size: the classic prime, > 100 x backends for up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -23,10 +24,10 @@ pub struct Candidate<'a> {
 }
 
 /// Builds a table of `size` slots (a prime) whose entries index `candidates`; slots are
-/// [`NO_BACKEND`] when no candidate has a positive weight.
+/// [`NO_CANDIDATE`] when no candidate has a positive weight.
 pub fn build_table(seed: u64, candidates: &[Candidate<'_>], size: u32) -> Vec<u32> {
     let m = size as u64;
-    let mut table = vec![NO_BACKEND; size as usize];
+    let mut table = vec![NO_CANDIDATE; size as usize];
     let quotas = quotas(candidates, size);
     let total: u64 = quotas.iter().sum();
     if total == 0 {
@@ -51,7 +52,7 @@ pub fn build_table(seed: u64, candidates: &[Candidate<'_>], size: u32) -> Vec<u3
             loop {
                 let slot = ((offset + next[i] * skip) % m) as usize;
                 next[i] += 1;
-                if table[slot] == NO_BACKEND {
+                if table[slot] == NO_CANDIDATE {
                     table[slot] = i as u32;
                     taken[i] += 1;
                     filled += 1;
@@ -202,8 +203,8 @@ mod tests {
     fn no_weight_means_no_backend() {
         let names = names(2);
         let cands: Vec<Candidate<'_>> = names.iter().map(|n| Candidate { identity: n, weight: 0 }).collect();
-        assert!(build_table(1, &cands, 251).iter().all(|&b| b == NO_BACKEND));
-        assert!(build_table(1, &[], 251).iter().all(|&b| b == NO_BACKEND));
+        assert!(build_table(1, &cands, 251).iter().all(|&b| b == NO_CANDIDATE));
+        assert!(build_table(1, &[], 251).iter().all(|&b| b == NO_CANDIDATE));
     }
 
     #[test]

@@ -146,7 +146,10 @@ impl Fixture {
 
     /// The xdp_md context of a frame of `len` bytes arriving on t0.
     fn ctx(&self, len: usize) -> Vec<u8> {
-        [0u32, len as u32, 0, self.ifindex, 0, 0].iter().flat_map(|f| f.to_le_bytes()).collect()
+        [0u32, len as u32, 0, self.ifindex, 0, 0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect()
     }
 
     /// Runs one frame through the load balancer: (verdict, output frame).
@@ -220,4 +223,3 @@ impl Fixture {
         self.dp.sync(&config, &Health::default())
     }
 }
-

@@ -269,6 +269,13 @@ fn ipip_to_this_node_is_decapsulated() -> Result<()> {
 fn too_big_to_encapsulate_gets_icmp_back() -> Result<()> {
     let mut fx = Fixture::new("t-toobig")?;
     fx.ns.exec(&["ip", "link", "set", "t0", "mtu", "1400"])?;
+    // A small packet first, so the big ones take the cached next hop (and its MTU) as well.
+    for spec in [
+        Spec::tcp("198.51.100.7", 40000, "192.0.2.1", 80, SYN),
+        Spec::tcp("2001:db8:ffff::7", 40000, "2001:db8::1", 80, SYN),
+    ] {
+        assert_eq!(fx.run(&spec.frame())?.0, XDP_TX);
+    }
     let spec = Spec::new("198.51.100.7", "192.0.2.1", 6, packet::tcp(40000, 80, ACK, 1390 - 40));
     let (verdict, out) = fx.run(&spec.frame())?;
     assert_eq!(verdict, XDP_TX);

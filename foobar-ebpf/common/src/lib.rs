@@ -20,8 +20,12 @@ pub mod names {
     pub const SERVICES: &str = "SERVICES";
     /// Backend id -> [`crate::Backend`].
     pub const BACKENDS: &str = "BACKENDS";
-    /// Flat array of Maglev lookup tables (two halves per service), values are backend ids.
+    /// Flat array of Maglev lookup tables (two halves per service), [`crate::MaglevSlots`].
     pub const MAGLEV: &str = "MAGLEV";
+    /// Bitmap pre-filter of VIP addresses ([`crate::vip_filter_slot`]), u64 words.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// Per-CPU cache of each backend's next hop (kernel-only; not pinned).
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// [`crate::FlowKey`] -> [`crate::FlowValue`], an LRU connection table.
     pub const CONNTRACK: &str = "CONNTRACK";
     /// Single-entry array holding the [`crate::NodeConfig`].
@@ -66,10 +70,53 @@ pub const BACKEND_IN_USE: u8 = 4;
 pub const NODE_FORWARDING: u32 = 1;
 
 /// Backend id stored in an unfilled Maglev slot; packets hitting it are dropped and counted.
-pub const NO_BACKEND: u32 = u32::MAX;
+pub const MAGLEV_EMPTY: u16 = u16::MAX;
+/// Largest number of backends (ids are u16 in Maglev tables; [`MAGLEV_EMPTY`] is reserved).
+pub const MAX_BACKENDS: u32 = MAGLEV_EMPTY as u32;
+/// Maglev slots per map element: array elements are 8 bytes anyway, so four u16 ids share one.
+pub const MAGLEV_LANES: u32 = 4;
+/// One element of the `MAGLEV` map: four consecutive slots' backend ids.
+pub type MaglevSlots = [u16; MAGLEV_LANES as usize];
 
-/// An IPv4 or IPv6 address as the maps store it: IPv4 in the first four bytes, the rest zero.
-pub type Addr = [u8; 16];
+/// Map elements one service's table of `size` slots takes.
+pub const fn maglev_elements(size: u32) -> u32 {
+    size.div_ceil(MAGLEV_LANES)
+}
+
+/// Words (u64) in the VIP pre-filter bitmap (a power of two).
+pub const VIP_FILTER_WORDS: u32 = 4096;
+
+/// Word index and bit mask of `addr` in the VIP pre-filter: a one-hash Bloom filter that lets
+/// the data plane pass non-VIP traffic after one array read, without a hash-map lookup.
+#[inline(always)]
+pub fn vip_filter_slot(addr: &Addr) -> (u32, u64) {
+    let h = (addr[0] ^ addr[1].rotate_left(7) ^ addr[2].rotate_left(13) ^ addr[3].rotate_left(19))
+        .wrapping_mul(0x9e37_79b1);
+    ((h >> 20) & (VIP_FILTER_WORDS - 1), 1u64 << (h & 63))
+}
+
+/// An IPv4 or IPv6 address as the maps store it: the address bytes in network order, read as
+/// four native 32-bit words (as the data plane loads them from packets); IPv4 in the first
+/// word, the rest zero.
+pub type Addr = [u32; 4];
+
+/// An address's map form from its network-order bytes (4 or 16).
+pub fn addr_from_octets(octets: &[u8]) -> Addr {
+    let mut addr = [0u32; 4];
+    for (word, chunk) in addr.iter_mut().zip(octets.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    addr
+}
+
+/// An address's network-order bytes from its map form (all 16; IPv4 uses the first 4).
+pub fn addr_octets(addr: &Addr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    out
+}
 
 /// Service table key: where a VIP service listens.
 #[repr(C)]
@@ -155,8 +202,8 @@ pub struct NodeConfig {
     pub new_flow_cap: u32,
     /// Padding, always zero.
     pub _pad: u32,
-    /// Outer source address for IPv4 IPIP packets.
-    pub encap_src_v4: [u8; 4],
+    /// Outer source address for IPv4 IPIP packets (network-order bytes as a native word).
+    pub encap_src_v4: u32,
     /// Outer source address for IPv6-in-IPv6 packets.
     pub encap_src_v6: Addr,
 }
@@ -246,6 +293,8 @@ counters! {
     DropNoRoute = "drop_no_route",
     /// Encapsulation failed (headroom could not be grown).
     DropEncapFailed = "drop_encap_failed",
+    /// Forwarded ICMP errors too big for the egress MTU (never answered with another ICMP).
+    DropTooBig = "drop_too_big",
     /// VIP packets while this node does not forward (backup) and no local delivery applies.
     PassedNotForwarding = "passed_not_forwarding",
     /// Connection-table hits.

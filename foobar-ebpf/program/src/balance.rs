@@ -1,8 +1,11 @@
 //! Backend choice: the connection table first, Maglev for flows it does not know.
 
 use crate::maps::{count, BACKENDS, CONNTRACK, INSERT_BUDGET, MAGLEV};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use foobar_common::{Backend, Counter, FlowKey, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use foobar_common::{
+    maglev_elements, Backend, Counter, FlowKey, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE, MAGLEV_EMPTY,
+    MAGLEV_LANES,
+};
 
 /// Length of the new-flow insert window.
 const INSERT_WINDOW_NS: u64 = 1_000_000_000;
@@ -24,15 +27,8 @@ pub fn flow_hash(flow: &FlowKey) -> u32 {
     let mut h: u32 = 0x5f0f_ba11;
     let mut i = 0;
     while i < 4 {
-        let o = i * 4;
-        h = mix(
-            h,
-            u32::from_ne_bytes([flow.src[o], flow.src[o + 1], flow.src[o + 2], flow.src[o + 3]]),
-        );
-        h = mix(
-            h,
-            u32::from_ne_bytes([flow.dst[o], flow.dst[o + 1], flow.dst[o + 2], flow.dst[o + 3]]),
-        );
+        h = mix(h, flow.src[i]);
+        h = mix(h, flow.dst[i]);
         i += 1;
     }
     h = mix(h, (flow.sport_be as u32) << 16 | flow.dport_be as u32);
@@ -80,7 +76,16 @@ pub fn choose(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Ch
     let size = node.maglev_size;
     let slot = flow_hash(flow).checked_rem(size)?;
     let table = svc.id.wrapping_mul(2).wrapping_add(svc.table_half & 1);
-    let id = *MAGLEV.get(table.wrapping_mul(size).wrapping_add(slot))?;
+    let slots = MAGLEV.get(
+        table
+            .wrapping_mul(maglev_elements(size))
+            .wrapping_add(slot / MAGLEV_LANES),
+    )?;
+    let id = slots[(slot % MAGLEV_LANES) as usize];
+    if id == MAGLEV_EMPTY {
+        return None;
+    }
+    let id = id as u32;
     let backend = active_backend(id)?;
     if may_insert(node) {
         // An LRU insert only fails under memory pressure; the packet is forwarded either way.
@@ -105,7 +110,7 @@ fn may_insert(node: &NodeConfig) -> bool {
     let Some(budget) = INSERT_BUDGET.get_ptr_mut(0) else {
         return true;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     unsafe {
         if now.wrapping_sub((*budget).window_start_ns) >= INSERT_WINDOW_NS {
             (*budget).window_start_ns = now;

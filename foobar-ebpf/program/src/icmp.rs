@@ -2,7 +2,7 @@
 //! packet too big to encapsulate gets "fragmentation needed" / "packet too big" back.
 
 use crate::{
-    csum,
+    csum, encap,
     maps::count,
     parse::{
         ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseError, PortsHdr, ICMP_LEN, IPPROTO_ICMP,
@@ -41,10 +41,10 @@ pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowKey) -> Result
         }
         let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off)?;
         unsafe {
-            if (*ip).ver_ihl != 0x45 || (*ip).src != [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]] {
+            if (*ip).ver_ihl != 0x45 || (*ip).src != flow.dst[0] {
                 return Ok(false);
             }
-            flow.src[..4].copy_from_slice(&(*ip).dst);
+            flow.src[0] = (*ip).dst;
             flow.proto = (*ip).proto;
         }
         inner_off + IPV4_LEN
@@ -64,8 +64,8 @@ pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowKey) -> Result
     };
     let ports: *const PortsHdr = ptr_at(ctx, ports_off)?;
     unsafe {
-        flow.sport_be = u16::from_ne_bytes((*ports).dport);
-        flow.dport_be = u16::from_ne_bytes((*ports).sport);
+        flow.sport_be = (*ports).dport;
+        flow.dport_be = (*ports).sport;
     }
     Ok(true)
 }
@@ -98,9 +98,9 @@ fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<
     }
     // Tags (if any) stay where they were relative to the IP header: copy them along.
     match l3_off {
-        14 => copy_tags::<2>(ctx, grow)?,
-        18 => copy_tags::<6>(ctx, grow)?,
-        22 => copy_tags::<10>(ctx, grow)?,
+        14 => copy_tags::<1>(ctx, grow)?,
+        18 => copy_tags::<3>(ctx, grow)?,
+        22 => copy_tags::<5>(ctx, grow)?,
         _ => return Err(ParseError::Malformed),
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
@@ -116,12 +116,12 @@ fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<
     Ok(())
 }
 
-/// Copies the N bytes after the MACs (tags and EtherType) from `grow` bytes further in.
+/// Copies the N 16-bit words after the MACs (tags and EtherType) from `grow` bytes further in.
 #[inline(always)]
 fn copy_tags<const N: usize>(ctx: &XdpContext, grow: usize) -> Result<(), ParseError> {
-    let from: *const [u8; N] = ptr_at(ctx, grow + 12)?;
-    let to: *mut [u8; N] = ptr_at(ctx, 12)?;
-    unsafe { core::ptr::write_volatile(to, core::ptr::read_volatile(from)) };
+    let from: *const [u16; N] = ptr_at(ctx, grow + 12)?;
+    let to: *mut [u16; N] = ptr_at(ctx, 12)?;
+    encap::write_words(to, &encap::read_words(from));
     Ok(())
 }
 
@@ -136,27 +136,32 @@ fn build_frag_needed(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize)
     reframe(ctx, l3, IPV4_LEN + ICMP_LEN, TOTAL)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
     let icmp: *mut IcmpHdr = ptr_at(ctx, l3 + IPV4_LEN)?;
-    let quote: *const [u8; QUOTE] = ptr_at(ctx, l3 + IPV4_LEN + ICMP_LEN)?;
-    let mtu = (mtu as u16).to_be_bytes();
+    let quote: *const [u16; QUOTE / 2] = ptr_at(ctx, l3 + IPV4_LEN + ICMP_LEN)?;
+    let mut hdr = Ipv4Hdr {
+        ver_ihl: 0x45,
+        tos: 0,
+        tot_len: (TOTAL as u16).to_be(),
+        id: 0,
+        frag_off: 0,
+        ttl: ICMP_TTL,
+        proto: IPPROTO_ICMP,
+        check: 0,
+        src: flow.dst[0],
+        dst: flow.src[0],
+    };
+    hdr.check = csum::ipv4_header(&hdr);
+    // RFC 1191: the next-hop MTU in the low 16 bits of the second word.
+    let mut message = IcmpHdr {
+        kind: ICMP_DEST_UNREACH,
+        code: ICMP_FRAG_NEEDED,
+        check: 0,
+        rest: (mtu as u32).to_be(),
+    };
+    let sum = (message.kind as u32 | (message.code as u32) << 8) + (message.rest & 0xffff) + (message.rest >> 16);
+    message.check = csum::finish(csum::add_words(sum, quote));
     unsafe {
-        (*ip).ver_ihl = 0x45;
-        (*ip).tos = 0;
-        (*ip).tot_len = (TOTAL as u16).to_be_bytes();
-        (*ip).id = [0; 2];
-        (*ip).frag_off = [0; 2];
-        (*ip).ttl = ICMP_TTL;
-        (*ip).proto = IPPROTO_ICMP;
-        (*ip).check = [0; 2];
-        (*ip).src = [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]];
-        (*ip).dst = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
-        (*ip).check = csum::ipv4_header(&*ip).to_be_bytes();
-        (*icmp).kind = ICMP_DEST_UNREACH;
-        (*icmp).code = ICMP_FRAG_NEEDED;
-        (*icmp).check = [0; 2];
-        (*icmp).rest = [0, 0, mtu[0], mtu[1]];
-        let mut sum = csum::add_packet_bytes(0, icmp as *const [u8; ICMP_LEN]);
-        sum = csum::add_packet_bytes(sum, quote);
-        (*icmp).check = csum::finish(sum).to_be_bytes();
+        *ip = hdr;
+        *icmp = message;
     }
     Ok(())
 }
@@ -169,25 +174,29 @@ fn build_packet_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usi
     reframe(ctx, l3, IPV6_LEN + ICMP_LEN, IPV6_LEN + PAYLOAD)?;
     let ip: *mut Ipv6Hdr = ptr_at(ctx, l3)?;
     let icmp: *mut IcmpHdr = ptr_at(ctx, l3 + IPV6_LEN)?;
-    let quote: *const [u8; QUOTE] = ptr_at(ctx, l3 + IPV6_LEN + ICMP_LEN)?;
+    let quote: *const [u16; QUOTE / 2] = ptr_at(ctx, l3 + IPV6_LEN + ICMP_LEN)?;
+    let hdr = Ipv6Hdr {
+        ver_tc_flow: 0x6000_0000u32.to_be(),
+        payload_len: (PAYLOAD as u16).to_be(),
+        next_hdr: IPPROTO_ICMPV6,
+        hop_limit: ICMP_TTL,
+        src: flow.dst,
+        dst: flow.src,
+    };
+    let mut message = IcmpHdr {
+        kind: ICMPV6_PKT_TOOBIG,
+        code: 0,
+        check: 0,
+        rest: (mtu as u32).to_be(),
+    };
+    // Pseudo-header (addresses, upper-layer length, next header), then the message.
+    let mut sum = csum::add_addr(csum::add_addr(0, &flow.dst), &flow.src);
+    sum += (PAYLOAD as u16).to_be() as u32 + (IPPROTO_ICMPV6 as u16).to_be() as u32;
+    sum += (message.kind as u32 | (message.code as u32) << 8) + (message.rest & 0xffff) + (message.rest >> 16);
+    message.check = csum::finish(csum::add_words(sum, quote));
     unsafe {
-        (*ip).ver_tc_flow = [0x60, 0, 0, 0];
-        (*ip).payload_len = (PAYLOAD as u16).to_be_bytes();
-        (*ip).next_hdr = IPPROTO_ICMPV6;
-        (*ip).hop_limit = ICMP_TTL;
-        (*ip).src = flow.dst;
-        (*ip).dst = flow.src;
-        (*icmp).kind = ICMPV6_PKT_TOOBIG;
-        (*icmp).code = 0;
-        (*icmp).check = [0; 2];
-        (*icmp).rest = (mtu as u32).to_be_bytes();
-        // Pseudo-header (addresses, upper-layer length, next header), then the message.
-        let mut sum = csum::add_bytes(0, &flow.dst);
-        sum = csum::add_bytes(sum, &flow.src);
-        sum += PAYLOAD as u32 + IPPROTO_ICMPV6 as u32;
-        sum = csum::add_packet_bytes(sum, icmp as *const [u8; ICMP_LEN]);
-        sum = csum::add_packet_bytes(sum, quote);
-        (*icmp).check = csum::finish(sum).to_be_bytes();
+        *ip = hdr;
+        *icmp = message;
     }
     Ok(())
 }

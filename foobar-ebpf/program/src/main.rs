@@ -16,48 +16,59 @@ mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use foobar_common::{
-    AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
+    vip_filter_slot, Addr, AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, NODE_FORWARDING,
+    PROTO_TCP, PROTO_UDP,
 };
-use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS};
+use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS, VIP_FILTER};
 use parse::{ParseError, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6};
 
 /// The load balancer.
 #[xdp]
 pub fn foobar_xdp(ctx: XdpContext) -> u32 {
-    let Some(node) = NODE.get(0) else {
-        return xdp_action::XDP_PASS;
-    };
     let mut pkt = match parse::parse_ip(&ctx) {
         Ok(pkt) => pkt,
         Err(ParseError::NotIp) => return pass(Counter::Passed),
         Err(ParseError::Malformed) => return pass(Counter::MalformedPassed),
     };
     let mut flow = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
         sport_be: 0,
         dport_be: 0,
         proto: pkt.proto,
         family: pkt.family,
         _pad: [0; 2],
     };
-    if parse::read_addrs(&ctx, &pkt, &mut flow.src, &mut flow.dst).is_err() {
+    if parse::read_dst(&ctx, &pkt, &mut flow.dst).is_err() {
         return pass(Counter::MalformedPassed);
     }
 
-    let dst = addr_key(&flow.dst, pkt.family);
-    if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6) && unsafe { LOCAL_ADDRS.get(&dst) }.is_some() {
+    if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6)
+        && unsafe { LOCAL_ADDRS.get(&addr_key(&flow.dst, pkt.family)) }.is_some()
+    {
         return encap::decapsulate(&ctx, &pkt);
     }
 
-    if unsafe { VIPS.get(&dst) }.is_none() {
+    // Most traffic is not for a VIP: one array read tells (a one-hash Bloom filter). Past it,
+    // a packet may still not be VIP traffic; `not_a_service` decides pass or drop.
+    if !maybe_vip(&flow.dst) {
         return pass(Counter::Passed);
     }
+    let Some(node) = NODE.get(0) else {
+        return pass(Counter::Passed);
+    };
+    if parse::read_src(&ctx, &pkt, &mut flow.src).is_err() {
+        return pass(Counter::MalformedPassed);
+    }
     if node.flags & NODE_FORWARDING == 0 {
-        return pass(Counter::PassedNotForwarding);
+        return pass(if is_vip(&flow) {
+            Counter::PassedNotForwarding
+        } else {
+            Counter::Passed
+        });
     }
     if pkt.fragment {
-        return drop(Counter::DropFragment);
+        return not_a_service(&flow, Counter::DropFragment);
     }
 
     match pkt.proto {
@@ -66,19 +77,19 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
                 flow.sport_be = sport_be;
                 flow.dport_be = dport_be;
             }
-            Err(_) => return drop(Counter::DropMalformed),
+            Err(_) => return not_a_service(&flow, Counter::DropMalformed),
         },
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::quoted_flow(&ctx, &pkt, &mut flow) {
             Ok(true) => pkt.quotes_flow = true,
             // Echo requests and other ICMP to the VIP: the kernel holding the VIP answers.
             Ok(false) => return pass(Counter::Passed),
-            Err(_) => return drop(Counter::DropMalformed),
+            Err(_) => return not_a_service(&flow, Counter::DropMalformed),
         },
-        _ => return drop(Counter::DropNoService),
+        _ => return not_a_service(&flow, Counter::DropNoService),
     }
 
     let Some(svc) = lookup_service(&flow) else {
-        return drop(Counter::DropNoService);
+        return not_a_service(&flow, Counter::DropNoService);
     };
     let Some(choice) = balance::choose(&flow, &svc, node) else {
         return drop(Counter::DropNoBackend);
@@ -91,7 +102,31 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     if choice.backend.flags & BACKEND_LOCAL != 0 {
         return pass(Counter::LocalDelivered);
     }
-    encap::forward(&ctx, &pkt, &flow, choice.backend, svc.mode, node)
+    encap::forward(&ctx, &pkt, &flow, choice.id, choice.backend, svc.mode, node)
+}
+
+/// False when `addr` is certainly not a VIP.
+#[inline(always)]
+fn maybe_vip(addr: &Addr) -> bool {
+    let (word, bit) = vip_filter_slot(addr);
+    VIP_FILTER.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// True when the flow's destination is a VIP.
+#[inline(always)]
+fn is_vip(flow: &FlowKey) -> bool {
+    unsafe { VIPS.get(&addr_key(&flow.dst, flow.family)) }.is_some()
+}
+
+/// A packet the balancer will not forward: dropped (and counted as `reason`) when it is VIP
+/// traffic, passed to the kernel untouched when it is not (a VIP filter false positive).
+#[inline(always)]
+fn not_a_service(flow: &FlowKey, reason: Counter) -> u32 {
+    if is_vip(flow) {
+        drop(reason)
+    } else {
+        pass(Counter::Passed)
+    }
 }
 
 /// Finds the service for a flow: exact port first, then the VIP's any-port service.
@@ -111,7 +146,7 @@ fn lookup_service(flow: &FlowKey) -> Option<ServiceInfo> {
 }
 
 #[inline(always)]
-fn addr_key(addr: &[u8; 16], family: u8) -> AddrKey {
+fn addr_key(addr: &Addr, family: u8) -> AddrKey {
     AddrKey {
         addr: *addr,
         family,

@@ -1,5 +1,5 @@
-//! Every map of the data plane, in one place. All are pinned by name, so forwarding state
-//! survives a restart of the control plane. Sizes here are defaults; the control plane sets
+//! Every map of the data plane, in one place. All but scratch and cache maps are pinned by name,
+//! so forwarding state survives a restart of the control plane. Sizes here are defaults; the control plane sets
 //! the real ones from its configuration before the maps are created.
 
 use aya_ebpf::{
@@ -8,8 +8,26 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    AddrKey, Backend, Counter, FlowKey, FlowValue, InsertBudget, NodeConfig, ServiceInfo, ServiceKey, TrafficStats,
+    Addr, AddrKey, Backend, Counter, FlowKey, FlowValue, InsertBudget, MaglevSlots, NodeConfig, ServiceInfo,
+    ServiceKey, TrafficStats, VIP_FILTER_WORDS,
 };
+
+/// A backend's next hop as the FIB last said, and until when to trust it.
+#[repr(C)]
+pub struct CachedHop {
+    /// The backend address it was looked up for (ids can be reassigned).
+    pub addr: Addr,
+    /// bpf_ktime_get_coarse_ns after which the entry is stale.
+    pub expires_ns: u64,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Egress MTU.
+    pub mtu: u32,
+    /// Egress MAC.
+    pub smac: [u8; 6],
+    /// Next hop's MAC.
+    pub dmac: [u8; 6],
+}
 
 /// VIP services.
 #[map]
@@ -19,9 +37,18 @@ pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(256, 0);
 #[map]
 pub static BACKENDS: Array<Backend> = Array::pinned(4096, 0);
 
-/// Maglev lookup tables: for service id `s`, half `h`, slot `i`: index `(2s + h) * M + i`.
+/// Maglev lookup tables: for service id `s`, half `h`, slot `i`: element
+/// `(2s + h) * E + i / 4`, lane `i % 4`, where E = ceil(M / 4).
 #[map]
-pub static MAGLEV: Array<u32> = Array::pinned(2 * 65537, 0);
+pub static MAGLEV: Array<MaglevSlots> = Array::pinned(2 * 16385, 0);
+
+/// One-hash Bloom filter over the VIPs (see `foobar_common::vip_filter_slot`).
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::pinned(VIP_FILTER_WORDS, 0);
+
+/// Per-CPU cache of each backend's next hop, refreshed from the FIB when it expires.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(4096, 0);
 
 /// Connection table; per-CPU LRU lists so CPUs do not contend on eviction.
 #[map]

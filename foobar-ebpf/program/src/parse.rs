@@ -28,12 +28,16 @@ pub const IPPROTO_FRAGMENT: u8 = 44;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+// Header layouts use their natural field widths, so the compiler emits word loads and stores
+// (the BPF JIT and verifier allow unaligned packet access on the architectures foobar runs on).
+// Multi-byte fields hold network-order values: `u16::from_be` to read, `to_be` to write.
+
 /// Ethernet header.
 #[repr(C)]
 pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
-    pub proto: [u8; 2],
+    pub proto: u16,
 }
 /// Length of an untagged Ethernet header.
 pub const ETH_LEN: usize = size_of::<EthHdr>();
@@ -41,8 +45,8 @@ pub const ETH_LEN: usize = size_of::<EthHdr>();
 /// 802.1Q / 802.1ad tag (TCI, then the next EtherType).
 #[repr(C)]
 pub struct VlanHdr {
-    pub tci: [u8; 2],
-    pub proto: [u8; 2],
+    pub tci: u16,
+    pub proto: u16,
 }
 /// Length of one VLAN tag.
 pub const VLAN_LEN: usize = size_of::<VlanHdr>();
@@ -52,14 +56,14 @@ pub const VLAN_LEN: usize = size_of::<VlanHdr>();
 pub struct Ipv4Hdr {
     pub ver_ihl: u8,
     pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
     pub ttl: u8,
     pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
 }
 /// Length of an IPv4 header without options.
 pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
@@ -67,12 +71,12 @@ pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
 /// IPv6 fixed header.
 #[repr(C)]
 pub struct Ipv6Hdr {
-    pub ver_tc_flow: [u8; 4],
-    pub payload_len: [u8; 2],
+    pub ver_tc_flow: u32,
+    pub payload_len: u16,
     pub next_hdr: u8,
     pub hop_limit: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
 }
 /// Length of the IPv6 fixed header.
 pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
@@ -80,8 +84,8 @@ pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
 /// The first bytes of a TCP or UDP header: the ports.
 #[repr(C)]
 pub struct PortsHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// ICMP / ICMPv6 header (type, code, checksum, 4 bytes of rest).
@@ -89,8 +93,8 @@ pub struct PortsHdr {
 pub struct IcmpHdr {
     pub kind: u8,
     pub code: u8,
-    pub check: [u8; 2],
-    pub rest: [u8; 4],
+    pub check: u16,
+    pub rest: u32,
 }
 /// Length of an ICMP header.
 pub const ICMP_LEN: usize = size_of::<IcmpHdr>();
@@ -112,12 +116,6 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ParseError> 
         return Err(ParseError::Malformed);
     }
     Ok((start + offset) as *mut T)
-}
-
-/// Reads a big-endian `u16` from two bytes.
-#[inline(always)]
-pub fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
 }
 
 /// What the data plane needs to know about an IP packet.
@@ -147,15 +145,15 @@ pub struct Packet {
 #[inline(always)]
 pub fn parse_ip(ctx: &XdpContext) -> Result<Packet, ParseError> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let mut ether_type = be16(unsafe { (*eth).proto });
+    let mut ether_type = u16::from_be(unsafe { (*eth).proto });
     let mut l3_off = ETH_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let tag: *const VlanHdr = ptr_at(ctx, l3_off)?;
-        ether_type = be16(unsafe { (*tag).proto });
+        ether_type = u16::from_be(unsafe { (*tag).proto });
         l3_off += VLAN_LEN;
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             let tag: *const VlanHdr = ptr_at(ctx, l3_off)?;
-            ether_type = be16(unsafe { (*tag).proto });
+            ether_type = u16::from_be(unsafe { (*tag).proto });
             l3_off += VLAN_LEN;
         }
     }
@@ -174,11 +172,11 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     if ver_ihl >> 4 != 4 || hdr_len < IPV4_LEN {
         return Err(ParseError::Malformed);
     }
-    let ip_len = be16(unsafe { (*ip).tot_len }) as usize;
+    let ip_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
     if ip_len < hdr_len || ctx.data() + l3_off + ip_len > ctx.data_end() {
         return Err(ParseError::Malformed);
     }
-    let frag = be16(unsafe { (*ip).frag_off });
+    let frag = u16::from_be(unsafe { (*ip).frag_off });
     Ok(Packet {
         l3_off,
         l4_off: l3_off + hdr_len,
@@ -195,11 +193,11 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
-    let first = unsafe { (*ip).ver_tc_flow };
-    if first[0] >> 4 != 6 {
+    let first = u32::from_be(unsafe { (*ip).ver_tc_flow });
+    if first >> 28 != 6 {
         return Err(ParseError::Malformed);
     }
-    let ip_len = be16(unsafe { (*ip).payload_len }) as usize + IPV6_LEN;
+    let ip_len = u16::from_be(unsafe { (*ip).payload_len }) as usize + IPV6_LEN;
     if ctx.data() + l3_off + ip_len > ctx.data_end() {
         return Err(ParseError::Malformed);
     }
@@ -212,27 +210,34 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
         ip_len,
         fragment: next == IPPROTO_FRAGMENT,
         ip_hdr_len: IPV6_LEN,
-        tos: (first[0] << 4) | (first[1] >> 4),
+        tos: (first >> 20) as u8,
         quotes_flow: false,
     })
 }
 
-/// Copies the packet's source and destination addresses into `src` and `dst` (IPv4 in the
-/// first four bytes; the rest must already be zero).
+/// Copies the packet's destination address into `dst` (IPv4 in the first word; the rest must
+/// already be zero).
 #[inline(always)]
-pub fn read_addrs(ctx: &XdpContext, pkt: &Packet, src: &mut Addr, dst: &mut Addr) -> Result<(), ParseError> {
+pub fn read_dst(ctx: &XdpContext, pkt: &Packet, dst: &mut Addr) -> Result<(), ParseError> {
     if pkt.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
-        unsafe {
-            src[..4].copy_from_slice(&(*ip).src);
-            dst[..4].copy_from_slice(&(*ip).dst);
-        }
+        dst[0] = unsafe { (*ip).dst };
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
-        unsafe {
-            *src = (*ip).src;
-            *dst = (*ip).dst;
-        }
+        *dst = unsafe { (*ip).dst };
+    }
+    Ok(())
+}
+
+/// Copies the packet's source address into `src`, like [`read_dst`].
+#[inline(always)]
+pub fn read_src(ctx: &XdpContext, pkt: &Packet, src: &mut Addr) -> Result<(), ParseError> {
+    if pkt.family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
+        src[0] = unsafe { (*ip).src };
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
+        *src = unsafe { (*ip).src };
     }
     Ok(())
 }
@@ -241,6 +246,5 @@ pub fn read_addrs(ctx: &XdpContext, pkt: &Packet, src: &mut Addr, dst: &mut Addr
 #[inline(always)]
 pub fn ports_at(ctx: &XdpContext, l4_off: usize) -> Result<(u16, u16), ParseError> {
     let ports: *const PortsHdr = ptr_at(ctx, l4_off)?;
-    let (s, d) = unsafe { ((*ports).sport, (*ports).dport) };
-    Ok((u16::from_ne_bytes(s), u16::from_ne_bytes(d)))
+    Ok(unsafe { ((*ports).sport, (*ports).dport) })
 }

@@ -1,0 +1,233 @@
+//! `cargo xtask bench xdp`: the data plane's cost per packet on each path, against baselines
+//! measured the same way in the same run, and its map memory. Writes `$FOOBAR_BENCH_OUT/xdp.json`.
+//!
+//! Per-call mode: one packet per BPF_PROG_TEST_RUN call (repeat > 1 would feed the program its
+//! own rewritten output), median of the kernel-measured times, baseline an empty XDP_PASS
+//! program. Live-frame mode: the kernel resets every frame and really transmits/passes it;
+//! baseline a trivial swap-MACs-and-XDP_TX program.
+
+use anyhow::{bail, Context, Result};
+use foobar::{config, dataplane::Dataplane};
+use foobar_common::names;
+use foobar_tests::{
+    packet::{Spec, ACK, SYN},
+    testrun::{Fixture, XDP_PASS, XDP_TX},
+    PinDir,
+};
+use std::{path::PathBuf, time::Duration};
+
+const CALLS: usize = 20_000;
+const LIVE_REPEAT: u32 = 100_000;
+/// Live-frame rounds; programs take turns within a round and each reports its median, so a
+/// burst of load on this machine hits baseline and subject alike.
+const LIVE_ROUNDS: usize = 9;
+
+/// One row of the results.
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: String,
+    baseline_value: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        if self.baseline_value > 0.0 {
+            self.value / self.baseline_value
+        } else {
+            0.0
+        }
+    }
+}
+
+fn median_ns(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_nanos() as f64
+}
+
+/// Median per-call time of `program` over `frames` (cycled), checking the verdict.
+fn per_call(fx: &mut Fixture, program: &str, frames: &[Vec<u8>], verdict: u32) -> Result<f64> {
+    let mut samples = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        let (got, _, took) = fx.run_program(program, &frames[i % frames.len()])?;
+        if got != verdict {
+            bail!("{program}: verdict {got}, expected {verdict}");
+        }
+        samples.push(took);
+    }
+    Ok(median_ns(samples))
+}
+
+fn main() -> Result<()> {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode != "xdp" {
+        bail!("usage: foobar-bench xdp");
+    }
+    let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
+    let mut rows = Vec::new();
+    let mut fx = Fixture::new("bench")?;
+
+    let syns: Vec<Vec<u8>> = (0..CALLS)
+        .map(|i| Spec::tcp("198.51.100.7", 1024 + (i % 60000) as u16, "192.0.2.1", 80, SYN).frame())
+        .collect();
+    let established = vec![Spec::tcp("198.51.100.7", 40000, "192.0.2.1", 80, ACK).frame()];
+    let udp = vec![Spec::udp("198.51.100.7", 40000, "192.0.2.2", 53).frame()];
+    let non_vip = vec![Spec::tcp("198.51.100.7", 40000, "203.0.113.9", 80, ACK).frame()];
+    let inner = Spec::tcp("198.51.100.7", 40000, "192.0.2.9", 443, ACK).ip();
+    let decap = vec![Spec::new("10.20.0.9", "10.20.0.1", 4, inner).frame()];
+    // Warm the connection table for the established paths.
+    fx.run(&established[0])?;
+    fx.run(&udp[0])?;
+
+    let empty = per_call(&mut fx, names::PASS_PROGRAM, &established, XDP_PASS)?;
+    let paths: [(&str, &[Vec<u8>], u32); 5] = [
+        ("vip_tcp_syn_new_flow", &syns, XDP_TX),
+        ("vip_tcp_established", &established, XDP_TX),
+        ("vip_udp", &udp, XDP_TX),
+        ("non_vip", &non_vip, XDP_PASS),
+        ("ipip_decap", &decap, XDP_PASS),
+    ];
+    for (name, frames, verdict) in paths {
+        let value = per_call(&mut fx, names::PROGRAM, frames, verdict)?;
+        rows.push(Row {
+            name: format!("{name}_per_call"),
+            value,
+            unit: "ns/packet",
+            baseline: "empty XDP_PASS program, per call".into(),
+            baseline_value: empty,
+        });
+    }
+
+    let live: [(&str, &str, &Vec<u8>, &str); 6] = [
+        ("reflect", names::REFLECT_PROGRAM, &established[0], ""),
+        ("pass", names::PASS_PROGRAM, &non_vip[0], ""),
+        ("vip_tcp_established", names::PROGRAM, &established[0], "reflect"),
+        ("vip_udp", names::PROGRAM, &udp[0], "reflect"),
+        ("non_vip", names::PROGRAM, &non_vip[0], "pass"),
+        ("ipip_decap", names::PROGRAM, &decap[0], "pass"),
+    ];
+    let mut samples = vec![Vec::with_capacity(LIVE_ROUNDS); live.len()];
+    for _ in 0..LIVE_ROUNDS {
+        for (i, (_, program, frame, _)) in live.iter().enumerate() {
+            samples[i].push(fx.run_live(program, frame, LIVE_REPEAT)?);
+        }
+    }
+    let medians: Vec<f64> = samples.into_iter().map(median_ns).collect();
+    for (i, (name, _, _, which)) in live.iter().enumerate().skip(2) {
+        let (baseline, baseline_value) = match *which {
+            "reflect" => ("swap-MACs + XDP_TX program, live frames", medians[0]),
+            _ => ("empty XDP_PASS program, live frames", medians[1]),
+        };
+        let ns = medians[i];
+        rows.push(Row {
+            name: format!("{name}_live"),
+            value: ns,
+            unit: "ns/packet",
+            baseline: baseline.into(),
+            baseline_value,
+        });
+        rows.push(Row {
+            name: format!("{name}_live_rate"),
+            value: if ns > 0.0 { 1e9 / ns } else { 0.0 },
+            unit: "packets/s",
+            baseline: baseline.into(),
+            baseline_value: if baseline_value > 0.0 {
+                1e9 / baseline_value
+            } else {
+                0.0
+            },
+        });
+    }
+    drop(fx);
+
+    for (name, services, backends) in [
+        ("default", None, None),
+        ("100_vips_x_100_backends", Some(100), Some(10_000)),
+    ] {
+        let bytes = map_memory(name, services, backends)?;
+        rows.push(Row {
+            name: format!("map_memory_{name}"),
+            value: bytes as f64 / (1024.0 * 1024.0),
+            unit: "MiB",
+            baseline: "target 64 MiB".into(),
+            baseline_value: 64.0,
+        });
+    }
+
+    println!(
+        "{:<42} {:>14} {:<10} {:>14}  {:>6}  baseline",
+        "result", "value", "unit", "baseline", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<42} {:>14.1} {:<10} {:>14.1}  {:>6.2}  {}",
+            r.name,
+            r.value,
+            r.unit,
+            r.baseline_value,
+            r.ratio(),
+            r.baseline
+        );
+    }
+    std::fs::create_dir_all(&out_dir)?;
+    let results: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name, "value": r.value, "unit": r.unit,
+                "baseline": r.baseline, "baseline_value": r.baseline_value, "ratio": r.ratio(),
+            })
+        })
+        .collect();
+    let path = out_dir.join("xdp.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({"bench": "xdp", "results": results}))?,
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Kernel memory (memlock) of the data plane's maps for a configuration with the default
+/// `[dataplane]` section, or with the given service/backend capacities.
+fn map_memory(name: &str, services: Option<u32>, backends: Option<u32>) -> Result<u64> {
+    let pins = PinDir::new(&format!("mem-{name}"));
+    let mut text = format!(
+        "[node]\nname = \"bench\"\ninterfaces = [\"lo\"]\npin_dir = \"{}\"\n[dataplane]\n",
+        pins.path.display()
+    );
+    if let Some(s) = services {
+        text += &format!("max_services = {s}\n");
+    }
+    if let Some(b) = backends {
+        text += &format!("max_backends = {b}\n");
+    }
+    let config = config::parse(&text).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let before = bpf_map_memlock()?;
+    let dp = Dataplane::load(&config)?;
+    let total = bpf_map_memlock()? - before;
+    drop(dp);
+    Ok(total)
+}
+
+/// Sum of `memlock` over this process's BPF map file descriptors.
+fn bpf_map_memlock() -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy()))
+            .context("reading fdinfo")?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
