@@ -94,6 +94,35 @@ fn maglev_entries(c: &Config) -> u32 {
     2 * c.dataplane.max_services.get_ref() * maglev_elements(*c.dataplane.maglev_table_size.get_ref())
 }
 
+/// One backend of a service as the Maglev table sees it.
+struct Member {
+    id: u32,
+    identity: String,
+    weight: u32,
+    up: bool,
+}
+
+/// The Maglev table of a service's healthy members, as backend ids.
+fn maglev_table(c: &Config, members: &[Member]) -> Vec<u16> {
+    let healthy: Vec<&Member> = members.iter().filter(|m| m.up).collect();
+    let candidates: Vec<maglev::Candidate<'_>> = healthy
+        .iter()
+        .map(|m| maglev::Candidate {
+            identity: &m.identity,
+            weight: m.weight,
+        })
+        .collect();
+    // Backend ids are below max_backends <= MAX_BACKENDS, so they fit the u16 lanes.
+    maglev::build_table(
+        c.dataplane.maglev_seed,
+        &candidates,
+        *c.dataplane.maglev_table_size.get_ref(),
+    )
+    .into_iter()
+    .map(|i| healthy.get(i as usize).map_or(MAGLEV_EMPTY, |m| m.id as u16))
+    .collect()
+}
+
 /// A loaded data plane with its maps adopted or created under the pin directory.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -236,11 +265,8 @@ impl Dataplane {
     /// VIPs, services, backends and their Maglev tables. Tables are written to the idle half
     /// and switched in one service-table update, so packets never see a half-written table.
     pub fn sync(&mut self, c: &Config, health: &Health) -> Result<()> {
-        let m = *c.dataplane.maglev_table_size.get_ref();
         self.write_node(c)?;
-        let local: HashSet<IpAddr> = c.node.addresses.iter().copied().collect();
         let wanted: Vec<ServiceKey> = c.services.iter().map(service_key).collect();
-
         // Service ids: keep existing ones, give new services the lowest free id.
         let mut used: HashSet<u32> = self
             .services
@@ -248,106 +274,24 @@ impl Dataplane {
             .filter(|(k, _)| wanted.contains(k))
             .map(|(_, v)| v.id)
             .collect();
-        let mut plan = Vec::new();
+        let mut keep_backends = HashSet::new();
         for (svc, key) in c.services.iter().zip(&wanted) {
-            let (id, half) = match self.services.get(key) {
-                Some(info) => (info.id, info.table_half),
+            let sid = match self.services.get(key) {
+                Some(info) => info.id,
                 None => {
                     let id = (0..).find(|i| !used.contains(i)).unwrap_or(0);
                     used.insert(id);
-                    (id, 1)
+                    id
                 }
             };
-            plan.push((svc, *key, id, half));
+            let members = self.write_backends(c, svc, sid, health)?;
+            keep_backends.extend(members.iter().map(|m| m.id));
+            let table = maglev_table(c, &members);
+            if self.tables.get(&sid) != Some(&table) {
+                self.publish_table(c, *key, sid, &table)?;
+                self.tables.insert(sid, table);
+            }
         }
-
-        // Backends: write every configured one, then each service's table, then flip.
-        let mut keep_backends = HashSet::new();
-        for (svc, key, sid, half) in &plan {
-            let key = *key;
-            let mut ids = Vec::with_capacity(svc.backends.len());
-            for b in &svc.backends {
-                let addr = *b.address.get_ref();
-                let bid = self.backend_id(*sid, addr)?;
-                keep_backends.insert(bid);
-                let up = health.is_up(svc.name.get_ref(), addr);
-                let (bytes, family) = addr_bytes(addr);
-                let mut flags = BACKEND_IN_USE;
-                if up {
-                    flags |= BACKEND_ACTIVE;
-                }
-                if local.contains(&addr) {
-                    flags |= BACKEND_LOCAL;
-                }
-                let backend = Backend {
-                    addr: bytes,
-                    family,
-                    flags,
-                    _pad: [0; 2],
-                    service_id: *sid,
-                };
-                let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
-                backends.set(bid, backend, 0)?;
-                ids.push((b, bid, up));
-            }
-            let identities: Vec<String> = ids.iter().map(|(b, _, _)| b.address.get_ref().to_string()).collect();
-            let candidates: Vec<(maglev::Candidate<'_>, u32)> = ids
-                .iter()
-                .zip(&identities)
-                .filter(|((_, _, up), _)| *up)
-                .map(|((b, bid, _), identity)| {
-                    (
-                        maglev::Candidate {
-                            identity,
-                            weight: b.weight,
-                        },
-                        *bid,
-                    )
-                })
-                .collect();
-            let cands: Vec<maglev::Candidate<'_>> = candidates.iter().map(|(c, _)| c.clone()).collect();
-            // Backend ids are below max_backends <= MAX_BACKENDS, so they fit the u16 lanes.
-            let table: Vec<u16> = maglev::build_table(c.dataplane.maglev_seed, &cands, m)
-                .into_iter()
-                .map(|i| match candidates.get(i as usize) {
-                    Some((_, bid)) => *bid as u16,
-                    None => MAGLEV_EMPTY,
-                })
-                .collect();
-            let mode = match svc.forwarding {
-                Forwarding::Ipip => MODE_IPIP,
-                Forwarding::L2dsr => MODE_L2DSR,
-            };
-            let unchanged =
-                self.tables.get(sid) == Some(&table) && self.services.get(&key).is_some_and(|i| i.mode == mode);
-            if unchanged {
-                continue;
-            }
-            let next_half = if self.services.contains_key(&key) {
-                1 - (half & 1)
-            } else {
-                0
-            };
-            let mut maglev: Array<_, MaglevSlots> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
-            let base = (sid * 2 + next_half) * maglev_elements(m);
-            for (i, lanes) in table.chunks(MAGLEV_LANES as usize).enumerate() {
-                let mut slots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
-                slots[..lanes.len()].copy_from_slice(lanes);
-                maglev.set(base + i as u32, slots, 0)?;
-            }
-            let info = ServiceInfo {
-                id: *sid,
-                table_half: next_half,
-                mode,
-                _pad: [0; 3],
-            };
-            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
-                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
-            services.insert(key, info, 0)?;
-            self.services.insert(key, info);
-            self.tables.insert(*sid, table);
-        }
-
         self.sync_vips(c)?;
         // Services and backends no longer configured: unlink first, then free.
         let stale: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains(k)).copied().collect();
@@ -367,19 +311,81 @@ impl Dataplane {
             .collect();
         for (key, id) in freed {
             let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
-            backends.set(
-                id,
-                Backend {
-                    addr: [0; 4],
-                    family: 0,
-                    flags: 0,
-                    _pad: [0; 2],
-                    service_id: 0,
-                },
-                0,
-            )?;
+            let unused = Backend {
+                addr: [0; 4],
+                family: 0,
+                flags: 0,
+                mode: 0,
+                _pad: 0,
+                service_id: 0,
+            };
+            backends.set(id, unused, 0)?;
             self.backends.remove(&key);
         }
+        Ok(())
+    }
+
+    /// Writes service `sid`'s backends (address, health, locality, mode) and returns them.
+    fn write_backends(&mut self, c: &Config, svc: &config::Service, sid: u32, health: &Health) -> Result<Vec<Member>> {
+        let mode = match svc.forwarding {
+            Forwarding::Ipip => MODE_IPIP,
+            Forwarding::L2dsr => MODE_L2DSR,
+        };
+        let mut members = Vec::with_capacity(svc.backends.len());
+        for b in &svc.backends {
+            let address = *b.address.get_ref();
+            let id = self.backend_id(sid, address)?;
+            let up = health.is_up(svc.name.get_ref(), address);
+            let (addr, family) = addr_bytes(address);
+            let mut flags = BACKEND_IN_USE;
+            if up {
+                flags |= BACKEND_ACTIVE;
+            }
+            if c.node.addresses.contains(&address) {
+                flags |= BACKEND_LOCAL;
+            }
+            let backend = Backend {
+                addr,
+                family,
+                flags,
+                mode,
+                _pad: 0,
+                service_id: sid,
+            };
+            let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+            backends.set(id, backend, 0)?;
+            members.push(Member {
+                id,
+                identity: address.to_string(),
+                weight: b.weight,
+                up,
+            });
+        }
+        Ok(members)
+    }
+
+    /// Writes `table` into the idle half of service `sid`'s Maglev table, then makes that half
+    /// live with one service-table update.
+    fn publish_table(&mut self, c: &Config, key: ServiceKey, sid: u32, table: &[u16]) -> Result<()> {
+        let half = match self.services.get(&key) {
+            Some(info) => 1 - (info.table_half & 1),
+            None => 0,
+        };
+        let base = (sid * 2 + half) * maglev_elements(*c.dataplane.maglev_table_size.get_ref());
+        let mut maglev: Array<_, MaglevSlots> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
+        for (i, lanes) in table.chunks(MAGLEV_LANES as usize).enumerate() {
+            let mut slots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
+            slots[..lanes.len()].copy_from_slice(lanes);
+            maglev.set(base + i as u32, slots, 0)?;
+        }
+        let info = ServiceInfo {
+            id: sid,
+            table_half: half,
+        };
+        let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
+            BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
+        services.insert(key, info, 0)?;
+        self.services.insert(key, info);
         Ok(())
     }
 

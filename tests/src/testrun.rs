@@ -9,6 +9,20 @@ use foobar::{config, dataplane::Dataplane, health::Health, stats};
 use foobar_common::names;
 use std::time::Duration;
 
+/// Frames per live-frame batch.
+pub const LIVE_BATCH: u32 = 64;
+
+/// How a live-frame run feeds the program.
+#[derive(Clone, Copy, Debug)]
+pub enum Live {
+    /// One batch on a fresh page pool: every frame starts as built. Each call pays for setting
+    /// up its frames, so baselines must be measured the same way.
+    Fresh,
+    /// This many frames on recycled pages: the kernel resets a recycled frame's pointers but
+    /// not its bytes, so only programs that leave the headers in place see the frame as built.
+    Recycled(u32),
+}
+
 /// XDP verdict: drop.
 pub const XDP_DROP: u32 = 1;
 /// XDP verdict: pass to the kernel.
@@ -176,10 +190,14 @@ impl Fixture {
         Ok((result.return_value, out, result.duration))
     }
 
-    /// Runs `frame` `repeat` times in live-frame mode (each run gets a fresh copy, and TX/PASS
-    /// really happen); returns the kernel's time per packet.
-    pub fn run_live(&mut self, program: &str, frame: &[u8], repeat: u32) -> Result<Duration> {
+    /// Runs `frame` in live-frame mode (frames really are transmitted or passed up) and returns
+    /// the kernel's time per packet.
+    pub fn run_live(&mut self, program: &str, frame: &[u8], mode: Live) -> Result<Duration> {
         let ctx = self.ctx(frame.len());
+        let repeat = match mode {
+            Live::Fresh => LIVE_BATCH,
+            Live::Recycled(repeat) => repeat,
+        };
         let result = self
             .dp
             .program(program)?
@@ -187,7 +205,7 @@ impl Fixture {
                 data_in: Some(frame),
                 ctx_in: Some(&ctx),
                 repeat,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN (live frames)")?;

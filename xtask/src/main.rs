@@ -94,9 +94,21 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(root, &["build", "--workspace", "--all-targets"], &[])?;
     let bin = root.join("target/debug/foobar");
-    let mut args = vec!["test", "--workspace"];
+    let envs = [("FOOBAR_BIN", bin.display().to_string())];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // nextest runs every test in its own process and ends with one summary line for the whole
+    // suite; plain `cargo test` is the fallback where it is not installed.
+    let nextest = Command::new(env!("CARGO"))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut args = if nextest {
+        vec!["nextest", "run", "--workspace", "--no-fail-fast"]
+    } else {
+        vec!["test", "--workspace", "--no-fail-fast"]
+    };
     args.extend(extra.iter().map(String::as_str));
-    cargo(root, &args, &[("FOOBAR_BIN", &bin.display().to_string())])
+    cargo(root, &args, &envs)
 }
 
 fn run(root: &Path, args: &[String]) -> Result<()> {

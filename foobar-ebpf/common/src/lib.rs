@@ -140,10 +140,6 @@ pub struct ServiceInfo {
     pub id: u32,
     /// Which half of the service's double-buffered Maglev table is live (0 or 1).
     pub table_half: u32,
-    /// [`MODE_IPIP`] or [`MODE_L2DSR`].
-    pub mode: u8,
-    /// Padding, always zero.
-    pub _pad: [u8; 3],
 }
 
 /// A backend ("real") of one service.
@@ -156,9 +152,12 @@ pub struct Backend {
     pub family: u8,
     /// [`BACKEND_ACTIVE`], [`BACKEND_LOCAL`], [`BACKEND_IN_USE`].
     pub flags: u8,
+    /// Its service's forwarding mode ([`MODE_IPIP`] or [`MODE_L2DSR`]), so packets of
+    /// established flows need no service lookup.
+    pub mode: u8,
     /// Padding, always zero.
-    pub _pad: [u8; 2],
-    /// Id of the service this backend belongs to (lets a restarted control plane adopt the maps).
+    pub _pad: u8,
+    /// Id of its service (for statistics, and so a restarted control plane can adopt the maps).
     pub service_id: u32,
 }
 

@@ -56,22 +56,25 @@ fn active_backend(id: u32) -> Option<&'static Backend> {
     Some(backend)
 }
 
-/// Chooses the backend for `flow` of service `svc`: the connection table's entry when its
-/// backend is still active, otherwise the service's live Maglev table (and records the choice,
-/// within the per-CPU insert budget). `None` means the service has no usable backend.
+/// The backend the connection table has for `flow`, if it is still active: established flows
+/// need neither the service table nor Maglev.
 #[inline(always)]
-pub fn choose(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choice> {
-    if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
-        let id = entry.backend;
-        if let Some(backend) = active_backend(id) {
-            count(Counter::ConntrackHit);
-            return Some(Choice {
-                id,
-                backend,
-                new_flow: false,
-            });
-        }
-    }
+pub fn established(flow: &FlowKey) -> Option<Choice> {
+    let id = unsafe { CONNTRACK.get(flow) }?.backend;
+    let backend = active_backend(id)?;
+    count(Counter::ConntrackHit);
+    Some(Choice {
+        id,
+        backend,
+        new_flow: false,
+    })
+}
+
+/// Picks a backend for a flow the connection table does not know from service `svc`'s live
+/// Maglev table, and records the choice within the per-CPU insert budget. `None` means the
+/// service has no usable backend.
+#[inline(always)]
+pub fn pick(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choice> {
     count(Counter::ConntrackMiss);
     let size = node.maglev_size;
     let slot = flow_hash(flow).checked_rem(size)?;

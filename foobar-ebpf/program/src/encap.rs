@@ -93,16 +93,8 @@ fn fib_lookup(ctx: &XdpContext, family: u8, src: &Addr, dst: &Addr) -> Option<Ne
 /// (IPIP), then transmits. A packet that would not fit the egress MTU gets ICMP "too big"
 /// back instead.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    flow: &FlowKey,
-    id: u32,
-    backend: &Backend,
-    mode: u8,
-    node: &NodeConfig,
-) -> u32 {
-    let (overhead, src) = if mode == MODE_L2DSR {
+pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, id: u32, backend: &Backend, node: &NodeConfig) -> u32 {
+    let (overhead, src) = if backend.mode == MODE_L2DSR {
         (0, flow.src)
     } else if backend.family == FAMILY_V4 {
         (IPV4_LEN, [node.encap_src_v4, 0, 0, 0])

@@ -88,13 +88,19 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
         _ => return not_a_service(&flow, Counter::DropNoService),
     }
 
-    let Some(svc) = lookup_service(&flow) else {
-        return not_a_service(&flow, Counter::DropNoService);
+    let choice = match balance::established(&flow) {
+        Some(choice) => choice,
+        None => {
+            let Some(svc) = lookup_service(&flow) else {
+                return not_a_service(&flow, Counter::DropNoService);
+            };
+            let Some(choice) = balance::pick(&flow, &svc, node) else {
+                return drop(Counter::DropNoBackend);
+            };
+            choice
+        }
     };
-    let Some(choice) = balance::choose(&flow, &svc, node) else {
-        return drop(Counter::DropNoBackend);
-    };
-    account(&SERVICE_STATS, svc.id, pkt.ip_len, choice.new_flow);
+    account(&SERVICE_STATS, choice.backend.service_id, pkt.ip_len, choice.new_flow);
     account(&BACKEND_STATS, choice.id, pkt.ip_len, choice.new_flow);
     if pkt.quotes_flow {
         count(Counter::IcmpForwarded);
@@ -102,7 +108,7 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     if choice.backend.flags & BACKEND_LOCAL != 0 {
         return pass(Counter::LocalDelivered);
     }
-    encap::forward(&ctx, &pkt, &flow, choice.id, choice.backend, svc.mode, node)
+    encap::forward(&ctx, &pkt, &flow, choice.id, choice.backend, node)
 }
 
 /// False when `addr` is certainly not a VIP.
