@@ -199,6 +199,8 @@ pub enum CheckKind {
     Tcp,
     /// HTTP/1.1 GET, healthy on the expected status.
     Http,
+    /// HTTP/1.1 GET over TLS (the certificate is not verified), healthy on the expected status.
+    Https,
     /// No check: always healthy.
     None,
 }
@@ -265,7 +267,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        vec![problem(text, &span, e.message().to_string())]
+        vec![problem(text, &span, e.message().trim().replace('\n', "; "))]
     })?;
     let mut found = Vec::new();
     validate(&config, &mut |span: &Range<usize>, reason: String| {

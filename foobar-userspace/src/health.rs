@@ -1,16 +1,29 @@
-//! Active health checks of backends: TCP connect or HTTP/1.1 GET with an expected status,
+//! Active health checks of backends: TCP connect, or HTTP/1.1 GET (plain or over TLS) with an
+//! expected status,
 //! with interval, timeout, rise and fall. Backends start up (as HAProxy's do), so a restart
 //! never drains a healthy pool; a check task per backend reports transitions.
 
 use crate::config::{CheckKind, Config, HealthCheck};
-use std::{collections::HashSet, net::IpAddr, net::SocketAddr, time::Duration};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::watch,
     task::JoinSet,
     time::timeout,
 };
+use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 /// Which backends are down, by service name and address.
@@ -94,16 +107,33 @@ async fn check_loop(service: String, target: SocketAddr, check: HealthCheck, hea
     }
 }
 
-/// One check: Ok when the backend passes.
-async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
-    let mut stream = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
-    if check.kind != CheckKind::Http {
-        return Ok(());
-    }
+/// Checks `target` once: Ok when it passes, otherwise why not.
+pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let stream = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
     let host = match target {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
+    match check.kind {
+        CheckKind::Tcp | CheckKind::None => Ok(()),
+        CheckKind::Http => http_check(stream, &host, check).await,
+        CheckKind::Https => {
+            let name = ServerName::IpAddress(target.ip().into());
+            let tls = TlsConnector::from(tls_config()?)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            http_check(tls, &host, check).await
+        }
+    }
+}
+
+/// Sends a GET for the check's path and compares the response status.
+async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    check: &HealthCheck,
+) -> Result<(), String> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: foobar-health\r\nConnection: close\r\n\r\n",
         check.path
@@ -126,6 +156,68 @@ async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("status {status}, expected {}", check.expect_status))
+    }
+}
+
+/// The TLS client configuration of HTTPS checks: aws-lc-rs, TLS 1.2 and 1.3, and no
+/// certificate verification (a health check asks "does it answer", as HAProxy's
+/// `check-ssl verify none` does; backends often serve the VIP's name, not their address's).
+fn tls_config() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let verifier = Arc::new(AnyCertificate(provider.clone()));
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    Arc::new(
+                        b.dangerous()
+                            .with_custom_certificate_verifier(verifier)
+                            .with_no_client_auth(),
+                    )
+                })
+                .map_err(|e| format!("TLS configuration: {e}"))
+        })
+        .clone()
+}
+
+/// Accepts any certificate, but still checks that the handshake signatures are valid.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -189,6 +189,14 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Guards an already spawned child whose output goes to `log`.
+    pub fn adopt(child: Child, log: &Path) -> Self {
+        Self {
+            child: Some(child),
+            log: log.to_owned(),
+        }
+    }
+
     /// Sends a signal without waiting.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
         if let Some(child) = &self.child {

@@ -108,6 +108,30 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     }
     round_trip_all(&mut conns, "while b1 drains")?;
 
+    // A bad file on SIGHUP is refused with its reason; the running configuration stays.
+    std::fs::write(
+        lab.edge_config(),
+        "[node]\nname = \"edge\"\ninterfaces = [\"eth0\"]\nbogus = 1\n",
+    )?;
+    lab.edge_foobar
+        .as_ref()
+        .context("edge running")?
+        .signal(Signal::SIGHUP)?;
+    wait_until(Duration::from_secs(5), "the refusal", || {
+        lab.edge_log().contains("reload refused")
+    })?;
+    if !lab.edge_log().contains("unknown field `bogus`") {
+        bail!("the refusal does not say why:\n{}", lab.edge_log());
+    }
+    let fresh = connect(&lab, 20)?;
+    if fresh.iter().any(|c| c.backend == "b1") {
+        bail!(
+            "the refused file changed the running configuration: {:?}",
+            spread(&fresh)
+        );
+    }
+    round_trip_all(&mut conns, "after a refused reload")?;
+
     // Removing b2 from the configuration with 100 connections open breaks none of the others.
     reload(&lab, &all)?;
     let mut many = connect(&lab, 100)?;

@@ -1,0 +1,67 @@
+//! A bad configuration is refused with file, line, column and reason, by `check-config` and by
+//! `run`, and nothing is attached or pinned.
+
+use anyhow::Result;
+use foobar_tests::{foobar_bin, PinDir, Scratch};
+use std::process::Command;
+
+#[test]
+fn check_config_and_run_report_every_problem_with_its_place() -> Result<()> {
+    let scratch = Scratch::new("badcfg")?;
+    let pins = PinDir::new("badcfg");
+    let path = scratch.file("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[node]
+name = "edge"
+interfaces = ["lo"]
+pin_dir = "{}"
+
+[dataplane]
+maglev_table_size = 1000
+
+[[service]]
+name = "web"
+vip = "192.0.2.1"
+port = 80
+forwarding = "ipip"
+[[service.backend]]
+address = "10.0.0.2"
+[[service.backend]]
+address = "10.0.0.2"
+"#,
+            pins.path.display()
+        ),
+    )?;
+    let file = path.display().to_string();
+    for args in [
+        vec!["check-config", file.as_str()],
+        vec!["run", "--config", file.as_str()],
+    ] {
+        let out = Command::new(foobar_bin()).args(&args).output()?;
+        assert!(!out.status.success(), "{args:?} accepted a bad file");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for expected in [
+            format!("{file}:7:21: maglev_table_size 1000 is not a prime"),
+            format!("{file}:15:11: backend 10.0.0.2 is reached by IPIP: [node] needs tunnel_source_v4"),
+            format!("{file}:17:11: backend 10.0.0.2 is listed twice in this service"),
+        ] {
+            assert!(
+                stderr.contains(&expected),
+                "{args:?}: missing {expected:?} in:\n{stderr}"
+            );
+        }
+    }
+    assert!(!pins.path.exists(), "a refused run must not pin anything");
+
+    std::fs::write(&path, "[node]\nname = \"edge\"\ninterfaces = [\"lo\"\n")?;
+    let out = Command::new(foobar_bin()).args(["check-config", &file]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{file}:4:1: invalid array; expected `]`")),
+        "syntax error without its place:\n{stderr}"
+    );
+    Ok(())
+}
