@@ -121,6 +121,12 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
             &[],
         )?;
         let bin = root.join("target/release/foobar");
+        // Ctrl-C goes to the whole process group: let the lab take it and clean up while this
+        // process waits for it (the lab resets the disposition for itself).
+        // SAFETY: installs SIG_IGN, no handler code runs.
+        unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)?;
+        }
         let status = Command::new(root.join("target/release/foobar-lab"))
             .env("FOOBAR_BIN", bin)
             .status()

@@ -7,7 +7,12 @@ use nix::sys::signal::{SigSet, Signal};
 const BACKENDS: usize = 3;
 
 fn main() -> Result<()> {
-    // Block the stop signals in every thread so the main thread can wait for them.
+    // Block the stop signals in every thread so the main thread can wait for them (and undo an
+    // inherited "ignore", under which they would be discarded rather than wait).
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: installs SIG_DFL, no handler code runs.
+        unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)? };
+    }
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGINT);
     stop.add(Signal::SIGTERM);
