@@ -92,7 +92,7 @@ pub fn pick(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choi
     let backend = active_backend(id)?;
     if may_insert(node) {
         // An LRU insert only fails under memory pressure; the packet is forwarded either way.
-        let _ = CONNTRACK.insert(flow, &FlowValue { backend: id }, 0);
+        let _ = CONNTRACK.insert(flow, FlowValue { backend: id }, 0);
     } else {
         count(Counter::ConntrackInsertCapped);
     }

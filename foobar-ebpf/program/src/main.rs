@@ -39,12 +39,12 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
         family: pkt.family,
         _pad: [0; 2],
     };
-    if parse::read_dst(&ctx, &pkt, &mut flow.dst).is_err() {
+    if parse::read_addr(&ctx, &pkt, parse::End::Dst, &mut flow.dst).is_err() {
         return pass(Counter::MalformedPassed);
     }
 
     if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6)
-        && unsafe { LOCAL_ADDRS.get(&addr_key(&flow.dst, pkt.family)) }.is_some()
+        && unsafe { LOCAL_ADDRS.get(addr_key(&flow.dst, pkt.family)) }.is_some()
     {
         return encap::decapsulate(&ctx, &pkt);
     }
@@ -57,7 +57,7 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     let Some(node) = NODE.get(0) else {
         return pass(Counter::Passed);
     };
-    if parse::read_src(&ctx, &pkt, &mut flow.src).is_err() {
+    if parse::read_addr(&ctx, &pkt, parse::End::Src, &mut flow.src).is_err() {
         return pass(Counter::MalformedPassed);
     }
     if node.flags & NODE_FORWARDING == 0 {
@@ -121,7 +121,7 @@ fn maybe_vip(addr: &Addr) -> bool {
 /// True when the flow's destination is a VIP.
 #[inline(always)]
 fn is_vip(flow: &FlowKey) -> bool {
-    unsafe { VIPS.get(&addr_key(&flow.dst, flow.family)) }.is_some()
+    unsafe { VIPS.get(addr_key(&flow.dst, flow.family)) }.is_some()
 }
 
 /// A packet the balancer will not forward: dropped (and counted as `reason`) when it is VIP
@@ -144,11 +144,11 @@ fn lookup_service(flow: &FlowKey) -> Option<ServiceInfo> {
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(svc) = unsafe { SERVICES.get(&key) } {
+    if let Some(svc) = unsafe { SERVICES.get(key) } {
         return Some(*svc);
     }
     key.port_be = 0;
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 #[inline(always)]
@@ -186,9 +186,7 @@ pub fn foobar_reflect(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     };
     unsafe {
-        let dst = (*eth).dst;
-        (*eth).dst = (*eth).src;
-        (*eth).src = dst;
+        core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
     }
     xdp_action::XDP_TX
 }

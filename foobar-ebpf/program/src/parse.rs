@@ -215,29 +215,34 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     })
 }
 
-/// Copies the packet's destination address into `dst` (IPv4 in the first word; the rest must
-/// already be zero).
-#[inline(always)]
-pub fn read_dst(ctx: &XdpContext, pkt: &Packet, dst: &mut Addr) -> Result<(), ParseError> {
-    if pkt.family == FAMILY_V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
-        dst[0] = unsafe { (*ip).dst };
-    } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
-        *dst = unsafe { (*ip).dst };
-    }
-    Ok(())
+/// Which address of a packet.
+pub enum End {
+    /// The source address.
+    Src,
+    /// The destination address.
+    Dst,
 }
 
-/// Copies the packet's source address into `src`, like [`read_dst`].
+/// Copies one of the packet's addresses into `out` (IPv4 in the first word; the rest must
+/// already be zero).
 #[inline(always)]
-pub fn read_src(ctx: &XdpContext, pkt: &Packet, src: &mut Addr) -> Result<(), ParseError> {
+pub fn read_addr(ctx: &XdpContext, pkt: &Packet, end: End, out: &mut Addr) -> Result<(), ParseError> {
     if pkt.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
-        src[0] = unsafe { (*ip).src };
+        out[0] = unsafe {
+            match end {
+                End::Src => (*ip).src,
+                End::Dst => (*ip).dst,
+            }
+        };
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
-        *src = unsafe { (*ip).src };
+        *out = unsafe {
+            match end {
+                End::Src => (*ip).src,
+                End::Dst => (*ip).dst,
+            }
+        };
     }
     Ok(())
 }
