@@ -4,7 +4,7 @@
 
 use crate::{enter, ifindex_of, mac_of, Netns, PinDir};
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use foobar::{config, dataplane::Dataplane, health::Health, stats};
 use foobar_common::names;
 use std::time::Duration;
@@ -149,6 +149,20 @@ impl Fixture {
         let mut dp = Dataplane::load(&config)?;
         dp.sync(&config, &Health::default())?;
         enter(&format!("/run/netns/{}", ns.name))?;
+        // Every BPF_PROG_TEST_RUN of an XDP program adds it to and removes it from the kernel's
+        // XDP dispatcher, each change waiting for an RCU grace period (milliseconds), unless the
+        // program is attached somewhere already. Attach each to a spare veth for the duration
+        // (left down, so no frame ever reaches it).
+        for (i, program) in [names::PROGRAM, names::PASS_PROGRAM, names::REFLECT_PROGRAM]
+            .into_iter()
+            .enumerate()
+        {
+            let (hold, peer) = (format!("hold{i}"), format!("hold{i}p"));
+            ns.exec(&["ip", "link", "add", &hold, "type", "veth", "peer", "name", &peer])?;
+            dp.program(program)?
+                .attach(&hold, XdpMode::Driver)
+                .with_context(|| format!("attaching {program}"))?;
+        }
         Ok(Self {
             ifindex: ifindex_of(&ns, "t0")?,
             node_mac: mac_of(&ns, "t0")?,

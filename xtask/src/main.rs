@@ -92,7 +92,11 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl"])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
-    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    cargo(
+        root,
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
     cargo(root, &["build", "--workspace", "--all-targets"], &[])?;
     let bin = root.join("target/debug/foobar");
     let envs = [("FOOBAR_BIN", bin.display().to_string())];

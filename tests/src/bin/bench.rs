@@ -22,7 +22,7 @@ const CALLS: usize = 20_000;
 /// Live-frame calls per program (programs take turns and each reports its median, so a burst
 /// of load on this machine hits baseline and subject alike).
 const LIVE_FRESH_CALLS: usize = 2_000;
-const LIVE_RECYCLED_CALLS: usize = 15;
+const LIVE_RECYCLED_CALLS: usize = 41;
 /// Frames per recycled live-frame call.
 const LIVE_RECYCLED_REPEAT: u32 = 100_000;
 
