@@ -1,5 +1,6 @@
 //! `cargo xtask bench xdp`: the data plane's cost per packet on each path, against baselines
-//! measured the same way in the same run, and its map memory. Writes `$FOOBAR_BENCH_OUT/xdp.json`.
+//! measured the same way in the same run, and its map memory. Writes `$FOOBAR_BENCH_OUT/xdp.json`
+//! and the same table as Markdown in `xdp.md`.
 //!
 //! Per-call mode: one packet per BPF_PROG_TEST_RUN call (repeat > 1 would feed the program its
 //! own rewritten output), median of the kernel-measured times, baseline an empty XDP_PASS
@@ -200,6 +201,21 @@ fn main() -> Result<()> {
             })
         })
         .collect();
+    let mut table = String::from(
+        "| result | value | unit | baseline | baseline value | ratio |\n| --- | ---: | --- | --- | ---: | ---: |\n",
+    );
+    for r in &rows {
+        table += &format!(
+            "| {} | {:.1} | {} | {} | {:.1} | {:.2} |\n",
+            r.name,
+            r.value,
+            r.unit,
+            r.baseline,
+            r.baseline_value,
+            r.ratio()
+        );
+    }
+    std::fs::write(out_dir.join("xdp.md"), table)?;
     let path = out_dir.join("xdp.json");
     std::fs::write(
         &path,
