@@ -73,8 +73,10 @@ pub struct Dataplane {
     pub maglev_table_size: Spanned<u32>,
     /// Seed of the Maglev permutations; equal on both edges so they pick the same backends.
     pub maglev_seed: u64,
-    /// Connection-table capacity (flows).
+    /// Connection-table capacity for IPv4 flows.
     pub conntrack_entries: Spanned<u32>,
+    /// Connection-table capacity for IPv6 flows.
+    pub conntrack_entries_v6: Spanned<u32>,
     /// New connection-table inserts allowed per CPU per second (0 = unlimited).
     pub new_flow_cap: u32,
     /// Capacity of the service table.
@@ -83,12 +85,26 @@ pub struct Dataplane {
     pub max_backends: Spanned<u32>,
 }
 
+impl Dataplane {
+    /// Every setting that sizes a map: changing one takes a restart.
+    pub fn sizes(&self) -> [u32; 5] {
+        [
+            *self.maglev_table_size.get_ref(),
+            *self.conntrack_entries.get_ref(),
+            *self.conntrack_entries_v6.get_ref(),
+            *self.max_services.get_ref(),
+            *self.max_backends.get_ref(),
+        ]
+    }
+}
+
 impl Default for Dataplane {
     fn default() -> Self {
         Self {
             maglev_table_size: Spanned::new(0..0, maglev::DEFAULT_TABLE_SIZE),
             maglev_seed: 0,
             conntrack_entries: Spanned::new(0..0, 262_144),
+            conntrack_entries_v6: Spanned::new(0..0, 65_536),
             new_flow_cap: 125_000,
             max_services: Spanned::new(0..0, 64),
             max_backends: Spanned::new(0..0, 4096),

@@ -72,10 +72,7 @@ fn reload(path: &Path, running: &Config, dataplane: &mut Dataplane, health: &wat
         (running.node.pin_dir != new.node.pin_dir, "[node] pin_dir"),
         (running.node.xdp_mode != new.node.xdp_mode, "[node] xdp_mode"),
         (
-            running.dataplane.maglev_table_size.get_ref() != new.dataplane.maglev_table_size.get_ref()
-                || running.dataplane.max_services.get_ref() != new.dataplane.max_services.get_ref()
-                || running.dataplane.max_backends.get_ref() != new.dataplane.max_backends.get_ref()
-                || running.dataplane.conntrack_entries.get_ref() != new.dataplane.conntrack_entries.get_ref(),
+            running.dataplane.sizes() != new.dataplane.sizes(),
             "[dataplane] table sizes",
         ),
     ];

@@ -75,7 +75,7 @@ pub fn service_key(svc: &config::Service) -> ServiceKey {
 }
 
 /// Sizes of the maps the configuration asks for, by map name.
-fn map_sizes(c: &Config) -> [(&'static str, u32); 6] {
+fn map_sizes(c: &Config) -> [(&'static str, u32); 7] {
     let dp = &c.dataplane;
     let services = *dp.max_services.get_ref();
     let backends = *dp.max_backends.get_ref();
@@ -86,6 +86,7 @@ fn map_sizes(c: &Config) -> [(&'static str, u32); 6] {
         (names::BACKENDS, backends),
         (names::BACKEND_STATS, backends),
         (names::CONNTRACK, *dp.conntrack_entries.get_ref()),
+        (names::CONNTRACK6, *dp.conntrack_entries_v6.get_ref()),
     ]
 }
 

@@ -26,8 +26,10 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Per-CPU cache of each backend's next hop (kernel-only; not pinned).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    /// [`crate::FlowKey`] -> [`crate::FlowValue`], an LRU connection table.
+    /// [`crate::FlowKey4`] -> [`crate::FlowValue`], the LRU connection table of IPv4 flows.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// [`crate::FlowKey`] -> [`crate::FlowValue`], the LRU connection table of IPv6 flows.
+    pub const CONNTRACK6: &str = "CONNTRACK6";
     /// Single-entry array holding the [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
     /// [`crate::AddrKey`] -> u32: the VIPs (any service); traffic to them is balanced or dropped.
@@ -181,6 +183,40 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// Connection table key of an IPv4 flow: the fields of [`FlowKey`] that IPv4 uses, so the
+/// kernel hashes and compares 16 bytes instead of 40.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    /// Client address.
+    pub src: u32,
+    /// VIP address.
+    pub dst: u32,
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// VIP port, network byte order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey4 {
+    /// The compact key of an IPv4 flow.
+    #[inline(always)]
+    pub fn of(flow: &FlowKey) -> Self {
+        Self {
+            src: flow.src[0],
+            dst: flow.dst[0],
+            sport_be: flow.sport_be,
+            dport_be: flow.dport_be,
+            proto: flow.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Connection table value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -316,6 +352,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceInfo {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::AddrKey {}

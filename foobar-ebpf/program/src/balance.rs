@@ -1,10 +1,10 @@
 //! Backend choice: the connection table first, Maglev for flows it does not know.
 
-use crate::maps::{count, BACKENDS, CONNTRACK, INSERT_BUDGET, MAGLEV};
+use crate::maps::{count, BACKENDS, CONNTRACK, CONNTRACK6, INSERT_BUDGET, MAGLEV};
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use foobar_common::{
-    maglev_elements, Backend, Counter, FlowKey, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE, MAGLEV_EMPTY,
-    MAGLEV_LANES,
+    maglev_elements, Backend, Counter, FlowKey, FlowKey4, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE,
+    FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES,
 };
 
 /// Length of the new-flow insert window.
@@ -60,7 +60,12 @@ fn active_backend(id: u32) -> Option<&'static Backend> {
 /// need neither the service table nor Maglev.
 #[inline(always)]
 pub fn established(flow: &FlowKey) -> Option<Choice> {
-    let id = unsafe { CONNTRACK.get(flow) }?.backend;
+    let entry = if flow.family == FAMILY_V4 {
+        unsafe { CONNTRACK.get(FlowKey4::of(flow)) }
+    } else {
+        unsafe { CONNTRACK6.get(flow) }
+    };
+    let id = entry?.backend;
     let backend = active_backend(id)?;
     count(Counter::ConntrackHit);
     Some(Choice {
@@ -92,7 +97,12 @@ pub fn pick(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choi
     let backend = active_backend(id)?;
     if may_insert(node) {
         // An LRU insert only fails under memory pressure; the packet is forwarded either way.
-        let _ = CONNTRACK.insert(flow, FlowValue { backend: id }, 0);
+        let value = FlowValue { backend: id };
+        let _ = if flow.family == FAMILY_V4 {
+            CONNTRACK.insert(FlowKey4::of(flow), value, 0)
+        } else {
+            CONNTRACK6.insert(flow, value, 0)
+        };
     } else {
         count(Counter::ConntrackInsertCapped);
     }

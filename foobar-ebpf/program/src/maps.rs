@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    Addr, AddrKey, Backend, Counter, FlowKey, FlowValue, InsertBudget, MaglevSlots, NodeConfig, ServiceInfo,
+    Addr, AddrKey, Backend, Counter, FlowKey, FlowKey4, FlowValue, InsertBudget, MaglevSlots, NodeConfig, ServiceInfo,
     ServiceKey, TrafficStats, VIP_FILTER_WORDS,
 };
 
@@ -50,9 +50,13 @@ pub static VIP_FILTER: Array<u64> = Array::pinned(VIP_FILTER_WORDS, 0);
 #[map]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(4096, 0);
 
-/// Connection table; per-CPU LRU lists so CPUs do not contend on eviction.
+/// Connection table of IPv4 flows; per-CPU LRU lists so CPUs do not contend on eviction.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+pub static CONNTRACK: LruHashMap<FlowKey4, FlowValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+
+/// Connection table of IPv6 flows.
+#[map]
+pub static CONNTRACK6: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(16384, BPF_F_NO_COMMON_LRU);
 
 /// Node-wide settings (one entry).
 #[map]
