@@ -37,11 +37,22 @@ pub const BACKEND4B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 /// MAC the namespace's FIB has for fd20::2.
 pub const BACKEND6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
 
-/// The configuration: services web4 (192.0.2.1:80, IPIP to 10.20.0.2, plus 10.20.0.3 when
-/// `extra_backend`), dns (192.0.2.2:53/udp, L2 DSR), web6 (2001:db8::1:80, IPIP to fd20::2) and
-/// local (192.0.2.3:443 on this node).
-pub fn config_text(pin: &str, extra_backend: bool) -> String {
-    let extra = if extra_backend {
+/// What the fixture's configuration varies in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Variant {
+    /// web4 gets a second backend, 10.20.0.3.
+    pub extra_backend: bool,
+    /// `[dataplane] new_flow_cap` (0 = unlimited).
+    pub new_flow_cap: u32,
+}
+
+/// The configuration: services web4 (192.0.2.1:80, IPIP to 10.20.0.2), dns (192.0.2.2:53/udp,
+/// L2 DSR to 10.20.0.3), local (192.0.2.3:443 on this node), anyport (192.0.2.4, every TCP
+/// port, IPIP to 10.20.0.2), and for IPv6 web6 (2001:db8::1:80, IPIP to fd20::2), dns6
+/// (2001:db8::2:53/udp, L2 DSR to fd20::2) and local6 (2001:db8::3:443 on this node).
+pub fn config_text(pin: &str, variant: Variant) -> String {
+    let cap = variant.new_flow_cap;
+    let extra = if variant.extra_backend {
         "[[service.backend]]\naddress = \"10.20.0.3\"\n"
     } else {
         ""
@@ -59,6 +70,8 @@ pin_dir = "{pin}"
 [dataplane]
 maglev_table_size = 1009
 conntrack_entries = 1024
+conntrack_entries_v6 = 1024
+new_flow_cap = {cap}
 max_services = 8
 max_backends = 64
 
@@ -95,6 +108,32 @@ port = 443
 health = {{ kind = "none" }}
 [[service.backend]]
 address = "10.20.0.1"
+
+[[service]]
+name = "anyport"
+vip = "192.0.2.4"
+port = 0
+health = {{ kind = "none" }}
+[[service.backend]]
+address = "10.20.0.2"
+
+[[service]]
+name = "dns6"
+vip = "2001:db8::2"
+port = 53
+protocol = "udp"
+forwarding = "l2dsr"
+health = {{ kind = "none" }}
+[[service.backend]]
+address = "fd20::2"
+
+[[service]]
+name = "local6"
+vip = "2001:db8::3"
+port = 443
+health = {{ kind = "none" }}
+[[service.backend]]
+address = "fd20::1"
 "#
     )
 }
@@ -144,7 +183,7 @@ impl Fixture {
         ns.sysctl("net.ipv4.conf.t0.forwarding", "1")?;
         ns.sysctl("net.ipv6.conf.t0.forwarding", "1")?;
         let pins = PinDir::new(name);
-        let config = config::parse(&config_text(&pins.path.display().to_string(), false))
+        let config = config::parse(&config_text(&pins.path.display().to_string(), Variant::default()))
             .map_err(|p| anyhow::anyhow!("{p:?}"))?;
         let mut dp = Dataplane::load(&config)?;
         dp.sync(&config, &Health::default())?;
@@ -248,9 +287,9 @@ impl Fixture {
             .sum())
     }
 
-    /// Applies the configuration again, with or without the extra web4 backend.
-    pub fn reconfigure(&mut self, extra_backend: bool) -> Result<()> {
-        let config = config::parse(&config_text(&self.pins.path.display().to_string(), extra_backend))
+    /// Applies the configuration again, as `variant` says.
+    pub fn reconfigure(&mut self, variant: Variant) -> Result<()> {
+        let config = config::parse(&config_text(&self.pins.path.display().to_string(), variant))
             .map_err(|p| anyhow::anyhow!("{p:?}"))?;
         self.dp.sync(&config, &Health::default())
     }

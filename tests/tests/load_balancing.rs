@@ -184,5 +184,30 @@ fn l2_dsr_spreads_real_connections() -> Result<()> {
     if !out.starts_with("hello from b") {
         bail!("unexpected HTTP answer: {out:?}");
     }
+    // `foobar stats` reads the same story from the pinned maps.
+    let pin_dir = lab.edge_pins.path.display().to_string();
+    let json = foobar_tests::sh(&[
+        &foobar_tests::foobar_bin().display().to_string(),
+        "stats",
+        "--json",
+        "--pin-dir",
+        &pin_dir,
+    ])?;
+    let stats: serde_json::Value = serde_json::from_str(&json)?;
+    let counter = |name: &str| {
+        stats["counters"]
+            .as_array()
+            .and_then(|c| c.iter().find(|e| e[0] == name))
+            .and_then(|e| e[1].as_u64())
+    };
+    if counter("transmitted").unwrap_or(0) < 45 || counter("conntrack_miss").unwrap_or(0) < 45 {
+        bail!("stats do not show the traffic:\n{json}");
+    }
+    let backends = stats["backends"].as_array().map_or(0, |b| {
+        b.iter().filter(|b| b["traffic"]["packets"].as_u64() > Some(0)).count()
+    });
+    if backends != 3 {
+        bail!("stats should show traffic on 3 backends:\n{json}");
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use foobar::stats;
 use foobar_tests::{
     packet::{self, checksum, icmp_frag_needed, v4_addrs, v6_addrs, Spec, ACK, SYN},
-    testrun::{Fixture, BACKEND4B_MAC, BACKEND4_MAC, BACKEND6_MAC, XDP_DROP, XDP_PASS, XDP_TX},
+    testrun::{Fixture, Variant, BACKEND4B_MAC, BACKEND4_MAC, BACKEND6_MAC, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -85,7 +85,10 @@ fn established_flow_keeps_its_backend_when_the_set_changes() -> Result<()> {
         let (verdict, _) = fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, SYN).frame())?;
         assert_eq!(verdict, XDP_TX);
     }
-    fx.reconfigure(true)?;
+    fx.reconfigure(Variant {
+        extra_backend: true,
+        ..Variant::default()
+    })?;
     for &port in &flows {
         let (verdict, out) = fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, ACK).frame())?;
         assert_eq!(verdict, XDP_TX);
@@ -325,5 +328,79 @@ fn too_big_to_encapsulate_gets_icmp_back() -> Result<()> {
     pseudo += icmp.len() as u32 + 58;
     assert_eq!(checksum(pseudo, icmp), 0, "ICMPv6 checksum");
     assert_eq!(fx.counter("icmp_too_big_sent")?, 2);
+    Ok(())
+}
+
+#[test]
+fn any_port_service_takes_every_port_of_its_protocol() -> Result<()> {
+    let mut fx = Fixture::new("t-anyport")?;
+    for port in [1u16, 8080, 65535] {
+        let spec = Spec::tcp("198.51.100.7", 40000, "192.0.2.4", port, SYN);
+        let (verdict, out) = fx.run(&spec.frame())?;
+        assert_eq!(verdict, XDP_TX, "port {port}");
+        assert_ipip4(&fx, &out, Ipv4Addr::new(10, 20, 0, 2), BACKEND4_MAC, &spec.ip(), 14);
+    }
+    // It is a TCP service: UDP to the same VIP is firewalled.
+    assert_eq!(
+        fx.run(&Spec::udp("198.51.100.7", 40000, "192.0.2.4", 53).frame())?.0,
+        XDP_DROP
+    );
+    assert_eq!(fx.counter("drop_no_service")?, 1);
+    Ok(())
+}
+
+#[test]
+fn ipv6_l2_dsr_and_local_delivery() -> Result<()> {
+    let mut fx = Fixture::new("t-v6modes")?;
+    let frame = Spec::udp("2001:db8:ffff::7", 5353, "2001:db8::2", 53).frame();
+    let (verdict, out) = fx.run(&frame)?;
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(&out[0..6], &BACKEND6_MAC);
+    assert_eq!(&out[6..12], &fx.node_mac);
+    assert_eq!(&out[12..], &frame[12..], "everything past the MACs is unchanged");
+    let frame = Spec::tcp("2001:db8:ffff::7", 40000, "2001:db8::3", 443, SYN).frame();
+    assert_eq!(fx.run(&frame)?, (XDP_PASS, frame));
+    assert_eq!(fx.counter("local_delivered")?, 1);
+    Ok(())
+}
+
+#[test]
+fn icmpv6_packet_too_big_goes_to_the_flows_backend() -> Result<()> {
+    let mut fx = Fixture::new("t-icmp6")?;
+    let reply = Spec::tcp("2001:db8::1", 80, "2001:db8:ffff::7", 40000, ACK).ip();
+    let mut message = vec![2u8, 0, 0, 0];
+    message.extend_from_slice(&1280u32.to_be_bytes());
+    message.extend_from_slice(&reply[..48]);
+    let spec = Spec::new("2001:db8:ffff::1", "2001:db8::1", 58, message);
+    let (verdict, out) = fx.run(&spec.frame())?;
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(&out[0..6], &BACKEND6_MAC);
+    assert_eq!(v6_addrs(&out[14..54]).1, "fd20::2".parse::<Ipv6Addr>()?);
+    assert_eq!(&out[54..], &spec.ip()[..], "the ICMPv6 message travels intact");
+    assert_eq!(fx.counter("icmp_forwarded")?, 1);
+    Ok(())
+}
+
+#[test]
+fn new_flow_cap_limits_inserts_not_forwarding() -> Result<()> {
+    // The budget is per CPU: keep every run on one.
+    let mut cpu = nix::sched::CpuSet::new();
+    cpu.set(0)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu)?;
+    let mut fx = Fixture::new("t-cap")?;
+    fx.reconfigure(Variant {
+        new_flow_cap: 5,
+        ..Variant::default()
+    })?;
+    for port in 42000..42012u16 {
+        let (verdict, _) = fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, SYN).frame())?;
+        assert_eq!(verdict, XDP_TX, "flows over the cap are still forwarded");
+    }
+    assert_eq!(fx.counter("conntrack_insert_capped")?, 7);
+    // Recorded flows hit the table; capped ones miss it again.
+    for port in 42000..42012u16 {
+        fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, ACK).frame())?;
+    }
+    assert_eq!(fx.counter("conntrack_hit")?, 5);
     Ok(())
 }
