@@ -22,9 +22,11 @@ const OUTER_TTL: u8 = 64;
 /// AF_INET / AF_INET6 as bpf_fib_lookup wants them.
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-/// How long a CPU trusts a cached next hop before asking the FIB again (so a changed route or
-/// neighbour takes effect within this time).
+/// How long a CPU trusts a cached next hop before asking the FIB again.
 const NEXT_HOP_TTL_NS: u64 = 500_000_000;
+/// A cached next hop's age is checked on every this-many uses, so a changed route or neighbour
+/// takes effect within NEXT_HOP_TTL_NS plus this many packets (per CPU and backend).
+const NEXT_HOP_CHECK_EVERY: u32 = 16;
 
 /// Where a packet to the backend leaves.
 struct NextHop {
@@ -35,24 +37,29 @@ struct NextHop {
 }
 
 /// The next hop to backend `id`: this CPU's cached answer while fresh, otherwise the kernel
-/// FIB's (route, neighbour, egress MTU), which is then cached. `None`: no route or neighbour.
+/// FIB's (route, neighbour, egress MTU), which is then cached. Freshness is checked against the
+/// clock on every [`NEXT_HOP_CHECK_EVERY`]th use only (a clock read costs as much as the rest of
+/// the lookup). `None`: no route or neighbour.
 #[inline(always)]
 fn next_hop(ctx: &XdpContext, id: u32, backend: &Backend, src: &Addr) -> Option<NextHop> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cache = NEXT_HOPS.get_ptr_mut(id)?;
     let cached = unsafe { &mut *cache };
-    if cached.expires_ns > now && cached.addr == backend.addr {
-        return Some(NextHop {
-            ifindex: cached.ifindex,
-            mtu: cached.mtu,
-            smac: cached.smac,
-            dmac: cached.dmac,
-        });
+    if cached.expires_ns != 0 && cached.addr == backend.addr {
+        cached.uses = cached.uses.wrapping_add(1);
+        if cached.uses % NEXT_HOP_CHECK_EVERY != 0 || unsafe { bpf_ktime_get_coarse_ns() } < cached.expires_ns {
+            return Some(NextHop {
+                ifindex: cached.ifindex,
+                mtu: cached.mtu,
+                smac: cached.smac,
+                dmac: cached.dmac,
+            });
+        }
     }
     let hop = fib_lookup(ctx, backend.family, src, &backend.addr)?;
     *cached = CachedHop {
         addr: backend.addr,
-        expires_ns: now + NEXT_HOP_TTL_NS,
+        expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
+        uses: 0,
         ifindex: hop.ifindex,
         mtu: hop.mtu,
         smac: hop.smac,

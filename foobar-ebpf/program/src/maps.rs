@@ -17,8 +17,10 @@ use foobar_common::{
 pub struct CachedHop {
     /// The backend address it was looked up for (ids can be reassigned).
     pub addr: Addr,
-    /// bpf_ktime_get_coarse_ns after which the entry is stale.
+    /// bpf_ktime_get_coarse_ns after which the entry is stale (0: empty).
     pub expires_ns: u64,
+    /// Uses since it was filled (the clock is read on every 16th).
+    pub uses: u32,
     /// Egress interface.
     pub ifindex: u32,
     /// Egress MTU.
