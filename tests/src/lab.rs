@@ -129,8 +129,10 @@ impl LbLab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\naddresses = [\"{}\"]\npin_dir = \"{}\"\n",
+                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\npin_dir = \"{}\"\n",
                     backend_name(i),
+                    // The last backend decapsulates in generic (skb) mode, the others natively.
+                    if i + 1 == n { "generic" } else { "native" },
                     backend_addr(i),
                     pins.path.display()
                 ),

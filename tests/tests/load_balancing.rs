@@ -171,6 +171,10 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 #[test]
 fn l2_dsr_spreads_real_connections() -> Result<()> {
     let lab = LbLab::start(3, "l2dsr")?;
+    // b3 runs its XDP program in generic mode, b1 and b2 natively: both decapsulate.
+    if !lab.backends[2].exec(&["ip", "link", "show", "eth0"])?.contains("xdpgeneric") {
+        bail!("b3 should run generic XDP");
+    }
     let mut conns = connect(&lab, 45)?;
     let by = spread(&conns);
     if by.len() != 3 {
