@@ -56,6 +56,11 @@ fn reload(lab: &LbLab, settings: &[BackendSetting]) -> Result<()> {
 fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     let mut lab = LbLab::start(3, "ipip")?;
 
+    // b3 decapsulates with generic (skb-mode) XDP, b1 and b2 natively.
+    if !lab.backends[2].exec(&["ip", "link", "show", "eth0"])?.contains("xdpgeneric") {
+        bail!("b3 should run generic XDP");
+    }
+
     // Spread: 60 new flows land on every backend.
     let mut conns = connect(&lab, 60)?;
     let by = spread(&conns);
@@ -171,10 +176,6 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 #[test]
 fn l2_dsr_spreads_real_connections() -> Result<()> {
     let lab = LbLab::start(3, "l2dsr")?;
-    // b3 runs its XDP program in generic mode, b1 and b2 natively: both decapsulate.
-    if !lab.backends[2].exec(&["ip", "link", "show", "eth0"])?.contains("xdpgeneric") {
-        bail!("b3 should run generic XDP");
-    }
     let mut conns = connect(&lab, 45)?;
     let by = spread(&conns);
     if by.len() != 3 {
