@@ -57,7 +57,10 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     let mut lab = LbLab::start(3, "ipip")?;
 
     // b3 decapsulates with generic (skb-mode) XDP, b1 and b2 natively.
-    if !lab.backends[2].exec(&["ip", "link", "show", "eth0"])?.contains("xdpgeneric") {
+    if !lab.backends[2]
+        .exec(&["ip", "link", "show", "eth0"])?
+        .contains("xdpgeneric")
+    {
         bail!("b3 should run generic XDP");
     }
 
