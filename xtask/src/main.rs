@@ -94,6 +94,17 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(
         root,
+        &[
+            "fmt",
+            "--manifest-path",
+            "foobar-ebpf/program/Cargo.toml",
+            "--",
+            "--check",
+        ],
+        &[],
+    )?;
+    cargo(
+        root,
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
         &[],
     )?;
