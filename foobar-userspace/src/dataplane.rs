@@ -43,7 +43,7 @@ fn link_pin(root: &Path, interface: &str) -> PathBuf {
 }
 
 /// Stores an address the way the maps do.
-pub fn addr_bytes(addr: IpAddr) -> (Addr, u8) {
+fn map_addr(addr: IpAddr) -> (Addr, u8) {
     match addr {
         IpAddr::V4(a) => (addr_from_octets(&a.octets()), FAMILY_V4),
         IpAddr::V6(a) => (addr_from_octets(&a.octets()), FAMILY_V6),
@@ -51,7 +51,7 @@ pub fn addr_bytes(addr: IpAddr) -> (Addr, u8) {
 }
 
 fn addr_key(addr: IpAddr) -> AddrKey {
-    let (addr, family) = addr_bytes(addr);
+    let (addr, family) = map_addr(addr);
     AddrKey {
         addr,
         family,
@@ -60,8 +60,8 @@ fn addr_key(addr: IpAddr) -> AddrKey {
 }
 
 /// The service-table key of a configured service.
-pub fn service_key(svc: &config::Service) -> ServiceKey {
-    let (addr, family) = addr_bytes(*svc.vip.get_ref());
+fn service_key(svc: &config::Service) -> ServiceKey {
+    let (addr, family) = map_addr(*svc.vip.get_ref());
     let proto = match svc.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
@@ -337,7 +337,7 @@ impl Dataplane {
             let address = *b.address.get_ref();
             let id = self.backend_id(sid, address)?;
             let up = health.is_up(svc.name.get_ref(), address);
-            let (addr, family) = addr_bytes(address);
+            let (addr, family) = map_addr(address);
             let mut flags = BACKEND_IN_USE;
             if up {
                 flags |= BACKEND_ACTIVE;
@@ -391,7 +391,7 @@ impl Dataplane {
     }
 
     fn write_node(&mut self, c: &Config) -> Result<()> {
-        let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| addr_bytes(*s.get_ref()).0);
+        let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| map_addr(*s.get_ref()).0);
         let encap_src_v4 = source(&c.node.tunnel_source_v4)[0];
         let encap_src_v6 = source(&c.node.tunnel_source_v6);
         let node = NodeConfig {
