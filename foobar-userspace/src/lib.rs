@@ -1,5 +1,5 @@
 //! foobar's control plane: configuration, Maglev tables, the XDP data plane's maps and links,
-//! health checks, and the `foobar` commands built on them.
+//! health checks, VRRPv3 adverts, and the `foobar` commands built on them.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -8,3 +8,4 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod stats;
+pub mod vrrp;
