@@ -89,7 +89,7 @@ fn build(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     toolchain::ensure()?;
-    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl"])?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived"])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(
