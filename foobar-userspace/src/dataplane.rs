@@ -17,10 +17,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_common::{
-    addr_from_octets, addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, MaglevSlots,
-    NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4, FAMILY_V6,
-    LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
-    VIP_FILTER_WORDS,
+    addr_from_octets, addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac,
+    MaglevSlots, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4,
+    FAMILY_V6, LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, PROTO_TCP,
+    PROTO_UDP, VIP_FILTER_WORDS,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -75,7 +75,7 @@ fn service_key(svc: &config::Service) -> ServiceKey {
 }
 
 /// Sizes of the maps the configuration asks for, by map name.
-fn map_sizes(c: &Config) -> [(&'static str, u32); 7] {
+fn map_sizes(c: &Config) -> [(&'static str, u32); 8] {
     let dp = &c.dataplane;
     let services = *dp.max_services.get_ref();
     let backends = *dp.max_backends.get_ref();
@@ -87,6 +87,7 @@ fn map_sizes(c: &Config) -> [(&'static str, u32); 7] {
         (names::BACKEND_STATS, backends),
         (names::CONNTRACK, *dp.conntrack_entries.get_ref()),
         (names::CONNTRACK6, *dp.conntrack_entries_v6.get_ref()),
+        (names::COUNTERS, foobar_common::Counter::COUNT),
     ]
 }
 
@@ -133,6 +134,8 @@ pub struct Dataplane {
     tables: HashMap<u32, Vec<u16>>,
     max_backends: u32,
     backend_cursor: u32,
+    forwarding: bool,
+    node: NodeConfig,
 }
 
 impl Dataplane {
@@ -167,6 +170,15 @@ impl Dataplane {
             tables: HashMap::new(),
             max_backends: *c.dataplane.max_backends.get_ref(),
             backend_cursor: 0,
+            forwarding: true,
+            node: NodeConfig {
+                flags: 0,
+                maglev_size: 0,
+                new_flow_cap: 0,
+                _pad: 0,
+                encap_src_v4: 0,
+                encap_src_v6: [0; 4],
+            },
         };
         dp.program(names::PROGRAM)
             .context("the kernel verifier refused the XDP program")?;
@@ -392,21 +404,48 @@ impl Dataplane {
 
     fn write_node(&mut self, c: &Config) -> Result<()> {
         let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| map_addr(*s.get_ref()).0);
-        let encap_src_v4 = source(&c.node.tunnel_source_v4)[0];
-        let encap_src_v6 = source(&c.node.tunnel_source_v6);
-        let node = NodeConfig {
-            flags: NODE_FORWARDING,
+        self.node = NodeConfig {
+            flags: if self.forwarding { NODE_FORWARDING } else { 0 },
             maglev_size: *c.dataplane.maglev_table_size.get_ref(),
             new_flow_cap: c.dataplane.new_flow_cap,
             _pad: 0,
-            encap_src_v4,
-            encap_src_v6,
+            encap_src_v4: source(&c.node.tunnel_source_v4)[0],
+            encap_src_v6: source(&c.node.tunnel_source_v6),
         };
+        let node = self.node;
         let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
         array.set(0, node, 0)?;
         let mut locals: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)?;
         let wanted: HashSet<AddrKey> = c.node.addresses.iter().map(|a| addr_key(*a)).collect();
-        replace_set(&mut locals, &wanted)
+        replace_set(&mut locals, &wanted)?;
+        let macs = link_macs(c.node.interfaces.get_ref())?;
+        let mut links: BpfHashMap<_, u32, LinkMac> = BpfHashMap::try_from(self.map_mut(names::LINK_MACS)?)?;
+        let stale: Vec<u32> = links.keys().collect::<Result<Vec<_>, _>>()?;
+        for (ifindex, mac) in &macs {
+            links.insert(
+                ifindex,
+                LinkMac {
+                    mac: *mac,
+                    _pad: [0; 2],
+                },
+                0,
+            )?;
+        }
+        for ifindex in stale.iter().filter(|i| !macs.iter().any(|(j, _)| j == *i)) {
+            links.remove(ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Makes this node forward VIP traffic and answer ARP/ND for the VIPs (it owns them), or
+    /// pass VIP traffic to the local stack and stay silent (a backup).
+    pub fn set_forwarding(&mut self, forwarding: bool) -> Result<()> {
+        self.forwarding = forwarding;
+        self.node.flags = if forwarding { NODE_FORWARDING } else { 0 };
+        let node = self.node;
+        let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
+        array.set(0, node, 0)?;
+        Ok(())
     }
 
     /// Writes the VIP set and its pre-filter. New VIPs enter the filter before the set, and
@@ -455,6 +494,27 @@ impl Dataplane {
         }
         bail!("no free backend slot (max_backends = {})", self.max_backends)
     }
+}
+
+/// The ifindex and MAC of each interface, looked up in the calling thread's network namespace.
+fn link_macs(interfaces: &[String]) -> Result<Vec<(u32, [u8; 6])>> {
+    let links: Vec<(String, u32, [u8; 6])> = nix::ifaddrs::getifaddrs()
+        .context("listing interfaces")?
+        .filter_map(|ifa| {
+            let link = ifa.address.as_ref()?.as_link_addr()?;
+            Some((ifa.interface_name.clone(), link.ifindex() as u32, link.addr()?))
+        })
+        .collect();
+    interfaces
+        .iter()
+        .map(|name| {
+            links
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, ifindex, mac)| (*ifindex, *mac))
+                .with_context(|| format!("interface {name} not found"))
+        })
+        .collect()
 }
 
 /// Makes a set-like BPF hash map hold exactly `wanted` (value 1).

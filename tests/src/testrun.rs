@@ -185,9 +185,9 @@ impl Fixture {
         let pins = PinDir::new(name);
         let config = config::parse(&config_text(&pins.path.display().to_string(), Variant::default()))
             .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+        enter(&format!("/run/netns/{}", ns.name))?;
         let mut dp = Dataplane::load(&config)?;
         dp.sync(&config, &Health::default())?;
-        enter(&format!("/run/netns/{}", ns.name))?;
         // Every BPF_PROG_TEST_RUN of an XDP program adds it to and removes it from the kernel's
         // XDP dispatcher, each change waiting for an RCU grace period (milliseconds), unless the
         // program is attached somewhere already. Attach each to a spare veth for the duration

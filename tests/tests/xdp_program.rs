@@ -404,3 +404,101 @@ fn new_flow_cap_limits_inserts_not_forwarding() -> Result<()> {
     assert_eq!(fx.counter("conntrack_hit")?, 5);
     Ok(())
 }
+
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&packet::CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&packet::CLIENT_MAC);
+    f.extend_from_slice(&[198, 51, 100, 7]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// A neighbour solicitation from `src` for `target`, with a source link-layer option.
+fn solicitation(src: &str, target: &str) -> Result<Vec<u8>> {
+    let target: Ipv6Addr = target.parse()?;
+    let mut m = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[1, 1]);
+    m.extend_from_slice(&packet::CLIENT_MAC);
+    let t = target.octets();
+    let group = format!("ff02::1:ff{:02x}:{:02x}{:02x}", t[13], t[14], t[15]);
+    let mut ip = packet::ip_packet(src.parse()?, group.parse()?, 58, &m, 0);
+    ip[7] = 255; // hop limit
+    let mut f = vec![0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    f.extend_from_slice(&packet::CLIENT_MAC);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&ip);
+    Ok(f)
+}
+
+#[test]
+fn master_answers_arp_and_neighbour_solicitations_for_vips() -> Result<()> {
+    let mut fx = Fixture::new("t-arp")?;
+    let (verdict, out) = fx.run(&arp_request([192, 0, 2, 1]))?;
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(&out[0..6], &packet::CLIENT_MAC, "back to the asker");
+    assert_eq!(&out[6..12], &fx.node_mac);
+    assert_eq!(&out[20..22], &[0, 2], "ARP reply");
+    assert_eq!(&out[22..28], &fx.node_mac, "sender MAC is ours");
+    assert_eq!(&out[28..32], &[192, 0, 2, 1], "sender IP is the VIP");
+    assert_eq!(&out[32..38], &packet::CLIENT_MAC);
+    assert_eq!(&out[38..42], &[198, 51, 100, 7]);
+    // Not a VIP: the kernel's business.
+    let other = arp_request([10, 20, 0, 1]);
+    assert_eq!(fx.run(&other)?, (XDP_PASS, other));
+    assert_eq!(fx.counter("arp_replied")?, 1);
+
+    let (verdict, out) = fx.run(&solicitation("2001:db8:ffff::7", "2001:db8::1")?)?;
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(&out[0..6], &packet::CLIENT_MAC);
+    assert_eq!(&out[6..12], &fx.node_mac);
+    let ip = &out[14..];
+    assert_eq!(ip.len(), 40 + 32);
+    assert_eq!(ip[7], 255, "hop limit");
+    let (src, dst) = v6_addrs(ip);
+    assert_eq!(
+        (src, dst),
+        (
+            "2001:db8::1".parse::<Ipv6Addr>()?,
+            "2001:db8:ffff::7".parse::<Ipv6Addr>()?
+        )
+    );
+    let na = &ip[40..];
+    assert_eq!((na[0], na[4]), (136, 0x60), "advertisement, solicited + override");
+    assert_eq!(&na[8..24], &"2001:db8::1".parse::<Ipv6Addr>()?.octets());
+    assert_eq!(&na[24..26], &[2, 1]);
+    assert_eq!(&na[26..32], &fx.node_mac);
+    let mut pseudo = 0u32;
+    for chunk in ip[8..40].chunks(2) {
+        pseudo += u16::from_be_bytes([chunk[0], chunk[1]]) as u32;
+    }
+    pseudo += na.len() as u32 + 58;
+    assert_eq!(checksum(pseudo, na), 0, "ICMPv6 checksum");
+    let other = solicitation("2001:db8:ffff::7", "2001:db8::99")?;
+    assert_eq!(fx.run(&other)?, (XDP_PASS, other));
+    assert_eq!(fx.counter("neighbour_advertised")?, 1);
+    Ok(())
+}
+
+#[test]
+fn backup_stays_silent_and_delivers_vip_traffic_locally() -> Result<()> {
+    let mut fx = Fixture::new("t-backup")?;
+    fx.dp.set_forwarding(false)?;
+    for frame in [
+        arp_request([192, 0, 2, 1]),
+        solicitation("2001:db8:ffff::7", "2001:db8::1")?,
+    ] {
+        assert_eq!(fx.run(&frame)?, (XDP_PASS, frame));
+    }
+    let syn = Spec::tcp("198.51.100.7", 40000, "192.0.2.1", 80, SYN).frame();
+    assert_eq!(fx.run(&syn)?, (XDP_PASS, syn));
+    assert_eq!(fx.counter("passed_not_forwarding")?, 1);
+    assert_eq!(fx.counter("arp_replied")? + fx.counter("neighbour_advertised")?, 0);
+    // Back to master: it answers again.
+    fx.dp.set_forwarding(true)?;
+    assert_eq!(fx.run(&arp_request([192, 0, 2, 1]))?.0, XDP_TX);
+    Ok(())
+}

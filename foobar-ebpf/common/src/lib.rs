@@ -24,6 +24,9 @@ pub mod names {
     pub const MAGLEV: &str = "MAGLEV";
     /// Bitmap pre-filter of VIP addresses ([`crate::vip_filter_slot`]), u64 words.
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// ifindex -> [`crate::LinkMac`]: the MAC of each interface the program runs on, for the
+    /// ARP replies and neighbour advertisements that claim the VIPs.
+    pub const LINK_MACS: &str = "LINK_MACS";
     /// Per-CPU cache of each backend's next hop (kernel-only; not pinned).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// [`crate::FlowKey4`] -> [`crate::FlowValue`], the LRU connection table of IPv4 flows.
@@ -243,6 +246,16 @@ pub struct NodeConfig {
     pub encap_src_v6: Addr,
 }
 
+/// Value of the interface-MAC table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkMac {
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 2],
+}
+
 /// Key of the tunnel-endpoint table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -330,6 +343,10 @@ counters! {
     DropEncapFailed = "drop_encap_failed",
     /// Forwarded ICMP errors too big for the egress MTU (never answered with another ICMP).
     DropTooBig = "drop_too_big",
+    /// ARP requests for a VIP answered by this node (it forwards: it owns the VIP).
+    ArpReplied = "arp_replied",
+    /// IPv6 neighbour solicitations for a VIP answered by this node.
+    NeighbourAdvertised = "neighbour_advertised",
     /// VIP packets while this node does not forward (backup) and no local delivery applies.
     PassedNotForwarding = "passed_not_forwarding",
     /// Connection-table hits.
@@ -356,6 +373,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::LinkMac {}
     unsafe impl aya::Pod for super::TrafficStats {}
     unsafe impl aya::Pod for super::InsertBudget {}
 }

@@ -1,6 +1,7 @@
 //! foobar's XDP data plane.
 //!
-//! The entry function reads as a packet's path: parse, tunnel decapsulation, VIP check,
+//! The entry function reads as a packet's path: parse (ARP for a VIP is answered by the
+//! master), tunnel decapsulation, neighbour solicitations for a VIP, VIP check,
 //! service lookup (the VIP firewall), connection table or Maglev, then local delivery,
 //! L2 direct server return or IPIP encapsulation. Every exit names its verdict and bumps a
 //! counter. Everything that is not VIP traffic is passed to the kernel untouched.
@@ -13,6 +14,7 @@ mod encap;
 mod icmp;
 mod maps;
 mod parse;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use foobar_common::{
@@ -20,13 +22,19 @@ use foobar_common::{
     PROTO_TCP, PROTO_UDP,
 };
 use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS, VIP_FILTER};
-use parse::{ParseError, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6};
+use parse::{Frame, ParseError, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6};
 
 /// The load balancer.
 #[xdp]
 pub fn foobar_xdp(ctx: XdpContext) -> u32 {
-    let mut pkt = match parse::parse_ip(&ctx) {
-        Ok(pkt) => pkt,
+    let mut pkt = match parse::parse(&ctx) {
+        Ok(Frame::Ip(pkt)) => pkt,
+        Ok(Frame::Arp(l3_off)) => {
+            return match NODE.get(0) {
+                Some(node) => vip::answer_arp(&ctx, l3_off, node),
+                None => pass(Counter::Passed),
+            }
+        }
         Err(ParseError::NotIp) => return pass(Counter::Passed),
         Err(ParseError::Malformed) => return pass(Counter::MalformedPassed),
     };
@@ -47,6 +55,13 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
         && unsafe { LOCAL_ADDRS.get(addr_key(&flow.dst, pkt.family)) }.is_some()
     {
         return encap::decapsulate(&ctx, &pkt);
+    }
+
+    // Neighbour solicitations for a VIP go to a multicast group, not to the VIP.
+    if vip::maybe_solicitation(&pkt) {
+        if let Some(verdict) = NODE.get(0).and_then(|node| vip::answer_solicitation(&ctx, &pkt, node)) {
+            return verdict;
+        }
     }
 
     // Most traffic is not for a VIP: one array read tells (a one-hash Bloom filter). Past it,

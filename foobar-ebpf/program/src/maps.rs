@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    Addr, AddrKey, Backend, Counter, FlowKey, FlowKey4, FlowValue, InsertBudget, MaglevSlots, NodeConfig, ServiceInfo,
-    ServiceKey, TrafficStats, VIP_FILTER_WORDS,
+    Addr, AddrKey, Backend, Counter, FlowKey, FlowKey4, FlowValue, InsertBudget, LinkMac, MaglevSlots, NodeConfig,
+    ServiceInfo, ServiceKey, TrafficStats, VIP_FILTER_WORDS,
 };
 
 /// A backend's next hop as the FIB last said, and until when to trust it.
@@ -67,6 +67,10 @@ pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
 /// The VIPs of all services (value unused, 1).
 #[map]
 pub static VIPS: HashMap<AddrKey, u32> = HashMap::pinned(256, 0);
+
+/// MAC of each interface the program runs on, by ifindex.
+#[map]
+pub static LINK_MACS: HashMap<u32, LinkMac> = HashMap::pinned(64, 0);
 
 /// This node's tunnel endpoint addresses: IPIP addressed to them is decapsulated.
 #[map]

@@ -99,6 +99,44 @@ pub struct IcmpHdr {
 /// Length of an ICMP header.
 pub const ICMP_LEN: usize = size_of::<IcmpHdr>();
 
+/// EtherType of ARP.
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// ARP for IPv4 over Ethernet.
+#[repr(C)]
+pub struct ArpHdr {
+    pub htype: u16,
+    pub ptype: u16,
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+/// A neighbour solicitation or advertisement with one link-layer address option.
+#[repr(C)]
+pub struct NdMsg {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    pub flags: u32,
+    pub target: Addr,
+    pub opt_type: u8,
+    pub opt_len: u8,
+    pub mac: [u8; 6],
+}
+
+/// What a frame is.
+pub enum Frame {
+    /// An IP packet.
+    Ip(Packet),
+    /// An ARP packet at this offset.
+    Arp(usize),
+}
+
 /// Why a frame could not be parsed.
 pub enum ParseError {
     /// Shorter than a header it announces, or a header field out of range.
@@ -141,9 +179,9 @@ pub struct Packet {
     pub quotes_flow: bool,
 }
 
-/// Parses Ethernet, up to two VLAN tags, and the IPv4 or IPv6 header.
+/// Parses Ethernet, up to two VLAN tags, and the IPv4 or IPv6 header (or finds ARP).
 #[inline(always)]
-pub fn parse_ip(ctx: &XdpContext) -> Result<Packet, ParseError> {
+pub fn parse(ctx: &XdpContext) -> Result<Frame, ParseError> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let mut ether_type = u16::from_be(unsafe { (*eth).proto });
     let mut l3_off = ETH_LEN;
@@ -158,8 +196,9 @@ pub fn parse_ip(ctx: &XdpContext) -> Result<Packet, ParseError> {
         }
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, l3_off),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3_off),
+        ETH_P_IP => parse_ipv4(ctx, l3_off).map(Frame::Ip),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off).map(Frame::Ip),
+        ETH_P_ARP => Ok(Frame::Arp(l3_off)),
         _ => Err(ParseError::NotIp),
     }
 }
