@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+pub mod election;
+
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
 /// TTL / hop limit every VRRP packet must carry.

@@ -1,0 +1,349 @@
+//! The VRRPv3 election of one virtual router (RFC 5798 §6.4, with RFC 9568's preemption
+//! delay), without I/O: the caller feeds events with the current time in milliseconds and
+//! carries out the returned actions (send an advert, claim or release the VIPs). Time is an
+//! argument, so every transition is tested exactly.
+
+use super::Advert;
+use std::net::IpAddr;
+
+/// Settings of one virtual router on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Our priority (1..=255; 255 means we own the addresses).
+    pub priority: u8,
+    /// Our advertisement interval, centiseconds.
+    pub interval_cs: u16,
+    /// Whether a higher-priority backup takes over from a lower-priority master.
+    pub preempt: bool,
+    /// After start, how long a higher-priority backup waits before preempting, centiseconds.
+    pub preempt_delay_cs: u16,
+    /// Our primary address on the link (breaks priority ties: the higher address wins).
+    pub address: IpAddr,
+}
+
+/// Where the router stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not started, or stopped.
+    Initialize,
+    /// Listening to a master.
+    Backup,
+    /// Owning the VIPs and advertising.
+    Master,
+}
+
+/// Why the state last changed (shown by `foobar status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Started as the address owner (priority 255).
+    OwnerStart,
+    /// Started, waiting to hear from a master.
+    Start,
+    /// No advert within Master_Down_Interval.
+    MasterDown,
+    /// The master announced it is stopping (priority 0).
+    MasterStopped,
+    /// An advert with a higher priority (or equal priority and higher address) arrived.
+    Superseded,
+    /// This node stopped.
+    Shutdown,
+}
+
+/// What the caller must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advert with this priority (0 when stopping).
+    Advertise(u8),
+    /// Become master: claim the VIPs (forward, answer ARP/ND, send gratuitous ARPs).
+    BecomeMaster(Reason),
+    /// Become backup: release the VIPs.
+    BecomeBackup(Reason),
+}
+
+/// One virtual router's election state.
+#[derive(Clone, Debug)]
+pub struct Election {
+    settings: Settings,
+    state: State,
+    /// The interval the current master advertises (ours while we are master), centiseconds.
+    master_interval_cs: u16,
+    /// When the advert timer (master) or the master-down timer (backup) fires, ms.
+    deadline_ms: u64,
+    /// When preemption becomes allowed, ms.
+    preempt_after_ms: u64,
+}
+
+impl Election {
+    /// A router in Initialize.
+    pub fn new(settings: Settings) -> Self {
+        let master_interval_cs = settings.interval_cs;
+        Self {
+            settings,
+            state: State::Initialize,
+            master_interval_cs,
+            deadline_ms: 0,
+            preempt_after_ms: 0,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The master's advertisement interval as last heard (ours as master), centiseconds.
+    pub fn master_interval_cs(&self) -> u16 {
+        self.master_interval_cs
+    }
+
+    /// When [`Election::on_timer`] is due next, ms (None in Initialize).
+    pub fn deadline_ms(&self) -> Option<u64> {
+        (self.state != State::Initialize).then_some(self.deadline_ms)
+    }
+
+    fn skew_ms(&self) -> u64 {
+        super::skew_time_cs(self.settings.priority, self.master_interval_cs) as u64 * 10
+    }
+
+    fn master_down_ms(&self) -> u64 {
+        super::master_down_interval_cs(self.settings.priority, self.master_interval_cs) as u64 * 10
+    }
+
+    fn become_master(&mut self, now_ms: u64, reason: Reason) -> Vec<Action> {
+        self.state = State::Master;
+        self.master_interval_cs = self.settings.interval_cs;
+        self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
+        vec![Action::Advertise(self.settings.priority), Action::BecomeMaster(reason)]
+    }
+
+    fn become_backup(&mut self, now_ms: u64, master_interval_cs: u16, reason: Reason) -> Vec<Action> {
+        self.state = State::Backup;
+        self.master_interval_cs = master_interval_cs;
+        self.deadline_ms = now_ms + self.master_down_ms();
+        vec![Action::BecomeBackup(reason)]
+    }
+
+    /// Starts the router.
+    pub fn start(&mut self, now_ms: u64) -> Vec<Action> {
+        self.preempt_after_ms = now_ms + self.settings.preempt_delay_cs as u64 * 10;
+        if self.settings.priority == 255 {
+            return self.become_master(now_ms, Reason::OwnerStart);
+        }
+        self.become_backup(now_ms, self.settings.interval_cs, Reason::Start)
+    }
+
+    /// Stops the router: a master says so with a priority-0 advert, so a backup takes over
+    /// after its skew time instead of the whole master-down interval.
+    pub fn shutdown(&mut self) -> Vec<Action> {
+        let was = self.state;
+        self.state = State::Initialize;
+        match was {
+            State::Master => vec![Action::Advertise(0), Action::BecomeBackup(Reason::Shutdown)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The advert or master-down timer, when `now_ms` has reached [`Election::deadline_ms`].
+    pub fn on_timer(&mut self, now_ms: u64) -> Vec<Action> {
+        if self.state == State::Initialize || now_ms < self.deadline_ms {
+            return Vec::new();
+        }
+        match self.state {
+            State::Master => {
+                self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
+                vec![Action::Advertise(self.settings.priority)]
+            }
+            _ => self.become_master(now_ms, Reason::MasterDown),
+        }
+    }
+
+    /// An advert for this router that passed the message checks, from `from`.
+    pub fn on_advert(&mut self, now_ms: u64, from: IpAddr, advert: &Advert) -> Vec<Action> {
+        let ours = self.settings.priority;
+        match self.state {
+            State::Initialize => Vec::new(),
+            State::Backup => {
+                if advert.priority == 0 {
+                    self.deadline_ms = now_ms + self.skew_ms();
+                    return vec![];
+                }
+                let may_preempt = self.settings.preempt && now_ms >= self.preempt_after_ms;
+                if !may_preempt || advert.priority >= ours {
+                    self.master_interval_cs = advert.interval_cs;
+                    self.deadline_ms = now_ms + self.master_down_ms();
+                }
+                Vec::new()
+            }
+            State::Master => {
+                if advert.priority == 0 {
+                    self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
+                    return vec![Action::Advertise(ours)];
+                }
+                let superseded = advert.priority > ours || (advert.priority == ours && from > self.settings.address);
+                if superseded {
+                    return self.become_backup(now_ms, advert.interval_cs, Reason::Superseded);
+                }
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(priority: u8, preempt: bool, delay_cs: u16) -> Settings {
+        Settings {
+            priority,
+            interval_cs: 10,
+            preempt,
+            preempt_delay_cs: delay_cs,
+            address: "10.0.0.1".parse().expect("address"),
+        }
+    }
+
+    fn advert(priority: u8, interval_cs: u16) -> Advert {
+        Advert {
+            vrid: 1,
+            priority,
+            interval_cs,
+            addresses: vec!["192.0.2.10".parse().expect("vip")],
+        }
+    }
+
+    fn peer() -> IpAddr {
+        "10.0.0.2".parse().expect("peer")
+    }
+
+    #[test]
+    fn owner_starts_as_master_others_as_backup() {
+        let mut owner = Election::new(settings(255, true, 0));
+        assert_eq!(
+            owner.start(0),
+            vec![Action::Advertise(255), Action::BecomeMaster(Reason::OwnerStart)]
+        );
+        let mut backup = Election::new(settings(100, true, 0));
+        assert_eq!(backup.start(0), vec![Action::BecomeBackup(Reason::Start)]);
+        assert_eq!(backup.state(), State::Backup);
+    }
+
+    #[test]
+    fn backup_takes_over_after_master_down_interval() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        // 3 x 100 ms + skew ((256 - 100) x 10 / 256 = 6 cs) = 360 ms.
+        assert_eq!(e.deadline_ms(), Some(360));
+        assert!(e.on_timer(359).is_empty());
+        assert_eq!(
+            e.on_timer(360),
+            vec![Action::Advertise(100), Action::BecomeMaster(Reason::MasterDown)]
+        );
+        // Then it advertises every interval.
+        assert!(e.on_timer(459).is_empty());
+        assert_eq!(e.on_timer(460), vec![Action::Advertise(100)]);
+    }
+
+    #[test]
+    fn adverts_keep_a_backup_down_and_it_adopts_the_masters_interval() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_advert(300, peer(), &advert(200, 100));
+        assert_eq!(e.master_interval_cs(), 100);
+        // 3 x 1 s + (156 x 100 / 256 = 60 cs) after the advert.
+        assert_eq!(e.deadline_ms(), Some(300 + 3600));
+        assert!(e.on_timer(3899).is_empty());
+    }
+
+    #[test]
+    fn priority_zero_means_take_over_after_skew() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_advert(100, peer(), &advert(200, 10));
+        e.on_advert(150, peer(), &advert(0, 10));
+        assert_eq!(e.deadline_ms(), Some(150 + 60));
+        assert_eq!(e.on_timer(210)[1], Action::BecomeMaster(Reason::MasterDown));
+    }
+
+    #[test]
+    fn master_yields_to_higher_priority_and_to_higher_address_on_ties() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_timer(360);
+        assert!(
+            e.on_advert(400, peer(), &advert(50, 10)).is_empty(),
+            "lower priority is ignored"
+        );
+        assert_eq!(
+            e.on_advert(410, peer(), &advert(100, 10)),
+            vec![Action::BecomeBackup(Reason::Superseded)]
+        );
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_timer(360);
+        let lower: IpAddr = "10.0.0.0".parse().expect("address");
+        assert!(
+            e.on_advert(400, lower, &advert(100, 10)).is_empty(),
+            "a lower address loses the tie"
+        );
+        assert_eq!(
+            e.on_advert(410, peer(), &advert(150, 10)),
+            vec![Action::BecomeBackup(Reason::Superseded)]
+        );
+        // A priority-0 advert from a stopping peer is answered at once.
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_timer(360);
+        assert_eq!(e.on_advert(400, peer(), &advert(0, 10)), vec![Action::Advertise(100)]);
+    }
+
+    #[test]
+    fn preemption_on_off_and_delayed() {
+        // Preempt on: lower-priority adverts do not hold a higher-priority backup down.
+        let mut e = Election::new(settings(200, true, 0));
+        e.start(0);
+        e.on_advert(100, peer(), &advert(100, 10));
+        assert_eq!(
+            e.on_timer(e.deadline_ms().expect("deadline"))[1],
+            Action::BecomeMaster(Reason::MasterDown)
+        );
+        assert!(
+            e.deadline_ms().expect("deadline") < 100 + 400,
+            "it did not wait for the lower master"
+        );
+        // Preempt off: the lower-priority master keeps the VIPs.
+        let mut e = Election::new(settings(200, false, 0));
+        e.start(0);
+        for t in (0..2000).step_by(100) {
+            e.on_advert(t, peer(), &advert(100, 10));
+            assert!(e.on_timer(t).is_empty());
+        }
+        assert_eq!(e.state(), State::Backup);
+        // Preempt delay of 1 s: lower-priority adverts hold it down until then.
+        let mut e = Election::new(settings(200, true, 100));
+        e.start(0);
+        for t in (0..1000).step_by(100) {
+            e.on_advert(t, peer(), &advert(100, 10));
+            assert!(e.on_timer(t).is_empty(), "preempted at {t} ms, before the delay");
+        }
+        e.on_advert(1000, peer(), &advert(100, 10));
+        let due = e.deadline_ms().expect("deadline");
+        assert_eq!(e.on_timer(due)[1], Action::BecomeMaster(Reason::MasterDown));
+    }
+
+    #[test]
+    fn graceful_stop_sends_priority_zero() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_timer(360);
+        assert_eq!(
+            e.shutdown(),
+            vec![Action::Advertise(0), Action::BecomeBackup(Reason::Shutdown)]
+        );
+        assert_eq!(e.state(), State::Initialize);
+        assert_eq!(e.deadline_ms(), None);
+        let mut backup = Election::new(settings(100, true, 0));
+        backup.start(0);
+        assert!(backup.shutdown().is_empty());
+    }
+}
