@@ -136,6 +136,8 @@ pub struct Dataplane {
     backend_cursor: u32,
     forwarding: bool,
     node: NodeConfig,
+    /// The VIP set last written (None until the first sync).
+    vips: Option<HashSet<AddrKey>>,
 }
 
 impl Dataplane {
@@ -171,6 +173,7 @@ impl Dataplane {
             max_backends: *c.dataplane.max_backends.get_ref(),
             backend_cursor: 0,
             forwarding: true,
+            vips: None,
             node: NodeConfig {
                 flags: 0,
                 maglev_size: 0,
@@ -448,10 +451,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes the VIP set and its pre-filter. New VIPs enter the filter before the set, and
-    /// bits leave the filter only after the VIPs behind them left the set.
+    /// Writes the VIP set and its pre-filter when the set changed (health changes, the usual
+    /// reason for a sync, leave it alone). New VIPs enter the filter before the set, and bits
+    /// leave the filter only after the VIPs behind them left the set.
     fn sync_vips(&mut self, c: &Config) -> Result<()> {
         let wanted: HashSet<AddrKey> = c.services.iter().map(|s| addr_key(*s.vip.get_ref())).collect();
+        if self.vips.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
         let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
         for key in &wanted {
             let (word, bit) = vip_filter_slot(&key.addr);
@@ -474,6 +481,7 @@ impl Dataplane {
                 words.set(i as u32, *want, 0)?;
             }
         }
+        self.vips = Some(wanted);
         Ok(())
     }
 

@@ -24,6 +24,17 @@ pub fn checksum(initial: u32, data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The checksum over an IPv6 packet's ICMPv6 message and pseudo-header: 0 when the message's
+/// own checksum is right.
+pub fn icmpv6_checksum(ip: &[u8]) -> u16 {
+    let message = &ip[40..];
+    let pseudo: u32 = ip[8..40]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    checksum(pseudo + message.len() as u32 + 58, message)
+}
+
 /// What to put in a test frame.
 #[derive(Clone)]
 pub struct Spec {
