@@ -25,6 +25,9 @@ pub struct Config {
     /// VIP services.
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
+    /// VRRP instances electing which edge owns the VIPs; none means this node always owns them.
+    #[serde(default)]
+    pub vrrp: Vec<VrrpInstance>,
 }
 
 /// The `[node]` section.
@@ -50,6 +53,9 @@ pub struct Node {
     /// bpffs directory for pinned maps and links; a layout-version subdirectory is added.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Unix socket `foobar status` reads the running state from.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
 }
 
 /// XDP attach mode.
@@ -219,6 +225,73 @@ pub enum CheckKind {
     Https,
     /// No check: always healthy.
     None,
+}
+
+/// One `[[vrrp]]` instance: a VRRPv3 virtual router on one interface, for one address family.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstance {
+    /// Name, unique in the file (status, logs, notify).
+    pub name: Spanned<String>,
+    /// Virtual router id, 1..=255, equal on both edges.
+    pub vrid: Spanned<u8>,
+    /// Interface the adverts travel on and the VIPs are claimed on.
+    pub interface: Spanned<String>,
+    /// Priority 1..=255 (255: this node owns the addresses and starts as master).
+    pub priority: Spanned<u8>,
+    /// Advertisement interval in milliseconds: a multiple of 10 in 10..=40950.
+    #[serde(default = "default_advert_interval_ms")]
+    pub advert_interval_ms: Spanned<u32>,
+    /// Whether a higher-priority backup takes over from a lower-priority master.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// After start, how long before this node may preempt, ms (multiple of 10, <= 655350).
+    #[serde(default = "default_preempt_delay_ms")]
+    pub preempt_delay_ms: Spanned<u32>,
+    /// Peers to send adverts to by unicast; empty means multicast to 224.0.0.18 / ff02::12.
+    #[serde(default)]
+    pub unicast_peers: Vec<Spanned<IpAddr>>,
+    /// Source address of the adverts; defaults to the interface's first address of the family
+    /// (the link-local one for IPv6).
+    pub source: Option<Spanned<IpAddr>>,
+    /// The VIPs this router claims, all of one family; each service VIP belongs to exactly one
+    /// instance.
+    pub vips: Spanned<Vec<IpAddr>>,
+    /// Services whose backends all being down puts this node in fault (it steps down).
+    #[serde(default)]
+    pub track_services: Vec<Spanned<String>>,
+    /// IPv4 advert checksum convention the peer expects.
+    #[serde(default)]
+    pub ipv4_checksum: ChecksumConvention,
+    /// Command run on every state change, with arguments: instance name, new state, reason.
+    pub notify: Option<PathBuf>,
+}
+
+/// How IPv4 advert checksums are computed (received adverts are accepted either way).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumConvention {
+    /// Over a pseudo-header and the message, as keepalived does.
+    #[default]
+    PseudoHeader,
+    /// Over the VRRP message only.
+    MessageOnly,
+}
+
+fn default_advert_interval_ms() -> Spanned<u32> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_preempt_delay_ms() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/foobar/control.sock")
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -435,12 +508,108 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
             );
         }
     }
+    validate_vrrp(c, report);
     for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
         if let Some(s) = source {
             if s.get_ref().is_ipv4() != v4 {
                 report(
                     &s.span(),
                     format!("{} is not an IPv{} address", s.get_ref(), if v4 { 4 } else { 6 }),
+                );
+            }
+        }
+    }
+}
+
+fn validate_vrrp(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
+    let mut names = HashSet::new();
+    let mut routers = HashSet::new();
+    let mut claimed: HashSet<IpAddr> = HashSet::new();
+    for v in &c.vrrp {
+        let name = v.name.get_ref();
+        if !names.insert(name.as_str()) {
+            report(&v.name.span(), format!("vrrp instance name {name:?} is used twice"));
+        }
+        let vips = v.vips.get_ref();
+        let v4 = vips.first().is_none_or(|a| a.is_ipv4());
+        if *v.vrid.get_ref() == 0 {
+            report(&v.vrid.span(), "vrid must be 1..=255".into());
+        } else if !routers.insert((v.interface.get_ref().as_str(), *v.vrid.get_ref(), v4)) {
+            report(
+                &v.vrid.span(),
+                format!(
+                    "vrid {} is used twice on {} for this family",
+                    v.vrid.get_ref(),
+                    v.interface.get_ref()
+                ),
+            );
+        }
+        if *v.priority.get_ref() == 0 {
+            report(
+                &v.priority.span(),
+                "priority must be 1..=255 (0 is reserved for stepping down)".into(),
+            );
+        }
+        let interval = *v.advert_interval_ms.get_ref();
+        if interval % 10 != 0 || !(10..=40950).contains(&interval) {
+            report(
+                &v.advert_interval_ms.span(),
+                format!("advert_interval_ms {interval} must be a multiple of 10 in 10..=40950"),
+            );
+        }
+        let delay = *v.preempt_delay_ms.get_ref();
+        if delay % 10 != 0 || delay > 655_350 {
+            report(
+                &v.preempt_delay_ms.span(),
+                format!("preempt_delay_ms {delay} must be a multiple of 10 up to 655350"),
+            );
+        }
+        if vips.is_empty() || vips.len() > 255 {
+            report(&v.vips.span(), "an instance needs 1..=255 VIPs".into());
+        }
+        for vip in vips {
+            if vip.is_ipv4() != v4 {
+                report(
+                    &v.vips.span(),
+                    format!("{vip}: every VIP of an instance has one family"),
+                );
+            }
+            if !claimed.insert(*vip) {
+                report(&v.vips.span(), format!("{vip} is claimed by two vrrp instances"));
+            }
+        }
+        for peer in &v.unicast_peers {
+            if peer.get_ref().is_ipv4() != v4 {
+                report(
+                    &peer.span(),
+                    format!("unicast peer {} is not of the VIPs' family", peer.get_ref()),
+                );
+            }
+        }
+        if let Some(source) = &v.source {
+            if source.get_ref().is_ipv4() != v4 {
+                report(
+                    &source.span(),
+                    format!("source {} is not of the VIPs' family", source.get_ref()),
+                );
+            }
+        }
+        for tracked in &v.track_services {
+            if !c.services.iter().any(|s| s.name.get_ref() == tracked.get_ref()) {
+                report(
+                    &tracked.span(),
+                    format!("tracked service {:?} is not configured", tracked.get_ref()),
+                );
+            }
+        }
+    }
+    if !c.vrrp.is_empty() {
+        for svc in &c.services {
+            let vip = svc.vip.get_ref();
+            if !claimed.contains(vip) {
+                report(
+                    &svc.vip.span(),
+                    format!("VIP {vip} belongs to no vrrp instance: with VRRP, every VIP needs one"),
                 );
             }
         }
@@ -518,6 +687,59 @@ weight = 50
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].line, 13, "{p:?}");
         assert!(p[0].reason.contains("tunnel_source_v4"));
+    }
+
+    const VRRP: &str = r#"
+[[vrrp]]
+name = "v4"
+vrid = 51
+interface = "eth0"
+priority = 150
+advert_interval_ms = 100
+vips = ["192.0.2.1"]
+track_services = ["web"]
+"#;
+
+    #[test]
+    fn vrrp_instances_parse_with_defaults() {
+        let c = parse(&format!("{GOOD}{VRRP}")).expect("valid");
+        let v = &c.vrrp[0];
+        assert!(v.preempt);
+        assert_eq!(*v.preempt_delay_ms.get_ref(), 0);
+        assert_eq!(v.ipv4_checksum, ChecksumConvention::PseudoHeader);
+        assert!(v.unicast_peers.is_empty());
+    }
+
+    #[test]
+    fn vrrp_problems_point_at_their_lines() {
+        let bad = format!("{GOOD}{VRRP}")
+            .replace("advert_interval_ms = 100", "advert_interval_ms = 105")
+            .replace(
+                "track_services = [\"web\"]",
+                "track_services = [\"api\"]\nunicast_peers = [\"2001:db8::2\"]",
+            )
+            .replace("priority = 150", "priority = 0");
+        let p = problems(&bad);
+        let lines: Vec<(usize, bool)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.line,
+                    p.reason.contains("priority")
+                        || p.reason.contains("advert_interval_ms")
+                        || p.reason.contains("api")
+                        || p.reason.contains("family"),
+                )
+            })
+            .collect();
+        assert_eq!(lines, vec![(24, true), (25, true), (27, true), (28, true)], "{p:?}");
+        // A service VIP outside every instance is refused.
+        let orphan = format!("{GOOD}{VRRP}").replace("vips = [\"192.0.2.1\"]", "vips = [\"192.0.2.2\"]");
+        let p = problems(&orphan);
+        assert!(
+            p.iter().any(|p| p.line == 10 && p.reason.contains("no vrrp instance")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -1,18 +1,80 @@
 //! `foobar run`: load and attach the data plane, keep its maps in step with the configuration
-//! and with health, reload on SIGHUP, and leave forwarding running on exit.
+//! and with health, elect the VIP owner with VRRP, answer the control socket, reload on
+//! SIGHUP, and leave forwarding running on exit.
 
 use crate::{
     config::{self, Config},
+    ctl,
     dataplane::Dataplane,
     health::{self, Health},
+    vrrp::{
+        election::Reason,
+        instance::{Claim, Handle, Spec},
+    },
 };
 use anyhow::{Context, Result};
-use std::path::Path;
+use nix::net::if_::InterfaceFlags;
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{mpsc, watch},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// How often tracked conditions (interface state, XDP attachment) are polled.
+const TRACK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The node's VIP ownership as the VRRP instances decided it.
+struct Ownership {
+    /// The VIPs of each instance, by index.
+    vips: Vec<Vec<IpAddr>>,
+    /// Indexes of the instances that are master.
+    masters: BTreeSet<usize>,
+    /// What `foobar status` reads: forwarding, and the claimed VIPs.
+    shared: Arc<Mutex<(bool, Vec<String>)>>,
+}
+
+impl Ownership {
+    /// Applies one instance's claim or release to the data plane, then acknowledges it.
+    fn apply(&mut self, claim: Claim, c: &Config, dp: &mut Dataplane) {
+        if claim.master {
+            self.masters.insert(claim.instance);
+        } else {
+            self.masters.remove(&claim.instance);
+        }
+        let claimed: Vec<IpAddr> = self
+            .masters
+            .iter()
+            .filter_map(|i| self.vips.get(*i))
+            .flat_map(|vips| vips.iter().copied())
+            .collect();
+        let forwarding = !self.masters.is_empty();
+        // Forward before claiming the VIPs; stop claiming before no longer forwarding. A node
+        // shutting down keeps forwarding: clients still sending to it reach the same backends
+        // the peer picks, until the peer's announcements move them.
+        let mut result = Ok(());
+        if forwarding {
+            result = result.and_then(|_| dp.set_forwarding(true));
+        }
+        result = result.and_then(|_| dp.set_claimed(c, Some(claimed.iter().copied().collect())));
+        if !forwarding && claim.reason != Reason::Shutdown {
+            result = result.and_then(|_| dp.set_forwarding(false));
+        }
+        if let Err(e) = result {
+            error!("updating VIP ownership in the data plane failed: {e:#}");
+        }
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = (dp.forwarding(), claimed.iter().map(|a| a.to_string()).collect());
+        }
+        let _ = claim.done.send(());
+    }
+}
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(path: &Path) -> Result<()> {
@@ -24,9 +86,37 @@ pub async fn run(path: &Path) -> Result<()> {
         .context("writing the data-plane maps")?;
     dataplane.attach(&config)?;
     let mut checks = health::spawn_checks(&config, &health_tx);
+
+    let (claims_tx, mut claims_rx) = mpsc::channel::<Claim>(16);
+    let mut instances = Vec::new();
+    for (i, v) in config.vrrp.iter().enumerate() {
+        let spec = Spec::resolve(v).with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
+        instances.push(Handle::start(i, spec, claims_tx.clone())?);
+    }
+    let claimed_now: Vec<String> = if config.vrrp.is_empty() {
+        config.services.iter().map(|s| s.vip.get_ref().to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut ownership = Ownership {
+        vips: instances.iter().map(|h| h.spec.vips.clone()).collect(),
+        masters: BTreeSet::new(),
+        shared: Arc::new(Mutex::new((dataplane.forwarding(), claimed_now))),
+    };
+    let _control = ctl::serve(
+        &config.node.control_socket,
+        ctl::source(
+            config.node.name.clone(),
+            ownership.shared.clone(),
+            instances.iter().map(|h| h.status.clone()).collect(),
+        ),
+    )?;
+    let mut track = tokio::time::interval(TRACK_INTERVAL);
+    track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
         node = config.node.name,
         services = config.services.len(),
+        vrrp_instances = instances.len(),
         "foobar is forwarding"
     );
 
@@ -51,13 +141,92 @@ pub async fn run(path: &Path) -> Result<()> {
                 if let Err(e) = dataplane.sync(&config, &health) {
                     error!("updating the data plane after a health change failed: {e:#}");
                 }
+                update_faults(&config, &instances, &health, &dataplane);
+            }
+            Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
+            _ = track.tick(), if !instances.is_empty() => {
+                let health = health_rx.borrow().clone();
+                update_faults(&config, &instances, &health, &dataplane);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
+    // Masters send their priority-0 adverts and release their VIPs; the claims they make on
+    // the way out are applied while they stop.
+    let names: Vec<String> = instances.iter().map(|h| h.spec.name.clone()).collect();
+    for handle in &instances {
+        handle.request_stop();
+    }
+    let stopping = join_in_turn(instances);
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => break,
+            Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
+        }
+    }
+    if !names.is_empty() {
+        info!(instances = ?names, "vrrp instances stopped");
+    }
+    let _ = std::fs::remove_file(&config.node.control_socket);
     info!("stopping; the pinned data plane keeps forwarding (foobar detach removes it)");
     Ok(())
+}
+
+/// Waits for every stopping instance (they stop concurrently; this only collects them).
+async fn join_in_turn(instances: Vec<Handle>) {
+    for handle in instances {
+        handle.finished().await;
+    }
+}
+
+/// Recomputes each instance's failing tracked conditions and tells it when they changed.
+fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &Dataplane) {
+    if instances.is_empty() {
+        return;
+    }
+    let flags: HashMap<String, InterfaceFlags> = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs.map(|a| (a.interface_name, a.flags)).collect(),
+        Err(e) => {
+            warn!("listing interfaces for tracking failed: {e}");
+            return;
+        }
+    };
+    let mut detached = Vec::new();
+    for interface in c.node.interfaces.get_ref() {
+        match dp.attached(interface) {
+            Ok(true) => {}
+            Ok(false) => detached.push(format!("XDP program not attached to {interface}")),
+            Err(e) => detached.push(format!("XDP attachment on {interface} unknown: {e:#}")),
+        }
+    }
+    for (handle, v) in instances.iter().zip(&c.vrrp) {
+        let mut faults = detached.clone();
+        let interface = &handle.spec.interface;
+        match flags.get(interface) {
+            None => faults.push(format!("interface {interface} is missing")),
+            Some(f) if !f.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING) => {
+                faults.push(format!("interface {interface} is down"))
+            }
+            Some(_) => {}
+        }
+        for tracked in &v.track_services {
+            let name = tracked.get_ref();
+            if let Some(svc) = c.services.iter().find(|s| s.name.get_ref() == name) {
+                if svc.backends.iter().all(|b| !health.is_up(name, *b.address.get_ref())) {
+                    faults.push(format!("every backend of service {name} is down"));
+                }
+            }
+        }
+        handle.faults.send_if_modified(|current| {
+            let changed = *current != faults;
+            if changed {
+                *current = faults;
+            }
+            changed
+        });
+    }
 }
 
 /// Validates the file again and applies it, or explains why not; the running state is kept
@@ -74,6 +243,11 @@ fn reload(path: &Path, running: &Config, dataplane: &mut Dataplane, health: &wat
         (
             running.dataplane.sizes() != new.dataplane.sizes(),
             "[dataplane] table sizes",
+        ),
+        (running.vrrp != new.vrrp, "[[vrrp]] instances"),
+        (
+            running.node.control_socket != new.node.control_socket,
+            "[node] control_socket",
         ),
     ];
     if let Some((_, what)) = restart_only.iter().find(|(changed, _)| *changed) {

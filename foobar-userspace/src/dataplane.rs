@@ -20,7 +20,7 @@ use foobar_common::{
     addr_from_octets, addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac,
     MaglevSlots, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4,
     FAMILY_V6, LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, PROTO_TCP,
-    PROTO_UDP, VIP_FILTER_WORDS,
+    PROTO_UDP, VIP_CLAIMED, VIP_FILTER_WORDS,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -135,9 +135,11 @@ pub struct Dataplane {
     max_backends: u32,
     backend_cursor: u32,
     forwarding: bool,
+    /// The VIPs this node claims (answers ARP/ND for); None claims every VIP (no VRRP).
+    claimed: Option<HashSet<IpAddr>>,
     node: NodeConfig,
-    /// The VIP set last written (None until the first sync).
-    vips: Option<HashSet<AddrKey>>,
+    /// The VIP table last written, with its flags (None until the first sync).
+    vips: Option<HashMap<AddrKey, u32>>,
 }
 
 impl Dataplane {
@@ -172,7 +174,9 @@ impl Dataplane {
             tables: HashMap::new(),
             max_backends: *c.dataplane.max_backends.get_ref(),
             backend_cursor: 0,
-            forwarding: true,
+            // With VRRP a node starts as a backup: silent, not forwarding, until elected.
+            forwarding: c.vrrp.is_empty(),
+            claimed: (!c.vrrp.is_empty()).then(HashSet::new),
             vips: None,
             node: NodeConfig {
                 flags: 0,
@@ -440,9 +444,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes this node forward VIP traffic and answer ARP/ND for the VIPs (it owns them), or
-    /// pass VIP traffic to the local stack and stay silent (a backup).
+    /// Makes this node forward VIP traffic, or pass it to the local stack (a backup: VIP
+    /// traffic reaching it was sent to it as a backend).
     pub fn set_forwarding(&mut self, forwarding: bool) -> Result<()> {
+        if self.forwarding == forwarding {
+            return Ok(());
+        }
         self.forwarding = forwarding;
         self.node.flags = if forwarding { NODE_FORWARDING } else { 0 };
         let node = self.node;
@@ -451,16 +458,46 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether the data plane balances VIP traffic now.
+    pub fn forwarding(&self) -> bool {
+        self.forwarding
+    }
+
+    /// True while the XDP link pinned for `interface` is attached to it (a detached link, for
+    /// example after `bpftool link detach` or a re-created interface, reports no device).
+    pub fn attached(&self, interface: &str) -> Result<bool> {
+        let ifindex = match nix::net::if_::if_nametoindex(interface) {
+            Ok(i) => i,
+            Err(_) => return Ok(false),
+        };
+        Ok(pinned_link_ifindex(&link_pin(&self.root, interface))? == ifindex)
+    }
+
+    /// Sets the VIPs this node answers ARP / neighbour solicitations for while forwarding
+    /// (None: all of them).
+    pub fn set_claimed(&mut self, c: &Config, claimed: Option<HashSet<IpAddr>>) -> Result<()> {
+        self.claimed = claimed;
+        self.sync_vips(c)
+    }
+
     /// Writes the VIP set and its pre-filter when the set changed (health changes, the usual
     /// reason for a sync, leave it alone). New VIPs enter the filter before the set, and bits
     /// leave the filter only after the VIPs behind them left the set.
     fn sync_vips(&mut self, c: &Config) -> Result<()> {
-        let wanted: HashSet<AddrKey> = c.services.iter().map(|s| addr_key(*s.vip.get_ref())).collect();
+        let wanted: HashMap<AddrKey, u32> = c
+            .services
+            .iter()
+            .map(|s| {
+                let vip = *s.vip.get_ref();
+                let claimed = self.claimed.as_ref().is_none_or(|set| set.contains(&vip));
+                (addr_key(vip), if claimed { VIP_CLAIMED } else { 0 })
+            })
+            .collect();
         if self.vips.as_ref() == Some(&wanted) {
             return Ok(());
         }
         let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
-        for key in &wanted {
+        for key in wanted.keys() {
             let (word, bit) = vip_filter_slot(&key.addr);
             filter[word as usize] |= bit;
         }
@@ -474,7 +511,13 @@ impl Dataplane {
             current.push(have);
         }
         let mut vips: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
-        replace_set(&mut vips, &wanted)?;
+        let present: Vec<AddrKey> = vips.keys().collect::<Result<_, _>>()?;
+        for (key, flags) in &wanted {
+            vips.insert(key, flags, 0)?;
+        }
+        for key in present.iter().filter(|k| !wanted.contains_key(k)) {
+            vips.remove(key)?;
+        }
         let mut words: Array<_, u64> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
         for (i, (have, want)) in current.iter().zip(&filter).enumerate() {
             if have & !want != 0 {
@@ -523,6 +566,49 @@ fn link_macs(interfaces: &[String]) -> Result<Vec<(u32, [u8; 6])>> {
                 .with_context(|| format!("interface {name} not found"))
         })
         .collect()
+}
+
+/// The ifindex a pinned XDP link is attached to, 0 once detached (from the link's fdinfo).
+fn pinned_link_ifindex(pin: &Path) -> Result<u32> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    /// The BPF_OBJ_GET part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: attr is a valid BPF_OBJ_GET attribute naming a NUL-terminated path that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("opening pinned link {}", pin.display()));
+    }
+    // SAFETY: fd is a fresh descriptor owned from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("ifindex:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("pinned link {} is not an XDP link", pin.display()))
 }
 
 /// Makes a set-like BPF hash map hold exactly `wanted` (value 1).

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;

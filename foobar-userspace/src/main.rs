@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use foobar::{config, daemon, dataplane, stats};
+use foobar::{config, ctl, daemon, dataplane, stats};
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 /// foobar: an XDP-accelerated edge appliance.
@@ -25,6 +25,16 @@ enum Command {
     CheckConfig {
         /// Configuration file.
         file: PathBuf,
+    },
+    /// Show the running daemon's state: VRRP state per instance, the current master, priorities,
+    /// the last transition and its reason, advert counters and discards, VIP ownership.
+    Status {
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock")]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the data plane's counters from its pinned maps.
     Stats {
@@ -76,6 +86,15 @@ fn dispatch(command: Command) -> Result<()> {
         Command::CheckConfig { file } => {
             let c = config::load(&file)?;
             println!("{}: ok ({} services)", file.display(), c.services.len());
+            Ok(())
+        }
+        Command::Status { socket, json } => {
+            let status = ctl::query(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                ctl::print(&status);
+            }
             Ok(())
         }
         Command::Stats { pin_dir, json } => {

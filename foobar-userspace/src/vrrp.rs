@@ -9,7 +9,10 @@
 
 use std::net::IpAddr;
 
+pub mod announce;
 pub mod election;
+pub mod instance;
+pub mod socket;
 
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
@@ -57,11 +60,17 @@ pub enum Discard {
     IntervalZero,
     /// An address family other than the packet's, or no addresses.
     Addresses,
+    /// For another virtual router on this link.
+    Vrid,
+    /// Its address list differs from ours (a misconfigured peer).
+    AddressMismatch,
+    /// In unicast mode, from a source that is not a configured peer.
+    UnknownPeer,
 }
 
 impl Discard {
     /// Every reason, for counters.
-    pub const ALL: [Discard; 7] = [
+    pub const ALL: [Discard; 10] = [
         Discard::Truncated,
         Discard::Version,
         Discard::Type,
@@ -69,6 +78,9 @@ impl Discard {
         Discard::Checksum,
         Discard::IntervalZero,
         Discard::Addresses,
+        Discard::Vrid,
+        Discard::AddressMismatch,
+        Discard::UnknownPeer,
     ];
 
     /// Stable snake_case name, for logs and metrics.
@@ -81,6 +93,9 @@ impl Discard {
             Discard::Checksum => "checksum",
             Discard::IntervalZero => "interval_zero",
             Discard::Addresses => "addresses",
+            Discard::Vrid => "vrid",
+            Discard::AddressMismatch => "address_mismatch",
+            Discard::UnknownPeer => "unknown_peer",
         }
     }
 }
@@ -93,14 +108,15 @@ fn octets(addr: &IpAddr) -> Vec<u8> {
 }
 
 /// One's-complement sum of `data` as big-endian 16-bit words, added to `sum`.
-fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
+pub(crate) fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
     for chunk in data.chunks(2) {
         sum += u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u32;
     }
     sum
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// Folds a one's-complement sum to 16 bits and complements it.
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -134,9 +150,7 @@ impl Advert {
         for addr in &self.addresses {
             m.extend_from_slice(&octets(addr));
         }
-        let pseudo = src.is_ipv6() || v4 == Ipv4Checksum::PseudoHeader;
-        let sum = checksum(&m, src, dst, pseudo);
-        m[6..8].copy_from_slice(&sum.to_be_bytes());
+        seal(&mut m, src, dst, v4);
         m
     }
 
@@ -198,6 +212,14 @@ impl Advert {
             convention,
         ))
     }
+}
+
+/// Writes the checksum of a VRRP message (at least 8 bytes) sent from `src` to `dst`; IPv6
+/// always uses the pseudo-header.
+pub fn seal(message: &mut [u8], src: IpAddr, dst: IpAddr, v4: Ipv4Checksum) {
+    let pseudo = src.is_ipv6() || v4 == Ipv4Checksum::PseudoHeader;
+    let sum = checksum(message, src, dst, pseudo);
+    message[6..8].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// Skew_Time in centiseconds: ((256 − priority) × interval) / 256 (RFC 5798 §6.1).
@@ -284,9 +306,7 @@ mod tests {
         let (src, dst) = (ip("10.0.0.1"), ip("224.0.0.18"));
         let good = advert().encode(src, dst, Ipv4Checksum::PseudoHeader);
         let reseal = |mut m: Vec<u8>| {
-            m[6..8].copy_from_slice(&[0, 0]);
-            let sum = checksum(&m, src, dst, true);
-            m[6..8].copy_from_slice(&sum.to_be_bytes());
+            seal(&mut m, src, dst, Ipv4Checksum::PseudoHeader);
             m
         };
         assert_eq!(Advert::decode(&good, 64, src, dst), Err(Discard::Ttl));

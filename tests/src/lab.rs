@@ -1,15 +1,18 @@
-//! The load-balancer lab: a client, an edge running `foobar run`, and backends (each running
-//! foobar to decapsulate IPIP, with the VIP on `lo` and a TCP/HTTP server), all on one
-//! bridge. Used by the namespace scenarios and by `cargo xtask run`.
+//! The load-balancer lab: a client, one or two edges running `foobar run` (two: electing the
+//! VIP's owner with VRRP), and backends (each running foobar to decapsulate IPIP, with the VIP
+//! on `lo` and a TCP/HTTP server), all on one bridge. Used by the namespace scenarios and by
+//! `cargo xtask run`.
 //!
 //! ```text
 //!  client 10.10.0.100 ──┐
-//!  edge   10.10.0.1   ──┤ br0 (namespace "sw")      VIP 192.0.2.10:80 via the edge
-//!  b1..bN 10.10.0.11+ ──┘
+//!  edge1  10.10.0.1   ──┤
+//!  edge2  10.10.0.2   ──┤ br0 (namespace "sw")     VIP 192.0.2.10:80, on-link: the owner
+//!  b1..bN 10.10.0.11+ ──┘                          answers ARP for it from XDP
 //! ```
 
 use crate::{foobar_bin, veth, ChildGuard, EchoServer, Netns, PinDir, Scratch};
 use anyhow::{Context, Result};
+use foobar::ctl::NodeStatus;
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -21,8 +24,6 @@ use std::{
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// The service port.
 pub const PORT: u16 = 80;
-/// The edge's address.
-pub const EDGE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 100);
 
@@ -45,32 +46,83 @@ pub struct BackendSetting {
     pub weight: u32,
 }
 
+/// VRRP between the edges.
+#[derive(Clone, Debug)]
+pub struct Vrrp {
+    /// Advertisement interval, ms.
+    pub interval_ms: u32,
+    /// Priority of each edge, in order.
+    pub priorities: Vec<u8>,
+    /// Preemption.
+    pub preempt: bool,
+    /// Unicast adverts to the other edge instead of multicast.
+    pub unicast: bool,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    /// Number of backends.
+    pub backends: usize,
+    /// `ipip` or `l2dsr`.
+    pub forwarding: &'static str,
+    /// Number of edges (1 or 2); with two, `vrrp` must be set.
+    pub edges: usize,
+    /// VRRP settings, if the edges run it.
+    pub vrrp: Option<Vrrp>,
+}
+
+/// Address of edge `i` (0-based).
+pub fn edge_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, 0, 1 + i as u8)
+}
+
+/// One edge: its namespace, pins and foobar process. Fields drop in order: process, pins,
+/// namespace.
+pub struct Edge {
+    /// foobar run (None while stopped).
+    pub foobar: Option<ChildGuard>,
+    /// Pin directory.
+    pub pins: PinDir,
+    /// Namespace.
+    pub ns: Netns,
+    /// Name (edge1, edge2).
+    pub name: String,
+    /// Address on the bridge.
+    pub addr: Ipv4Addr,
+}
+
 /// A running lab. Fields drop in order: processes, servers, pins, namespaces, files.
 pub struct LbLab {
-    /// The edge's foobar process.
-    pub edge_foobar: Option<ChildGuard>,
+    /// The edges.
+    pub edges: Vec<Edge>,
     _backend_foobar: Vec<ChildGuard>,
     /// One server per backend (None while stopped).
     pub servers: Vec<Option<EchoServer>>,
-    /// The edge's pin directory.
-    pub edge_pins: PinDir,
     _other_pins: Vec<PinDir>,
     /// The client namespace.
     pub client: Netns,
-    /// The edge namespace.
-    pub edge: Netns,
     /// Backend namespaces.
     pub backends: Vec<Netns>,
     _switch: Netns,
     /// Logs and configuration files.
     pub scratch: Scratch,
-    forwarding: &'static str,
+    spec: LabSpec,
 }
 
 impl LbLab {
-    /// Builds the topology with `n` backends and starts everything; `forwarding` is `ipip` or
-    /// `l2dsr`.
+    /// One edge without VRRP and `n` backends; `forwarding` is `ipip` or `l2dsr`.
     pub fn start(n: usize, forwarding: &'static str) -> Result<Self> {
+        Self::build(LabSpec {
+            backends: n,
+            forwarding,
+            edges: 1,
+            vrrp: None,
+        })
+    }
+
+    /// Builds the topology and starts everything; with VRRP, waits until one edge is master.
+    pub fn build(spec: LabSpec) -> Result<Self> {
         // Labs in one process (tests run in parallel) get distinct names.
         static LABS: AtomicUsize = AtomicUsize::new(0);
         let tag = format!("l{}", LABS.fetch_add(1, Ordering::Relaxed));
@@ -78,13 +130,26 @@ impl LbLab {
         let scratch = Scratch::new(&name("lab"))?;
         let switch = Netns::new(&name("sw"))?;
         let client = Netns::new(&name("client"))?;
-        let edge = Netns::new(&name("edge"))?;
-        let backends: Vec<Netns> = (0..n)
+        let mut edges = Vec::new();
+        for i in 0..spec.edges {
+            let edge_name = format!("edge{}", i + 1);
+            edges.push(Edge {
+                foobar: None,
+                pins: PinDir::new(&name(&edge_name)),
+                ns: Netns::new(&name(&edge_name))?,
+                name: edge_name,
+                addr: edge_addr(i),
+            });
+        }
+        let backends: Vec<Netns> = (0..spec.backends)
             .map(|i| Netns::new(&name(&backend_name(i))))
             .collect::<Result<_>>()?;
         switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         switch.exec(&["ip", "link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(&Netns, String, Ipv4Addr)> = vec![(&client, "c".into(), CLIENT), (&edge, "e".into(), EDGE)];
+        let mut hosts: Vec<(&Netns, String, Ipv4Addr)> = vec![(&client, "c".into(), CLIENT)];
+        for (i, e) in edges.iter().enumerate() {
+            hosts.push((&e.ns, format!("e{}", i + 1), e.addr));
+        }
         for (i, ns) in backends.iter().enumerate() {
             hosts.push((ns, backend_name(i), backend_addr(i)));
         }
@@ -94,26 +159,32 @@ impl LbLab {
             switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
             ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         }
-        client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "via", &EDGE.to_string()])?;
+        // The VIP is on the link: the client asks who has it, and the edge that owns it now
+        // answers (from XDP).
+        client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
         // veth leaves TCP/UDP checksums to "hardware" that never runs when XDP forwards the
         // frame: the client must fill them in itself.
         client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
-        // Frames the edge's XDP program transmits reach the bridge only if the peer has XDP.
-        let switch_pins = PinDir::new(&name("sw"));
-        run_foobar_cmd(
-            &switch,
-            &[
-                "attach-pass",
-                "--interface",
-                "e-sw",
-                "--pin-dir",
-                &switch_pins.path.display().to_string(),
-            ],
-        )?;
+        // Frames an edge's XDP program transmits reach the bridge only if the peer has XDP.
+        let mut other_pins = Vec::new();
+        for (i, _) in edges.iter().enumerate() {
+            let pins = PinDir::new(&name(&format!("sw{}", i + 1)));
+            run_foobar_cmd(
+                &switch,
+                &[
+                    "attach-pass",
+                    "--interface",
+                    &format!("e{}-sw", i + 1),
+                    "--pin-dir",
+                    &pins.path.display().to_string(),
+                ],
+            )?;
+            other_pins.push(pins);
+        }
 
-        let mut other_pins = vec![switch_pins];
         let mut backend_foobar = Vec::new();
         let mut servers = Vec::new();
+        let n = spec.backends;
         for (i, ns) in backends.iter().enumerate() {
             ns.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             for (key, value) in [
@@ -129,12 +200,13 @@ impl LbLab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\npin_dir = \"{}\"\n",
+                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
                     backend_name(i),
                     // The last backend decapsulates in generic (skb) mode, the others natively.
                     if i + 1 == n { "generic" } else { "native" },
                     backend_addr(i),
-                    pins.path.display()
+                    pins.path.display(),
+                    scratch.file(&format!("{}.sock", backend_name(i))).display(),
                 ),
             )?;
             backend_foobar.push(start_foobar(
@@ -149,19 +221,16 @@ impl LbLab {
                 &backend_name(i),
             )?));
         }
-        let edge_pins = PinDir::new(&name("edge"));
         let mut lab = Self {
-            edge_foobar: None,
+            edges,
             _backend_foobar: backend_foobar,
             servers,
-            edge_pins,
             _other_pins: other_pins,
             client,
-            edge,
             backends,
             _switch: switch,
             scratch,
-            forwarding,
+            spec,
         };
         let all = vec![
             BackendSetting {
@@ -170,25 +239,37 @@ impl LbLab {
             };
             n
         ];
-        lab.write_edge_config(&all)?;
-        lab.start_edge()?;
+        for i in 0..lab.edges.len() {
+            lab.write_edge_config(i, &all)?;
+            lab.start_edge(i)?;
+        }
+        if lab.spec.vrrp.is_some() {
+            lab.wait_for_master(Duration::from_secs(10))?;
+        }
         Ok(lab)
     }
 
-    /// Path of the edge's configuration file.
-    pub fn edge_config(&self) -> PathBuf {
-        self.scratch.file("edge.toml")
+    /// Path of edge `i`'s configuration file.
+    pub fn edge_config(&self, i: usize) -> PathBuf {
+        self.scratch.file(&format!("edge{}.toml", i + 1))
     }
 
-    /// Writes the edge's configuration with these backend settings.
-    pub fn write_edge_config(&self, backends: &[BackendSetting]) -> Result<()> {
+    /// Path of edge `i`'s control socket.
+    pub fn edge_socket(&self, i: usize) -> PathBuf {
+        self.scratch.file(&format!("edge{}.sock", i + 1))
+    }
+
+    /// Writes edge `i`'s configuration with these backend settings.
+    pub fn write_edge_config(&self, i: usize, backends: &[BackendSetting]) -> Result<()> {
+        let edge = &self.edges[i];
         let mut text = format!(
             r#"[node]
-name = "edge"
+name = "{name}"
 interfaces = ["eth0"]
-addresses = ["{EDGE}"]
-tunnel_source_v4 = "{EDGE}"
+addresses = ["{addr}"]
+tunnel_source_v4 = "{addr}"
 pin_dir = "{pins}"
+control_socket = "{socket}"
 
 [dataplane]
 maglev_table_size = 65537
@@ -201,23 +282,51 @@ port = {PORT}
 forwarding = "{forwarding}"
 health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }}
 "#,
-            pins = self.edge_pins.path.display(),
-            forwarding = self.forwarding,
+            name = edge.name,
+            addr = edge.addr,
+            pins = edge.pins.path.display(),
+            socket = self.edge_socket(i).display(),
+            forwarding = self.spec.forwarding,
         );
-        for (i, b) in backends.iter().enumerate().filter(|(_, b)| b.present) {
+        for (b, setting) in backends.iter().enumerate().filter(|(_, s)| s.present) {
             text += &format!(
                 "\n[[service.backend]]\naddress = \"{}\"\nweight = {}\n",
-                backend_addr(i),
-                b.weight
+                backend_addr(b),
+                setting.weight
             );
         }
-        std::fs::write(self.edge_config(), text).context("writing the edge configuration")
+        if let Some(v) = &self.spec.vrrp {
+            let peers: Vec<String> = (0..self.edges.len())
+                .filter(|j| *j != i && v.unicast)
+                .map(|j| format!("\"{}\"", edge_addr(j)))
+                .collect();
+            text += &format!(
+                r#"
+[[vrrp]]
+name = "vip"
+vrid = 51
+interface = "eth0"
+priority = {priority}
+advert_interval_ms = {interval}
+preempt = {preempt}
+vips = ["{VIP}"]
+track_services = ["web"]
+unicast_peers = [{peers}]
+"#,
+                priority = v.priorities[i],
+                interval = v.interval_ms,
+                preempt = v.preempt,
+                peers = peers.join(", "),
+            );
+        }
+        std::fs::write(self.edge_config(i), text).context("writing an edge configuration")
     }
 
-    /// Starts `foobar run` on the edge (after a stop, it adopts the pinned state).
-    pub fn start_edge(&mut self) -> Result<()> {
-        let log = self.scratch.file("edge.log");
-        self.edge_foobar = Some(start_foobar(&self.edge, &self.edge_config(), &log)?);
+    /// Starts `foobar run` on edge `i` (after a stop, it adopts the pinned state).
+    pub fn start_edge(&mut self, i: usize) -> Result<()> {
+        let log = self.edge_log_path(i);
+        let child = start_foobar(&self.edges[i].ns, &self.edge_config(i), &log)?;
+        self.edges[i].foobar = Some(child);
         Ok(())
     }
 
@@ -226,9 +335,40 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
         SocketAddr::new(IpAddr::V4(VIP), PORT)
     }
 
-    /// The edge's log so far.
-    pub fn edge_log(&self) -> String {
-        std::fs::read_to_string(self.scratch.file("edge.log")).unwrap_or_default()
+    fn edge_log_path(&self, i: usize) -> PathBuf {
+        self.scratch.file(&format!("edge{}.log", i + 1))
+    }
+
+    /// Edge `i`'s log so far.
+    pub fn edge_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.edge_log_path(i)).unwrap_or_default()
+    }
+
+    /// Edge `i`'s status from its control socket.
+    pub fn status(&self, i: usize) -> Result<NodeStatus> {
+        foobar::ctl::query(&self.edge_socket(i))
+    }
+
+    /// The VRRP state of edge `i`'s instance ("" when the edge does not answer).
+    pub fn vrrp_state(&self, i: usize) -> String {
+        self.status(i)
+            .ok()
+            .and_then(|s| s.vrrp.first().map(|v| v.state.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Waits until exactly one running edge is master and returns its index.
+    pub fn wait_for_master(&self, limit: Duration) -> Result<usize> {
+        let mut master = None;
+        crate::wait_until(limit, "exactly one VRRP master", || {
+            let masters: Vec<usize> = (0..self.edges.len())
+                .filter(|i| self.edges[*i].foobar.is_some() && self.vrrp_state(*i) == "master")
+                .collect();
+            master = masters.first().copied().filter(|_| masters.len() == 1);
+            master.is_some()
+        })
+        .with_context(|| format!("edge1:\n{}\nedge2:\n{}", self.edge_log(0), self.edge_log(1)))?;
+        master.context("no master")
     }
 }
 

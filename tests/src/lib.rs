@@ -7,6 +7,7 @@
 pub mod lab;
 pub mod packet;
 pub mod testrun;
+pub mod transfer;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -443,12 +444,26 @@ impl EchoClient {
         })
     }
 
-    /// Sends a line and checks it comes back unchanged.
-    pub fn round_trip(&mut self, line: &str) -> Result<()> {
+    /// Sets how long a read may wait.
+    pub fn set_read_timeout(&mut self, limit: Duration) -> Result<()> {
+        Ok(self.reader.get_ref().set_read_timeout(Some(limit))?)
+    }
+
+    /// Sends a line and returns the line that comes back (without its newline).
+    pub fn exchange(&mut self, line: &str) -> Result<String> {
         self.reader.get_mut().write_all(format!("{line}\n").as_bytes())?;
         let mut back = String::new();
         self.reader.read_line(&mut back)?;
-        if back.trim_end() != line {
+        if back.is_empty() {
+            bail!("the connection closed (backend {})", self.backend);
+        }
+        Ok(back.trim_end_matches('\n').to_string())
+    }
+
+    /// Sends a line and checks it comes back unchanged.
+    pub fn round_trip(&mut self, line: &str) -> Result<()> {
+        let back = self.exchange(line)?;
+        if back != line {
             bail!("sent {line:?}, got {back:?} (backend {})", self.backend);
         }
         Ok(())

@@ -35,21 +35,22 @@ fn round_trip_all(conns: &mut [EchoClient], what: &str) -> Result<()> {
 
 fn backend_active(lab: &LbLab, i: usize) -> Result<bool> {
     let addr = foobar_tests::lab::backend_addr(i);
-    let snap = stats::snapshot(&lab.edge_pins.path)?;
+    let snap = stats::snapshot(&lab.edges[0].pins.path)?;
     Ok(snap.backends.iter().any(|b| b.address == addr && b.active))
 }
 
 fn reload(lab: &LbLab, settings: &[BackendSetting]) -> Result<()> {
-    let before = lab.edge_log().matches("configuration reloaded").count();
-    lab.write_edge_config(settings)?;
-    lab.edge_foobar
+    let before = lab.edge_log(0).matches("configuration reloaded").count();
+    lab.write_edge_config(0, settings)?;
+    lab.edges[0]
+        .foobar
         .as_ref()
         .context("edge running")?
         .signal(Signal::SIGHUP)?;
     wait_until(Duration::from_secs(5), "the reload", || {
-        lab.edge_log().matches("configuration reloaded").count() > before
+        lab.edge_log(0).matches("configuration reloaded").count() > before
     })
-    .with_context(|| lab.edge_log())
+    .with_context(|| lab.edge_log(0))
 }
 
 #[test]
@@ -118,18 +119,19 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 
     // A bad file on SIGHUP is refused with its reason; the running configuration stays.
     std::fs::write(
-        lab.edge_config(),
+        lab.edge_config(0),
         "[node]\nname = \"edge\"\ninterfaces = [\"eth0\"]\nbogus = 1\n",
     )?;
-    lab.edge_foobar
+    lab.edges[0]
+        .foobar
         .as_ref()
         .context("edge running")?
         .signal(Signal::SIGHUP)?;
     wait_until(Duration::from_secs(5), "the refusal", || {
-        lab.edge_log().contains("reload refused")
+        lab.edge_log(0).contains("reload refused")
     })?;
-    if !lab.edge_log().contains("unknown field `bogus`") {
-        bail!("the refusal does not say why:\n{}", lab.edge_log());
+    if !lab.edge_log(0).contains("unknown field `bogus`") {
+        bail!("the refusal does not say why:\n{}", lab.edge_log(0));
     }
     let fresh = connect(&lab, 20)?;
     if fresh.iter().any(|c| c.backend == "b1") {
@@ -155,22 +157,22 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     reload(&lab, &all)?;
     let mut held = connect(&lab, 30)?;
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        let mut edge = lab.edge_foobar.take().context("edge running")?;
+        let mut edge = lab.edges[0].foobar.take().context("edge running")?;
         edge.signal(signal)?;
         edge.wait(Duration::from_secs(5))?;
         round_trip_all(&mut held, &format!("while foobar is stopped by {signal}"))?;
         round_trip_all(&mut many, &format!("while foobar is stopped by {signal} (older)"))?;
-        lab.start_edge()?;
+        lab.start_edge(0)?;
         round_trip_all(&mut held, &format!("after restart from {signal}"))?;
         let fresh = connect(&lab, 10)?;
         if fresh.len() != 10 {
             bail!("new connections failed after restart");
         }
     }
-    if !lab.edge_log().contains("replaced the XDP program in the pinned link") {
+    if !lab.edge_log(0).contains("replaced the XDP program in the pinned link") {
         bail!(
             "the restarted foobar did not adopt the pinned link:\n{}",
-            lab.edge_log()
+            lab.edge_log(0)
         );
     }
     Ok(())
@@ -193,7 +195,7 @@ fn l2_dsr_spreads_real_connections() -> Result<()> {
         bail!("unexpected HTTP answer: {out:?}");
     }
     // `foobar stats` reads the same story from the pinned maps.
-    let pin_dir = lab.edge_pins.path.display().to_string();
+    let pin_dir = lab.edges[0].pins.path.display().to_string();
     let json = foobar_tests::sh(&[
         &foobar_tests::foobar_bin().display().to_string(),
         "stats",

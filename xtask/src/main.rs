@@ -89,7 +89,7 @@ fn build(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     toolchain::ensure()?;
-    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived"])?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived", "nft"])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(

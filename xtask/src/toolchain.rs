@@ -123,6 +123,7 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
         .map(|t| match *t {
             "ip" => "iproute2",
             "sysctl" => "procps",
+            "nft" => "nftables",
             other => other,
         })
         .collect();

@@ -35,7 +35,8 @@ pub mod names {
     pub const CONNTRACK6: &str = "CONNTRACK6";
     /// Single-entry array holding the [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
-    /// [`crate::AddrKey`] -> u32: the VIPs (any service); traffic to them is balanced or dropped.
+    /// [`crate::AddrKey`] -> u32 flags ([`crate::VIP_CLAIMED`]): the VIPs (any service); traffic
+    /// to them is balanced or dropped.
     pub const VIPS: &str = "VIPS";
     /// [`crate::AddrKey`] -> u32: this node's addresses that terminate IPIP tunnels.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
@@ -71,8 +72,13 @@ pub const BACKEND_LOCAL: u8 = 2;
 /// [`Backend::flags`]: the slot holds a configured backend (active or not).
 pub const BACKEND_IN_USE: u8 = 4;
 
-/// [`NodeConfig::flags`]: this node balances VIP traffic (it owns the VIP).
+/// [`NodeConfig::flags`]: this node balances VIP traffic (it is master of a VRRP instance, or
+/// runs without VRRP).
 pub const NODE_FORWARDING: u32 = 1;
+
+/// Value flag of the VIP table: this node claims the VIP (answers ARP / neighbour solicitations
+/// for it) while it forwards.
+pub const VIP_CLAIMED: u32 = 1;
 
 /// Backend id stored in an unfilled Maglev slot; packets hitting it are dropped and counted.
 pub const MAGLEV_EMPTY: u16 = u16::MAX;

@@ -1,5 +1,5 @@
-//! Owning the VIPs: while this node forwards (it is the VRRP master), ARP requests and IPv6
-//! neighbour solicitations for a VIP are answered here, in place, with the receiving
+//! Owning the VIPs: while this node forwards and claims a VIP (it is master of the VRRP instance
+//! holding it), ARP requests and IPv6 neighbour solicitations for the VIP are answered here, in place, with the receiving
 //! interface's MAC. Otherwise they go to the kernel, which does not answer for VIPs (they sit on
 //! `lo`), so only the master claims them.
 
@@ -9,7 +9,7 @@ use crate::{
     parse::{ptr_at, ArpHdr, EthHdr, Ipv6Hdr, NdMsg, Packet, ParseError, IPPROTO_ICMPV6, IPV6_LEN},
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use foobar_common::{Addr, AddrKey, Counter, NodeConfig, FAMILY_V4, FAMILY_V6, NODE_FORWARDING};
+use foobar_common::{Addr, AddrKey, Counter, NodeConfig, FAMILY_V4, FAMILY_V6, NODE_FORWARDING, VIP_CLAIMED};
 
 const ARP_HTYPE_ETHERNET: u16 = 1;
 const ARP_OP_REQUEST: u16 = 1;
@@ -32,13 +32,16 @@ fn claimant(ctx: &XdpContext, node: &NodeConfig, vip: Addr, family: u8) -> Optio
     if node.flags & NODE_FORWARDING == 0 {
         return None;
     }
-    unsafe {
+    let flags = unsafe {
         VIPS.get(AddrKey {
             addr: vip,
             family,
             _pad: [0; 3],
         })
     }?;
+    if flags & VIP_CLAIMED == 0 {
+        return None;
+    }
     let ifindex = ctx.ingress_ifindex() as u32;
     unsafe { LINK_MACS.get(ifindex) }.map(|m| m.mac)
 }

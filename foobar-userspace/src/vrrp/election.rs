@@ -30,6 +30,20 @@ pub enum State {
     Backup,
     /// Owning the VIPs and advertising.
     Master,
+    /// A tracked condition failed: silent, never master, until it clears.
+    Fault,
+}
+
+impl State {
+    /// Stable lowercase name, for status and notify commands.
+    pub const fn name(self) -> &'static str {
+        match self {
+            State::Initialize => "initialize",
+            State::Backup => "backup",
+            State::Master => "master",
+            State::Fault => "fault",
+        }
+    }
 }
 
 /// Why the state last changed (shown by `foobar status`).
@@ -47,6 +61,26 @@ pub enum Reason {
     Superseded,
     /// This node stopped.
     Shutdown,
+    /// A tracked condition failed (interface down, program detached, tracked service down).
+    Fault,
+    /// Every tracked condition is fine again.
+    FaultCleared,
+}
+
+impl Reason {
+    /// Stable snake_case name, for status and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::OwnerStart => "owner_start",
+            Reason::Start => "start",
+            Reason::MasterDown => "master_down",
+            Reason::MasterStopped => "master_stopped",
+            Reason::Superseded => "superseded",
+            Reason::Shutdown => "shutdown",
+            Reason::Fault => "fault",
+            Reason::FaultCleared => "fault_cleared",
+        }
+    }
 }
 
 /// What the caller must do.
@@ -96,9 +130,9 @@ impl Election {
         self.master_interval_cs
     }
 
-    /// When [`Election::on_timer`] is due next, ms (None in Initialize).
+    /// When [`Election::on_timer`] is due next, ms (None in Initialize and Fault).
     pub fn deadline_ms(&self) -> Option<u64> {
-        (self.state != State::Initialize).then_some(self.deadline_ms)
+        matches!(self.state, State::Backup | State::Master).then_some(self.deadline_ms)
     }
 
     fn skew_ms(&self) -> u64 {
@@ -143,9 +177,29 @@ impl Election {
         }
     }
 
+    /// A tracked condition failed (`true`) or every one is fine again (`false`). A faulty
+    /// master steps down with a priority-0 advert so the peer takes over at once; a faulty node
+    /// stays silent and never becomes master until the fault clears, then starts as a backup.
+    pub fn set_fault(&mut self, now_ms: u64, fault: bool) -> Vec<Action> {
+        match (self.state, fault) {
+            (State::Initialize, _) | (State::Fault, true) => Vec::new(),
+            (State::Fault, false) => self.become_backup(now_ms, self.settings.interval_cs, Reason::FaultCleared),
+            (_, false) => Vec::new(),
+            (was, true) => {
+                self.state = State::Fault;
+                let mut actions = Vec::new();
+                if was == State::Master {
+                    actions.push(Action::Advertise(0));
+                }
+                actions.push(Action::BecomeBackup(Reason::Fault));
+                actions
+            }
+        }
+    }
+
     /// The advert or master-down timer, when `now_ms` has reached [`Election::deadline_ms`].
     pub fn on_timer(&mut self, now_ms: u64) -> Vec<Action> {
-        if self.state == State::Initialize || now_ms < self.deadline_ms {
+        if now_ms < self.deadline_ms {
             return Vec::new();
         }
         match self.state {
@@ -153,7 +207,8 @@ impl Election {
                 self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
                 vec![Action::Advertise(self.settings.priority)]
             }
-            _ => self.become_master(now_ms, Reason::MasterDown),
+            State::Backup => self.become_master(now_ms, Reason::MasterDown),
+            State::Initialize | State::Fault => Vec::new(),
         }
     }
 
@@ -161,7 +216,7 @@ impl Election {
     pub fn on_advert(&mut self, now_ms: u64, from: IpAddr, advert: &Advert) -> Vec<Action> {
         let ours = self.settings.priority;
         match self.state {
-            State::Initialize => Vec::new(),
+            State::Initialize | State::Fault => Vec::new(),
             State::Backup => {
                 if advert.priority == 0 {
                     self.deadline_ms = now_ms + self.skew_ms();
@@ -329,6 +384,29 @@ mod tests {
         e.on_advert(1000, peer(), &advert(100, 10));
         let due = e.deadline_ms().expect("deadline");
         assert_eq!(e.on_timer(due)[1], Action::BecomeMaster(Reason::MasterDown));
+    }
+
+    #[test]
+    fn a_fault_steps_down_and_keeps_the_node_silent_until_it_clears() {
+        let mut e = Election::new(settings(200, true, 0));
+        e.start(0);
+        e.on_timer(e.deadline_ms().expect("deadline"));
+        assert_eq!(e.state(), State::Master);
+        assert_eq!(
+            e.set_fault(1000, true),
+            vec![Action::Advertise(0), Action::BecomeBackup(Reason::Fault)]
+        );
+        assert_eq!(e.deadline_ms(), None);
+        assert!(e.on_timer(100_000).is_empty(), "a faulty node never takes over");
+        assert!(e.on_advert(2000, peer(), &advert(100, 10)).is_empty());
+        assert!(e.set_fault(2000, true).is_empty());
+        assert_eq!(
+            e.set_fault(3000, false),
+            vec![Action::BecomeBackup(Reason::FaultCleared)]
+        );
+        // Back as a backup with the full master-down interval: 3 x 100 ms + 20 ms skew.
+        assert_eq!(e.deadline_ms(), Some(3000 + 320));
+        assert!(e.set_fault(3000, false).is_empty());
     }
 
     #[test]

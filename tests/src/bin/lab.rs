@@ -1,7 +1,7 @@
 //! `cargo xtask run`: the demo lab in network namespaces, in the foreground until Ctrl-C.
 
 use anyhow::Result;
-use foobar_tests::lab::{backend_addr, backend_name, LbLab, CLIENT, EDGE};
+use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, Vrrp, CLIENT};
 use nix::sys::signal::{SigSet, Signal};
 
 const BACKENDS: usize = 3;
@@ -18,9 +18,27 @@ fn main() -> Result<()> {
     stop.add(Signal::SIGTERM);
     stop.thread_block()?;
     std::env::set_var("FOOBAR_NS_PREFIX", "fblab");
-    let lab = LbLab::start(BACKENDS, "ipip")?;
+    let lab = LbLab::build(LabSpec {
+        backends: BACKENDS,
+        forwarding: "ipip",
+        edges: 2,
+        vrrp: Some(Vrrp {
+            interval_ms: 100,
+            priorities: vec![150, 100],
+            preempt: true,
+            unicast: false,
+        }),
+    })?;
     println!("foobar lab is up: VIP {} (namespace prefix fblab-)", lab.vip());
-    println!("  client {CLIENT} -> edge {EDGE} (XDP: Maglev + conntrack + IPIP, direct server return)");
+    for (i, edge) in lab.edges.iter().enumerate() {
+        println!(
+            "  {} {} VRRP {} (XDP: Maglev + conntrack + IPIP, direct server return)",
+            edge.name,
+            edge.addr,
+            lab.vrrp_state(i).to_uppercase()
+        );
+    }
+    println!("  client {CLIENT} reaches the VIP on the link: the master answers ARP for it");
     for i in 0..BACKENDS {
         println!(
             "  backend {} at {} (VIP on lo, foobar decapsulates)",
@@ -30,10 +48,20 @@ fn main() -> Result<()> {
     }
     println!();
     println!("try:   ip netns exec {} curl -s http://{}/", lab.client.name, lab.vip());
+    let foobar = foobar_tests::foobar_bin();
+    for (i, edge) in lab.edges.iter().enumerate() {
+        println!(
+            "{}: {} status --socket {}   |   {} stats --pin-dir {}",
+            edge.name,
+            foobar.display(),
+            lab.edge_socket(i).display(),
+            foobar.display(),
+            edge.pins.path.display()
+        );
+    }
     println!(
-        "stats: {} stats --pin-dir {}",
-        foobar_tests::foobar_bin().display(),
-        lab.edge_pins.path.display()
+        "failover: kill the master's foobar (pkill -f {}) and watch the other edge take over",
+        lab.edge_config(0).display()
     );
     println!("logs:  {}", lab.scratch.path.display());
     println!("Ctrl-C stops the lab and removes everything it made.");

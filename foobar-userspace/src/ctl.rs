@@ -1,0 +1,159 @@
+//! The control socket: `foobar run` answers `status` on a Unix socket with the node's live
+//! state as JSON; `foobar status` asks and prints it.
+
+use crate::vrrp::instance::Status as VrrpStatus;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::warn;
+
+/// The node's live state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// Whether the data plane balances VIP traffic now.
+    pub forwarding: bool,
+    /// The VIPs this node claims now.
+    pub claimed: Vec<String>,
+    /// One entry per VRRP instance.
+    pub vrrp: Vec<VrrpStatus>,
+}
+
+/// Where the daemon's state is read from when a client asks.
+pub type Source = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
+
+/// Serves `status` requests on `path` until the task is dropped. A stale socket file from a
+/// previous run is replaced; the socket is only accessible to root.
+pub fn serve(path: &Path, source: Source) -> Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale control socket {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let source = source.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, source).await {
+                    warn!("control socket request failed: {e:#}");
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(stream: UnixStream, source: Source) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(256));
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+        .context("request timed out")??;
+    let reply = match line.trim() {
+        "status" => serde_json::to_string(&source())?,
+        other => serde_json::to_string(&serde_json::json!({ "error": format!("unknown request {other:?}") }))?,
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.write_all(b"\n").await?;
+    Ok(())
+}
+
+/// Asks the daemon listening on `path` for its status.
+pub fn query(path: &Path) -> Result<NodeStatus> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("connecting to {} (is foobar run going?)", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"status\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    if reply.trim().is_empty() {
+        bail!("the daemon closed the control socket without an answer");
+    }
+    serde_json::from_str(&reply).context("reading the daemon's status")
+}
+
+/// Prints a status for people.
+pub fn print(s: &NodeStatus) {
+    println!(
+        "node {}: {}; claims [{}]",
+        s.node,
+        if s.forwarding { "forwarding" } else { "not forwarding" },
+        s.claimed.join(", ")
+    );
+    if s.vrrp.is_empty() {
+        println!("no VRRP instances: this node owns every VIP");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in &s.vrrp {
+        let ago = now.saturating_sub(v.since_unix_ms) as f64 / 1000.0;
+        let master = v.master.map_or("unknown".to_string(), |m| m.to_string());
+        println!(
+            "vrrp {} (vrid {} on {}): {} since {ago:.1} s ago ({}), priority {}, master {master} (priority {}, {} ms adverts)",
+            v.name,
+            v.vrid,
+            v.interface,
+            v.state.to_uppercase(),
+            v.reason,
+            v.priority,
+            v.master_priority.map_or("?".to_string(), |p| p.to_string()),
+            v.master_interval_ms,
+        );
+        if !v.faults.is_empty() {
+            println!("    faults: {}", v.faults.join("; "));
+        }
+        let discards: Vec<String> = v
+            .discards
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "    adverts sent {}, received {}, transitions {}, discarded: {}",
+            v.adverts_sent,
+            v.adverts_received,
+            v.transitions,
+            if discards.is_empty() {
+                "none".into()
+            } else {
+                discards.join(", ")
+            }
+        );
+    }
+}
+
+/// A status source over shared parts, for the daemon.
+pub fn source(node: String, shared: Arc<Mutex<(bool, Vec<String>)>>, vrrp: Vec<Arc<Mutex<VrrpStatus>>>) -> Source {
+    Arc::new(move || {
+        let (forwarding, claimed) = shared.lock().map(|g| g.clone()).unwrap_or_default();
+        NodeStatus {
+            node: node.clone(),
+            forwarding,
+            claimed,
+            vrrp: vrrp
+                .iter()
+                .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
+                .collect(),
+        }
+    })
+}

@@ -1,0 +1,426 @@
+//! One VRRP instance at work: a task that feeds the [`Election`] with received adverts, its
+//! timers and tracked faults, and carries out what it decides: sending adverts, asking the
+//! daemon to claim or release the instance's VIPs in the data plane (and waiting until that is
+//! done), announcing a takeover with gratuitous ARPs / unsolicited neighbour advertisements,
+//! running the notify command, and keeping a [`Status`] for `foobar status`.
+
+use super::{
+    announce::{self, FrameSender},
+    election::{Action, Election, Reason, Settings, State},
+    socket::{self, Received, VrrpSocket},
+    Advert, Discard, Ipv4Checksum,
+};
+use crate::config::{ChecksumConvention, VrrpInstance};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv6Addr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{sleep_until, Instant},
+};
+use tracing::{info, warn};
+
+/// Announcement frames sent at once on takeover, and again after [`ANNOUNCE_REPEAT_AFTER`].
+const ANNOUNCE_BURST: usize = 3;
+/// When the takeover announcement is repeated (for hosts that missed the first burst).
+const ANNOUNCE_REPEAT_AFTER: Duration = Duration::from_secs(1);
+
+/// An instance's configuration, resolved against the interface (source address).
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Instance name.
+    pub name: String,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Interface.
+    pub interface: String,
+    /// Election settings.
+    pub settings: Settings,
+    /// The VIPs.
+    pub vips: Vec<IpAddr>,
+    /// Unicast peers (empty: multicast).
+    pub peers: Vec<IpAddr>,
+    /// IPv4 checksum convention of sent adverts.
+    pub checksum: Ipv4Checksum,
+    /// Command run on state changes.
+    pub notify: Option<PathBuf>,
+}
+
+impl Spec {
+    /// Resolves a configured instance; the source address defaults to the interface's.
+    pub fn resolve(v: &VrrpInstance) -> Result<Self> {
+        let interface = v.interface.get_ref().clone();
+        let vips = v.vips.get_ref().clone();
+        let v4 = vips.first().is_none_or(|a| a.is_ipv4());
+        let address = match &v.source {
+            Some(s) => *s.get_ref(),
+            None => socket::interface_source(&interface, v4)?,
+        };
+        Ok(Self {
+            name: v.name.get_ref().clone(),
+            vrid: *v.vrid.get_ref(),
+            interface,
+            settings: Settings {
+                priority: *v.priority.get_ref(),
+                interval_cs: (*v.advert_interval_ms.get_ref() / 10) as u16,
+                preempt: v.preempt,
+                preempt_delay_cs: (*v.preempt_delay_ms.get_ref() / 10) as u16,
+                address,
+            },
+            vips,
+            peers: v.unicast_peers.iter().map(|p| *p.get_ref()).collect(),
+            checksum: match v.ipv4_checksum {
+                ChecksumConvention::PseudoHeader => Ipv4Checksum::PseudoHeader,
+                ChecksumConvention::MessageOnly => Ipv4Checksum::MessageOnly,
+            },
+            notify: v.notify.clone(),
+        })
+    }
+}
+
+/// What `foobar status` shows of one instance.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Instance name.
+    pub name: String,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Interface.
+    pub interface: String,
+    /// initialize, backup, master or fault.
+    pub state: String,
+    /// Our priority.
+    pub priority: u8,
+    /// Our advert source address.
+    pub source: Option<IpAddr>,
+    /// The current master as last heard (ourselves while master).
+    pub master: Option<IpAddr>,
+    /// The master's priority as last heard.
+    pub master_priority: Option<u8>,
+    /// The master's advertisement interval, ms.
+    pub master_interval_ms: u32,
+    /// When the state last changed, ms since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// Why it last changed.
+    pub reason: String,
+    /// Tracked conditions failing now (non-empty: fault).
+    pub faults: Vec<String>,
+    /// State changes since start.
+    pub transitions: u64,
+    /// Adverts sent.
+    pub adverts_sent: u64,
+    /// Adverts received and accepted.
+    pub adverts_received: u64,
+    /// Received packets discarded, by reason.
+    pub discards: BTreeMap<String, u64>,
+}
+
+/// A request to the daemon to claim (master) or release an instance's VIPs; `done` is answered
+/// once the data plane says so.
+#[derive(Debug)]
+pub struct Claim {
+    /// Index of the instance in the configuration.
+    pub instance: usize,
+    /// Master (claim) or not (release).
+    pub master: bool,
+    /// Why: on [`Reason::Shutdown`] the daemon keeps forwarding (the peer takes over).
+    pub reason: Reason,
+    /// Answered when applied.
+    pub done: oneshot::Sender<()>,
+}
+
+/// Handles the daemon keeps for one running instance.
+pub struct Handle {
+    /// The resolved configuration.
+    pub spec: Spec,
+    /// Live status.
+    pub status: Arc<Mutex<Status>>,
+    /// Tracked faults (empty: healthy).
+    pub faults: watch::Sender<Vec<String>>,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Handle {
+    /// Opens the instance's sockets and starts its task.
+    pub fn start(index: usize, spec: Spec, claims: mpsc::Sender<Claim>) -> Result<Self> {
+        let multicast = spec.peers.is_empty();
+        let socket = VrrpSocket::open(&spec.interface, spec.settings.address, multicast)
+            .with_context(|| format!("vrrp instance {}", spec.name))?;
+        let frames = FrameSender::open(&spec.interface)?;
+        let mac = announce::interface_mac(&spec.interface)?;
+        let link_local = match socket::interface_source(&spec.interface, false) {
+            Ok(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        };
+        let status = Arc::new(Mutex::new(Status {
+            name: spec.name.clone(),
+            vrid: spec.vrid,
+            interface: spec.interface.clone(),
+            state: State::Initialize.name().into(),
+            priority: spec.settings.priority,
+            source: Some(spec.settings.address),
+            discards: Discard::ALL.iter().map(|d| (d.name().to_string(), 0)).collect(),
+            ..Status::default()
+        }));
+        let (faults, faults_rx) = watch::channel(Vec::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = Runner {
+            index,
+            election: Election::new(spec.settings.clone()),
+            spec: spec.clone(),
+            socket,
+            frames,
+            mac,
+            link_local,
+            status: status.clone(),
+            claims,
+            clock: Instant::now(),
+            announce_again: None,
+        };
+        let task = tokio::spawn(runner.run(faults_rx, stop_rx));
+        Ok(Self {
+            spec,
+            status,
+            faults,
+            task,
+            stop,
+        })
+    }
+
+    /// Asks the instance to stop: a master sends its priority-0 advert and releases its VIPs.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the instance's task has ended.
+    pub async fn finished(self) {
+        if let Err(e) = self.task.await {
+            warn!(instance = self.spec.name, "vrrp task ended abnormally: {e}");
+        }
+    }
+}
+
+struct Runner {
+    index: usize,
+    spec: Spec,
+    election: Election,
+    socket: VrrpSocket,
+    frames: FrameSender,
+    mac: [u8; 6],
+    link_local: Option<Ipv6Addr>,
+    status: Arc<Mutex<Status>>,
+    claims: mpsc::Sender<Claim>,
+    clock: Instant,
+    /// When the takeover announcement is due again.
+    announce_again: Option<Instant>,
+}
+
+impl Runner {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut faults: watch::Receiver<Vec<String>>, mut stop: watch::Receiver<bool>) {
+        let actions = self.election.start(self.now_ms());
+        self.apply(actions).await;
+        let far = Duration::from_secs(3600);
+        loop {
+            let due = match self.election.deadline_ms() {
+                Some(ms) => self.clock + Duration::from_millis(ms),
+                None => Instant::now() + far,
+            };
+            let announce_due = self.announce_again.unwrap_or_else(|| Instant::now() + far);
+            let actions = tokio::select! {
+                _ = sleep_until(due) => self.election.on_timer(self.now_ms()),
+                _ = sleep_until(announce_due) => {
+                    self.announce_again = None;
+                    self.announce();
+                    Vec::new()
+                }
+                received = self.socket.recv() => match received {
+                    Ok(packet) => self.on_packet(packet),
+                    Err(e) => {
+                        warn!(instance = self.spec.name, "{e:#}");
+                        Vec::new()
+                    }
+                },
+                changed = faults.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = faults.borrow_and_update().clone();
+                    if !now.is_empty() {
+                        warn!(instance = self.spec.name, faults = ?now, "tracked condition failed");
+                    }
+                    self.lock_status().faults = now.clone();
+                    self.election.set_fault(self.now_ms(), !now.is_empty())
+                }
+                _ = stop.changed() => break,
+            };
+            self.apply(actions).await;
+        }
+        let actions = self.election.shutdown();
+        self.apply(actions).await;
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks a received packet; an accepted advert goes to the election.
+    fn on_packet(&mut self, packet: Received) -> Vec<Action> {
+        if packet.src == self.spec.settings.address {
+            return Vec::new(); // our own advert, looped back by a bridge or a peer list
+        }
+        let verdict = Advert::decode(&packet.message, packet.ttl, packet.src, packet.dst).and_then(|(advert, _)| {
+            if advert.vrid != self.spec.vrid {
+                return Err(Discard::Vrid);
+            }
+            if !self.spec.peers.is_empty() && !self.spec.peers.contains(&packet.src) {
+                return Err(Discard::UnknownPeer);
+            }
+            let theirs: HashSet<&IpAddr> = advert.addresses.iter().collect();
+            let ours: HashSet<&IpAddr> = self.spec.vips.iter().collect();
+            if theirs != ours {
+                return Err(Discard::AddressMismatch);
+            }
+            Ok(advert)
+        });
+        let advert = match verdict {
+            Ok(advert) => advert,
+            Err(reason) => {
+                // Adverts of other routers on a shared link are normal; the rest is worth a look.
+                if reason != Discard::Vrid {
+                    warn!(instance = self.spec.name, from = %packet.src, reason = reason.name(), "discarded a VRRP packet");
+                }
+                *self.lock_status().discards.entry(reason.name().into()).or_default() += 1;
+                return Vec::new();
+            }
+        };
+        let actions = self.election.on_advert(self.now_ms(), packet.src, &advert);
+        let mut status = self.lock_status();
+        status.adverts_received += 1;
+        if advert.priority > 0 && self.election.state() == State::Backup {
+            status.master = Some(packet.src);
+            status.master_priority = Some(advert.priority);
+            status.master_interval_ms = advert.interval_cs as u32 * 10;
+        }
+        actions
+    }
+
+    async fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Advertise(priority) => self.advertise(priority),
+                Action::BecomeMaster(reason) => {
+                    self.claim(true, reason).await;
+                    self.announce();
+                    self.announce_again = Some(Instant::now() + ANNOUNCE_REPEAT_AFTER);
+                    self.transition(State::Master, reason);
+                }
+                Action::BecomeBackup(reason) => {
+                    self.announce_again = None;
+                    self.claim(false, reason).await;
+                    let state = match self.election.state() {
+                        State::Fault => State::Fault,
+                        _ if reason == Reason::Shutdown => State::Initialize,
+                        _ => State::Backup,
+                    };
+                    self.transition(state, reason);
+                }
+            }
+        }
+    }
+
+    fn advertise(&mut self, priority: u8) {
+        let advert = Advert {
+            vrid: self.spec.vrid,
+            priority,
+            interval_cs: self.spec.settings.interval_cs,
+            addresses: self.spec.vips.clone(),
+        };
+        let source = self.socket.source();
+        let group = [socket::group_for(source)];
+        let targets: &[IpAddr] = if self.spec.peers.is_empty() {
+            &group
+        } else {
+            &self.spec.peers
+        };
+        let mut sent = 0;
+        for dst in targets {
+            let message = advert.encode(source, *dst, self.spec.checksum);
+            match self.socket.send(&message, *dst) {
+                Ok(()) => sent += 1,
+                Err(e) => warn!(instance = self.spec.name, "{e:#}"),
+            }
+        }
+        self.lock_status().adverts_sent += sent;
+    }
+
+    /// Asks the daemon to claim or release the VIPs and waits until the data plane is set.
+    async fn claim(&mut self, master: bool, reason: Reason) {
+        let (done, applied) = oneshot::channel();
+        let claim = Claim {
+            instance: self.index,
+            master,
+            reason,
+            done,
+        };
+        if self.claims.send(claim).await.is_ok() {
+            let _ = applied.await;
+        }
+    }
+
+    fn announce(&self) {
+        for frame in announce::frames(self.mac, self.link_local, &self.spec.vips) {
+            for _ in 0..ANNOUNCE_BURST {
+                if let Err(e) = self.frames.send(&frame) {
+                    warn!(instance = self.spec.name, "{e:#}");
+                }
+            }
+        }
+    }
+
+    fn transition(&mut self, state: State, reason: Reason) {
+        let since_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        {
+            let mut status = self.lock_status();
+            status.state = state.name().into();
+            status.reason = reason.name().into();
+            status.since_unix_ms = since_unix_ms;
+            status.transitions += 1;
+            if state == State::Master {
+                status.master = Some(self.spec.settings.address);
+                status.master_priority = Some(self.spec.settings.priority);
+                status.master_interval_ms = self.spec.settings.interval_cs as u32 * 10;
+            }
+        }
+        info!(
+            instance = self.spec.name,
+            state = state.name(),
+            reason = reason.name(),
+            "vrrp state changed"
+        );
+        if let Some(command) = &self.spec.notify {
+            let mut cmd = tokio::process::Command::new(command);
+            cmd.args([self.spec.name.as_str(), state.name(), reason.name()]);
+            let name = self.spec.name.clone();
+            tokio::spawn(async move {
+                match cmd.status().await {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => warn!(instance = name, "notify command exited with {s}"),
+                    Err(e) => warn!(instance = name, "notify command failed to start: {e}"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Two edges electing the VIP's owner with VRRP, a client and backends on one bridge: the
+//! master crashes or stops while 200 long-lived transfers run through the VIP, the old master
+//! comes back with and without preemption, the VRRP path is cut (split brain) and healed, and
+//! hostile adverts arrive. Takeover times come from the new master's own transition record.
+
+use anyhow::{bail, ensure, Context, Result};
+use foobar::vrrp::{master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP};
+use foobar_tests::{
+    lab::{LabSpec, LbLab, Vrrp, VIP},
+    transfer::Transfers,
+    wait_until,
+};
+use nix::sys::signal::Signal;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    thread::sleep,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+const INTERVAL_MS: u32 = 100;
+const PRIORITIES: [u8; 2] = [150, 100];
+const TRANSFERS: usize = 200;
+const PACE: Duration = Duration::from_millis(50);
+
+fn lab(preempt: bool) -> Result<LbLab> {
+    let lab = LbLab::build(LabSpec {
+        backends: 3,
+        forwarding: "ipip",
+        edges: 2,
+        vrrp: Some(Vrrp {
+            interval_ms: INTERVAL_MS,
+            priorities: PRIORITIES.to_vec(),
+            preempt,
+            unicast: false,
+        }),
+    })?;
+    let master = lab.wait_for_master(Duration::from_secs(10))?;
+    ensure!(master == 0, "the priority-150 edge should be master");
+    Ok(lab)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stops edge `i`'s foobar with `signal` and returns when (Unix ms) the signal was sent.
+fn stop_edge(lab: &mut LbLab, i: usize, signal: Signal) -> Result<u64> {
+    let mut child = lab.edges[i].foobar.take().context("edge running")?;
+    let sent = now_ms();
+    child.signal(signal)?;
+    child.wait(Duration::from_secs(5))?;
+    Ok(sent)
+}
+
+/// Waits until edge `i` is master and returns when it became master (Unix ms).
+fn became_master(lab: &LbLab, i: usize) -> Result<u64> {
+    wait_until(Duration::from_secs(5), "the backup to take over", || {
+        lab.vrrp_state(i) == "master"
+    })
+    .with_context(|| lab.edge_log(i))?;
+    let status = lab.status(i)?;
+    Ok(status.vrrp[0].since_unix_ms)
+}
+
+fn check_transfers(transfers: Transfers) -> Result<()> {
+    let reports = transfers.finish()?;
+    ensure!(reports.len() == TRANSFERS, "{} transfers reported", reports.len());
+    let backends: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.backend.as_str()).collect();
+    ensure!(
+        backends.len() == 3,
+        "transfers should spread over the backends: {backends:?}"
+    );
+    ensure!(
+        reports.iter().all(|r| r.bytes > 0),
+        "every transfer moved data through the takeover"
+    );
+    Ok(())
+}
+
+#[test]
+fn crash_of_the_master_moves_the_vip_and_every_transfer_survives() -> Result<()> {
+    let mut lab = lab(true)?;
+    let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
+    sleep(Duration::from_millis(500));
+    let killed = stop_edge(&mut lab, 0, Signal::SIGKILL)?;
+    let took = became_master(&lab, 1)?.saturating_sub(killed);
+    let limit = master_down_interval_cs(PRIORITIES[1], (INTERVAL_MS / 10) as u16) as u64 * 10 + 100;
+    eprintln!("takeover after kill -9: {took} ms (limit {limit} ms)");
+    ensure!(took <= limit, "takeover took {took} ms, more than {limit} ms");
+    sleep(Duration::from_secs(2));
+    check_transfers(transfers)?;
+    // The new master announced itself: the client's neighbour entry for the VIP moved.
+    let neigh = lab.client.exec(&["ip", "neigh", "show", &VIP.to_string()])?;
+    let mac2 = foobar_tests::mac_of(&lab.edges[1].ns, "eth0")?;
+    let mac2 = mac2.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ensure!(
+        neigh.contains(&mac2),
+        "client neighbour entry {neigh:?} is not edge2's {mac2}"
+    );
+    Ok(())
+}
+
+#[test]
+fn graceful_stop_hands_over_within_one_interval() -> Result<()> {
+    let mut lab = lab(true)?;
+    let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
+    sleep(Duration::from_millis(500));
+    let stopped = stop_edge(&mut lab, 0, Signal::SIGTERM)?;
+    let took = became_master(&lab, 1)?.saturating_sub(stopped);
+    let limit = INTERVAL_MS as u64 + 100;
+    eprintln!("takeover after a graceful stop: {took} ms (limit {limit} ms)");
+    ensure!(took <= limit, "takeover took {took} ms, more than {limit} ms");
+    sleep(Duration::from_secs(1));
+    check_transfers(transfers)?;
+    ensure!(
+        lab.edge_log(0).contains("\"state\":\"initialize\"") || lab.edge_log(0).contains("reason\":\"shutdown"),
+        "edge1 did not log its shutdown transition:\n{}",
+        lab.edge_log(0)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_old_master_returning_preempts_without_breaking_connections() -> Result<()> {
+    let mut lab = lab(true)?;
+    let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
+    stop_edge(&mut lab, 0, Signal::SIGTERM)?;
+    became_master(&lab, 1)?;
+    sleep(Duration::from_millis(500));
+    lab.start_edge(0)?;
+    became_master(&lab, 0)?;
+    wait_until(Duration::from_secs(2), "edge2 to step down", || {
+        lab.vrrp_state(1) == "backup"
+    })?;
+    sleep(Duration::from_secs(1));
+    check_transfers(transfers)?;
+    let status = lab.status(1)?;
+    ensure!(
+        status.vrrp[0].reason == "superseded" && !status.forwarding,
+        "edge2 should be a superseded, non-forwarding backup: {status:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn without_preemption_the_old_master_stays_backup() -> Result<()> {
+    let mut lab = lab(false)?;
+    let transfers = Transfers::start(&lab.client, lab.vip(), 50, PACE)?;
+    stop_edge(&mut lab, 0, Signal::SIGKILL)?;
+    became_master(&lab, 1)?;
+    lab.start_edge(0)?;
+    wait_until(Duration::from_secs(3), "edge1 to start as backup", || {
+        lab.vrrp_state(0) == "backup"
+    })?;
+    sleep(Duration::from_secs(2));
+    ensure!(lab.vrrp_state(0) == "backup", "edge1 preempted with preempt = false");
+    ensure!(lab.vrrp_state(1) == "master");
+    let reports = transfers.finish()?;
+    ensure!(reports.len() == 50);
+    Ok(())
+}
+
+/// Drops (or stops dropping) VRRP in the input path of edge `i`.
+fn cut_vrrp(lab: &LbLab, i: usize, cut: bool) -> Result<()> {
+    let ns = &lab.edges[i].ns;
+    if cut {
+        ns.exec(&["nft", "add", "table", "inet", "fbt_cut"])?;
+        ns.exec(&[
+            "nft",
+            "add chain inet fbt_cut input { type filter hook input priority 0; }",
+        ])?;
+        ns.exec(&["nft", "add rule inet fbt_cut input meta l4proto 112 drop"])?;
+    } else {
+        ns.exec(&["nft", "delete", "table", "inet", "fbt_cut"])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn split_brain_keeps_delivering_and_heals_within_an_interval() -> Result<()> {
+    let lab = lab(true)?;
+    let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
+    cut_vrrp(&lab, 0, true)?;
+    cut_vrrp(&lab, 1, true)?;
+    wait_until(Duration::from_secs(3), "both edges to be master", || {
+        lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "master"
+    })
+    .with_context(|| lab.edge_log(1))?;
+    sleep(Duration::from_secs(1));
+    let healed = now_ms();
+    cut_vrrp(&lab, 0, false)?;
+    cut_vrrp(&lab, 1, false)?;
+    wait_until(Duration::from_secs(2), "edge2 to step down", || {
+        lab.vrrp_state(1) == "backup"
+    })?;
+    let took = lab.status(1)?.vrrp[0].since_unix_ms.saturating_sub(healed);
+    let limit = INTERVAL_MS as u64 + 100;
+    eprintln!("one master again {took} ms after the VRRP path healed (limit {limit} ms)");
+    ensure!(took <= limit, "healing took {took} ms");
+    ensure!(lab.vrrp_state(0) == "master");
+    sleep(Duration::from_millis(500));
+    check_transfers(transfers)?;
+    Ok(())
+}
+
+/// Sends `message` as a VRRP packet with this TTL from the client to the VRRP group.
+fn send_raw(lab: &LbLab, message: Vec<u8>, ttl: u8) -> Result<()> {
+    lab.client.run(move || -> Result<()> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_VRRP as i32)))?;
+        socket.set_header_included_v4(true)?;
+        socket.bind_device(Some(b"eth0"))?;
+        let src = foobar_tests::lab::CLIENT.octets();
+        let dst = [224, 0, 0, 18];
+        let total = (20 + message.len()) as u16;
+        let mut packet = vec![0x45, 0xc0];
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 0, ttl, IPPROTO_VRRP, 0, 0]);
+        packet.extend_from_slice(&src);
+        packet.extend_from_slice(&dst);
+        packet.extend_from_slice(&message);
+        let to = SockAddr::from(std::net::SocketAddrV4::new(Ipv4Addr::from(dst), 0));
+        for _ in 0..3 {
+            socket.send_to(&packet, &to)?;
+        }
+        Ok(())
+    })?
+}
+
+#[test]
+fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
+    let lab = lab(true)?;
+    let transitions = |i| -> Result<u64> { Ok(lab.status(i)?.vrrp[0].transitions) };
+    let before = [transitions(0)?, transitions(1)?];
+    let src = IpAddr::V4(foobar_tests::lab::CLIENT);
+    let group = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
+    // Each would make both edges yield (priority 254) if it were accepted.
+    let advert = |vrid: u8, vip: Ipv4Addr, interval_cs: u16| Advert {
+        vrid,
+        priority: 254,
+        interval_cs,
+        addresses: vec![IpAddr::V4(vip)],
+    };
+    let good = advert(51, VIP, 10).encode(src, group, Ipv4Checksum::PseudoHeader);
+    let reseal = |mut m: Vec<u8>| {
+        // A careful attacker gets the checksum right.
+        seal(&mut m, src, group, Ipv4Checksum::PseudoHeader);
+        m
+    };
+    let mut version = good.clone();
+    version[0] = 0x21;
+    let mut kind = good.clone();
+    kind[0] = 0x32;
+    let mut checksum = good.clone();
+    checksum[7] ^= 0x55;
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("version", reseal(version), 255),
+        ("type", reseal(kind), 255),
+        ("ttl", good.clone(), 64),
+        ("checksum", checksum, 255),
+        ("truncated", good[..6].to_vec(), 255),
+        (
+            "vrid",
+            advert(52, VIP, 10).encode(src, group, Ipv4Checksum::PseudoHeader),
+            255,
+        ),
+        (
+            "address_mismatch",
+            advert(51, Ipv4Addr::new(192, 0, 2, 99), 10).encode(src, group, Ipv4Checksum::PseudoHeader),
+            255,
+        ),
+        (
+            "interval_zero",
+            advert(51, VIP, 0).encode(src, group, Ipv4Checksum::PseudoHeader),
+            255,
+        ),
+    ];
+    for (_, message, ttl) in &cases {
+        send_raw(&lab, message.clone(), *ttl)?;
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        let status = lab.status(i)?;
+        let v = &status.vrrp[0];
+        for (reason, _, _) in &cases {
+            let n = v.discards.get(*reason).copied().unwrap_or(0);
+            if n < 3 {
+                bail!(
+                    "edge{} counted {n} {reason} discards, expected 3: {:?}",
+                    i + 1,
+                    v.discards
+                );
+            }
+        }
+        ensure!(
+            v.transitions == before[i],
+            "edge{} changed state on hostile adverts",
+            i + 1
+        );
+    }
+    ensure!(lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "backup");
+    Ok(())
+}
