@@ -76,7 +76,17 @@ fn check_transfers(transfers: Transfers) -> Result<()> {
         reports.iter().all(|r| r.bytes > 0),
         "every transfer moved data through the takeover"
     );
+    // A takeover costs a few TCP retransmissions, not a neighbour-cache timeout.
+    let stall = reports.iter().map(|r| r.longest_stall).max().unwrap_or_default();
+    eprintln!("longest stall of a transfer: {stall:?}");
+    ensure!(stall < Duration::from_secs(3), "a transfer stalled for {stall:?}");
     Ok(())
+}
+
+/// VIP packets edge `i`'s data plane has balanced so far.
+fn balanced(lab: &LbLab, i: usize) -> Result<u64> {
+    let snap = foobar::stats::snapshot(&lab.edges[i].pins.path)?;
+    Ok(snap.services.iter().map(|s| s.traffic.packets).sum())
 }
 
 #[test]
@@ -84,12 +94,21 @@ fn crash_of_the_master_moves_the_vip_and_every_transfer_survives() -> Result<()>
     let mut lab = lab(true)?;
     let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
     sleep(Duration::from_millis(500));
+    ensure!(
+        balanced(&lab, 0)? > 0 && balanced(&lab, 1)? == 0,
+        "only the master balances"
+    );
     let killed = stop_edge(&mut lab, 0, Signal::SIGKILL)?;
     let took = became_master(&lab, 1)?.saturating_sub(killed);
     let limit = master_down_interval_cs(PRIORITIES[1], (INTERVAL_MS / 10) as u16) as u64 * 10 + 100;
     eprintln!("takeover after kill -9: {took} ms (limit {limit} ms)");
     ensure!(took <= limit, "takeover took {took} ms, more than {limit} ms");
+    let before = balanced(&lab, 1)?;
     sleep(Duration::from_secs(2));
+    ensure!(
+        balanced(&lab, 1)? > before + 1000,
+        "the new master does not carry the established transfers"
+    );
     check_transfers(transfers)?;
     // The new master announced itself: the client's neighbour entry for the VIP moved.
     let neigh = lab.client.exec(&["ip", "neigh", "show", &VIP.to_string()])?;

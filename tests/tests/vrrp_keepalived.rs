@@ -1,9 +1,10 @@
-//! foobar's VRRPv3 adverts against a real keepalived 2.2.7: we decode what keepalived sends, and
-//! keepalived accepts what we send (it yields to our higher priority and logs no invalid packet).
+//! foobar's VRRPv3 against a real keepalived 2.2.7: we decode what keepalived sends, keepalived
+//! accepts what we send (it yields to our higher priority and logs no invalid packet), and a
+//! `foobar run` and a keepalived elect each other in both roles, by multicast and by unicast.
 
 use anyhow::{bail, Context, Result};
 use foobar::vrrp::{Advert, Ipv4Checksum, IPPROTO_VRRP, VRRP_TTL};
-use foobar_tests::{veth, wait_until, Netns, Scratch};
+use foobar_tests::{foobar_bin, veth, wait_until, ChildGuard, Netns, PinDir, Scratch};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::{
     io::Read,
@@ -29,11 +30,34 @@ fn vrrp_socket(local: Ipv4Addr) -> Result<Socket> {
     Ok(socket)
 }
 
-#[test]
-fn adverts_interoperate_with_keepalived() -> Result<()> {
+/// Starts keepalived in `ns` with `conf`, logging to the scratch directory (appending, so a
+/// restarted keepalived keeps one log).
+fn start_keepalived(ns: &Netns, scratch: &Scratch, conf: &std::path::Path) -> Result<ChildGuard> {
     if Command::new("keepalived").arg("--version").output().is_err() {
         bail!("keepalived is not installed (cargo xtask test installs it)");
     }
+    let log = scratch.file("keepalived.log");
+    let append = |path: std::path::PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let pid = |name: &str| scratch.file(name).display().to_string();
+    // keepalived needs no bpffs: entering through `ip netns exec` is fine here.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "keepalived", "-n", "-l", "-D", "-P", "-f"])
+        .arg(conf)
+        .args(["-p", &pid("a.pid"), "-r", &pid("b.pid"), "-c", &pid("c.pid")])
+        .stdout(Stdio::from(append(log.clone())?))
+        .stderr(Stdio::from(append(scratch.file("keepalived.err"))?))
+        .spawn()
+        .context("starting keepalived")?;
+    Ok(ChildGuard::adopt(child, &log))
+}
+
+fn keepalived_logs(scratch: &Scratch) -> String {
+    std::fs::read_to_string(scratch.file("keepalived.log")).unwrap_or_default()
+        + &std::fs::read_to_string(scratch.file("keepalived.err")).unwrap_or_default()
+}
+
+#[test]
+fn adverts_interoperate_with_keepalived() -> Result<()> {
     let scratch = Scratch::new("vrrp-ka")?;
     let ka = Netns::new("ka")?;
     let us = Netns::new("us")?;
@@ -48,21 +72,8 @@ fn adverts_interoperate_with_keepalived() -> Result<()> {
              virtual_router_id 51\n  priority 150\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
         ),
     )?;
-    let log = scratch.file("keepalived.log");
-    let pid = |name: &str| scratch.file(name).display().to_string();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ka.name, "keepalived", "-n", "-l", "-D", "-P", "-f"])
-        .arg(&conf)
-        .args(["-p", &pid("a.pid"), "-r", &pid("b.pid"), "-c", &pid("c.pid")])
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::from(std::fs::File::create(scratch.file("keepalived.err"))?))
-        .spawn()
-        .context("starting keepalived")?;
-    let keepalived = foobar_tests::ChildGuard::adopt(child, &log);
-    let logs = || {
-        std::fs::read_to_string(&log).unwrap_or_default()
-            + &std::fs::read_to_string(scratch.file("keepalived.err")).unwrap_or_default()
-    };
+    let keepalived = start_keepalived(&ka, &scratch, &conf)?;
+    let logs = || keepalived_logs(&scratch);
 
     // keepalived's adverts decode, and use the pseudo-header checksum.
     let (advert, convention) = us.run(|| -> Result<(Advert, Ipv4Checksum)> {
@@ -132,4 +143,152 @@ fn adverts_interoperate_with_keepalived() -> Result<()> {
     }
     drop(keepalived);
     Ok(())
+}
+
+/// keepalived's configuration for the peer scenarios.
+fn keepalived_conf(priority: u8, unicast: bool) -> String {
+    let unicast = if unicast {
+        format!("  unicast_src_ip {KA_ADDR}\n  unicast_peer {{\n    {OUR_ADDR}\n  }}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface kav\n  \
+         virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n{unicast}  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+    )
+}
+
+/// foobar's configuration for the peer scenarios: no services, one VRRP instance.
+fn foobar_conf(pins: &PinDir, socket: &std::path::Path, priority: u8, unicast: bool) -> String {
+    let peers = if unicast {
+        format!("\"{KA_ADDR}\"")
+    } else {
+        String::new()
+    };
+    format!(
+        "[node]\nname = \"us\"\ninterfaces = [\"usv\"]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         [[vrrp]]\nname = \"vi\"\nvrid = 51\ninterface = \"usv\"\npriority = {priority}\nadvert_interval_ms = 100\n\
+         vips = [\"{VIP}\"]\nunicast_peers = [{peers}]\n",
+        pins.path.display(),
+        socket.display()
+    )
+}
+
+/// Our VRRP state and the master we heard, from the control socket.
+fn our_view(socket: &std::path::Path) -> (String, Option<IpAddr>) {
+    foobar::ctl::query(socket)
+        .ok()
+        .and_then(|s| s.vrrp.first().map(|v| (v.state.clone(), v.master)))
+        .unwrap_or_default()
+}
+
+fn keepalived_with_foobar(unicast: bool) -> Result<()> {
+    let scratch = Scratch::new(if unicast { "ka-uni" } else { "ka-multi" })?;
+    let ka = Netns::new("kap")?;
+    let us = Netns::new("usp")?;
+    veth(&ka, "kav", &us, "usv")?;
+    ka.exec(&["ip", "addr", "add", &format!("{KA_ADDR}/24"), "dev", "kav"])?;
+    us.exec(&["ip", "addr", "add", &format!("{OUR_ADDR}/24"), "dev", "usv"])?;
+    let pins = PinDir::new(&format!("kap{}", unicast as u8));
+    let socket = scratch.file("us.sock");
+    let ka_conf = scratch.file("keepalived.conf");
+    let our_conf = scratch.file("foobar.toml");
+    let logs = || keepalived_logs(&scratch);
+    let entered = |state: &str| logs().matches(&format!("Entering {state} STATE")).count();
+    let start_foobar = |priority: u8| -> Result<ChildGuard> {
+        std::fs::write(&our_conf, foobar_conf(&pins, &socket, priority, unicast))?;
+        let conf = our_conf.display().to_string();
+        let log = scratch.file("foobar.log");
+        let child = us.spawn(&foobar_bin(), &["run", "--config", &conf], &log)?;
+        wait_until(Duration::from_secs(10), "foobar to start", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is forwarding"))
+        })
+        .with_context(|| child.log_text())?;
+        Ok(child)
+    };
+
+    // keepalived (150) is master; foobar (100) is its backup and names it master.
+    std::fs::write(&ka_conf, keepalived_conf(150, unicast))?;
+    let mut keepalived = Some(start_keepalived(&ka, &scratch, &ka_conf)?);
+    wait_until(Duration::from_secs(5), "keepalived to be master", || {
+        entered("MASTER") == 1
+    })
+    .with_context(logs)?;
+    let mut ours = start_foobar(100)?;
+    wait_until(Duration::from_secs(3), "foobar to follow keepalived", || {
+        our_view(&socket) == ("backup".into(), Some(IpAddr::V4(KA_ADDR)))
+    })
+    .with_context(|| ours.log_text())?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure_state(&socket, "backup")?;
+
+    // keepalived stops (priority 0): foobar takes over at once.
+    if let Some(mut k) = keepalived.take() {
+        k.signal(nix::sys::signal::Signal::SIGTERM)?;
+        k.wait(Duration::from_secs(5))?;
+    }
+    wait_until(Duration::from_secs(2), "foobar to take over", || {
+        our_view(&socket).0 == "master"
+    })
+    .with_context(|| ours.log_text())?;
+
+    // keepalived returns with the higher priority and preempts foobar.
+    let masters_before = entered("MASTER");
+    keepalived = Some(start_keepalived(&ka, &scratch, &ka_conf)?);
+    wait_until(Duration::from_secs(5), "keepalived to preempt foobar", || {
+        entered("MASTER") > masters_before && our_view(&socket).0 == "backup"
+    })
+    .with_context(|| format!("{}\n{}", logs(), ours.log_text()))?;
+
+    // foobar restarts with priority 200 and preempts keepalived; a graceful stop hands back.
+    ours.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ours.wait(Duration::from_secs(5))?;
+    let backups_before = entered("BACKUP");
+    let mut ours = start_foobar(200)?;
+    wait_until(Duration::from_secs(5), "keepalived to yield to foobar", || {
+        entered("BACKUP") > backups_before && our_view(&socket).0 == "master"
+    })
+    .with_context(|| format!("{}\n{}", logs(), ours.log_text()))?;
+    let status = foobar::ctl::query(&socket)?;
+    let discards: u64 = status.vrrp[0].discards.values().sum();
+    if discards != 0 || status.vrrp[0].adverts_received == 0 {
+        bail!(
+            "foobar discarded keepalived's adverts or heard none: {:?}",
+            status.vrrp[0]
+        );
+    }
+    let masters_before = entered("MASTER");
+    ours.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ours.wait(Duration::from_secs(5))?;
+    wait_until(Duration::from_secs(2), "keepalived to take over from foobar", || {
+        entered("MASTER") > masters_before
+    })
+    .with_context(logs)?;
+
+    let text = logs().to_lowercase();
+    for bad in ["invalid", "bad ", "wrong", "error", "mismatch"] {
+        if text.contains(bad) {
+            bail!("keepalived logged {bad:?}:\n{}", logs());
+        }
+    }
+    drop(keepalived);
+    Ok(())
+}
+
+fn ensure_state(socket: &std::path::Path, state: &str) -> Result<()> {
+    let (now, _) = our_view(socket);
+    if now != state {
+        bail!("foobar is {now}, expected {state}");
+    }
+    Ok(())
+}
+
+#[test]
+fn foobar_and_keepalived_elect_each_other_by_multicast() -> Result<()> {
+    keepalived_with_foobar(false)
+}
+
+#[test]
+fn foobar_and_keepalived_elect_each_other_by_unicast() -> Result<()> {
+    keepalived_with_foobar(true)
 }

@@ -92,6 +92,9 @@ pub enum Action {
     BecomeMaster(Reason),
     /// Become backup: release the VIPs.
     BecomeBackup(Reason),
+    /// Announce the VIPs again (gratuitous ARP / unsolicited NA): another master was heard, so
+    /// hosts may have followed it.
+    Announce,
 }
 
 /// One virtual router's election state.
@@ -236,9 +239,19 @@ impl Election {
                 }
                 let superseded = advert.priority > ours || (advert.priority == ours && from > self.settings.address);
                 if superseded {
-                    return self.become_backup(now_ms, advert.interval_cs, Reason::Superseded);
+                    // One last advert with our priority first: a winner that has not heard us
+                    // (a healed split brain) learns there were two masters and announces the
+                    // VIPs again, so hosts that followed us move back at once.
+                    let mut actions = vec![Action::Advertise(ours)];
+                    actions.extend(self.become_backup(now_ms, advert.interval_cs, Reason::Superseded));
+                    return actions;
                 }
-                Vec::new()
+                // Two masters (a healed split brain, or a peer that just started): the RFC
+                // discards the loser's advert; like keepalived, answer it at once so the peer
+                // steps down now, and announce the VIPs again, since hosts may have followed
+                // the other master's announcements.
+                self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
+                vec![Action::Advertise(ours), Action::Announce]
             }
         }
     }
@@ -325,25 +338,27 @@ mod tests {
         let mut e = Election::new(settings(100, true, 0));
         e.start(0);
         e.on_timer(360);
-        assert!(
-            e.on_advert(400, peer(), &advert(50, 10)).is_empty(),
-            "lower priority is ignored"
+        assert_eq!(
+            e.on_advert(400, peer(), &advert(50, 10)),
+            vec![Action::Advertise(100), Action::Announce],
+            "a lower-priority master is answered at once and the VIPs announced again"
         );
         assert_eq!(
             e.on_advert(410, peer(), &advert(100, 10)),
-            vec![Action::BecomeBackup(Reason::Superseded)]
+            vec![Action::Advertise(100), Action::BecomeBackup(Reason::Superseded)]
         );
         let mut e = Election::new(settings(100, true, 0));
         e.start(0);
         e.on_timer(360);
         let lower: IpAddr = "10.0.0.0".parse().expect("address");
-        assert!(
-            e.on_advert(400, lower, &advert(100, 10)).is_empty(),
+        assert_eq!(
+            e.on_advert(400, lower, &advert(100, 10)),
+            vec![Action::Advertise(100), Action::Announce],
             "a lower address loses the tie"
         );
         assert_eq!(
             e.on_advert(410, peer(), &advert(150, 10)),
-            vec![Action::BecomeBackup(Reason::Superseded)]
+            vec![Action::Advertise(100), Action::BecomeBackup(Reason::Superseded)]
         );
         // A priority-0 advert from a stopping peer is answered at once.
         let mut e = Election::new(settings(100, true, 0));

@@ -325,6 +325,7 @@ impl Runner {
                     self.announce_again = Some(Instant::now() + ANNOUNCE_REPEAT_AFTER);
                     self.transition(State::Master, reason);
                 }
+                Action::Announce => self.announce(),
                 Action::BecomeBackup(reason) => {
                     self.announce_again = None;
                     self.claim(false, reason).await;
