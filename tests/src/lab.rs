@@ -312,14 +312,31 @@ preempt = {preempt}
 vips = ["{VIP}"]
 track_services = ["web"]
 unicast_peers = [{peers}]
+notify = "{notify}"
 "#,
                 priority = v.priorities[i],
                 interval = v.interval_ms,
                 preempt = v.preempt,
                 peers = peers.join(", "),
+                notify = self.notify_script(i)?.display(),
             );
         }
         std::fs::write(self.edge_config(i), text).context("writing an edge configuration")
+    }
+
+    /// Edge `i`'s notify command: appends its arguments to `edgeN.notify`.
+    fn notify_script(&self, i: usize) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let script = self.scratch.file(&format!("edge{}-notify.sh", i + 1));
+        let out = self.scratch.file(&format!("edge{}.notify", i + 1));
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()))?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        Ok(script)
+    }
+
+    /// The notify calls edge `i` made so far, one line each: instance, state, reason.
+    pub fn notifications(&self, i: usize) -> String {
+        std::fs::read_to_string(self.scratch.file(&format!("edge{}.notify", i + 1))).unwrap_or_default()
     }
 
     /// Starts `foobar run` on edge `i` (after a stop, it adopts the pinned state).

@@ -301,7 +301,7 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
         sleep(Duration::from_millis(50));
     }
     sleep(Duration::from_millis(300));
-    for i in 0..2 {
+    for (i, transitions_before) in before.iter().enumerate() {
         let status = lab.status(i)?;
         let v = &status.vrrp[0];
         for (reason, _, _) in &cases {
@@ -315,11 +315,64 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
             }
         }
         ensure!(
-            v.transitions == before[i],
+            v.transitions == *transitions_before,
             "edge{} changed state on hostile adverts",
             i + 1
         );
     }
     ensure!(lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "backup");
+    Ok(())
+}
+
+/// Waits until edge1 is in fault for `why` and edge2 took over, then until `heal` brings
+/// edge1 back as master (preemption).
+fn fault_and_recover(lab: &LbLab, why: &str, heal: impl FnOnce() -> Result<()>) -> Result<()> {
+    wait_until(Duration::from_secs(5), why, || {
+        lab.status(0)
+            .is_ok_and(|s| s.vrrp[0].state == "fault" && s.vrrp[0].faults.iter().any(|f| f.contains(why)))
+    })
+    .with_context(|| lab.edge_log(0))?;
+    became_master(lab, 1)?;
+    ensure!(!lab.status(0)?.forwarding, "a node in fault stops forwarding");
+    heal()?;
+    became_master(lab, 0)?;
+    Ok(())
+}
+
+#[test]
+fn tracked_conditions_put_the_master_in_fault() -> Result<()> {
+    let lab = lab(true)?;
+    let edge1 = &lab.edges[0].ns;
+    // Every backend of the tracked service fails edge1's checks (its own health checks are
+    // blocked; forwarding from XDP does not pass netfilter).
+    edge1.exec(&["nft", "add", "table", "inet", "fbt_hc"])?;
+    edge1.exec(&[
+        "nft",
+        "add chain inet fbt_hc output { type filter hook output priority 0; }",
+    ])?;
+    edge1.exec(&["nft", "add rule inet fbt_hc output tcp dport 80 drop"])?;
+    fault_and_recover(&lab, "every backend of service web is down", || {
+        edge1.exec(&["nft", "delete", "table", "inet", "fbt_hc"]).map(drop)
+    })?;
+    // The data interface goes down.
+    edge1.exec(&["ip", "link", "set", "eth0", "down"])?;
+    fault_and_recover(&lab, "interface eth0 is down", || {
+        edge1.exec(&["ip", "link", "set", "eth0", "up"]).map(drop)
+    })?;
+    // The XDP program is detached behind foobar's back.
+    let pin = foobar::dataplane::pin_root(&lab.edges[0].pins.path).join("link_eth0");
+    foobar_tests::detach_pinned_link(&pin)?;
+    wait_until(Duration::from_secs(3), "the detached program to be noticed", || {
+        lab.status(0)
+            .is_ok_and(|s| s.vrrp[0].state == "fault" && s.vrrp[0].faults.iter().any(|f| f.contains("not attached")))
+    })?;
+    became_master(&lab, 1)?;
+    // The notify command saw every change.
+    let notes = lab.notifications(0);
+    for expected in ["vip fault fault", "vip backup fault_cleared", "vip master master_down"] {
+        if !notes.contains(expected) {
+            bail!("edge1's notify command did not see {expected:?}:\n{notes}");
+        }
+    }
     Ok(())
 }
