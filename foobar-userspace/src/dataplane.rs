@@ -568,12 +568,9 @@ fn link_macs(interfaces: &[String]) -> Result<Vec<(u32, [u8; 6])>> {
         .collect()
 }
 
-/// The ifindex a pinned XDP link is attached to, 0 once detached (from the link's fdinfo).
-fn pinned_link_ifindex(pin: &Path) -> Result<u32> {
-    use std::os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    };
+/// Opens a pinned BPF object (map, program or link) by path (BPF_OBJ_GET).
+pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     /// The BPF_OBJ_GET part of `union bpf_attr`.
     #[repr(C)]
     struct ObjGet {
@@ -600,10 +597,17 @@ fn pinned_link_ifindex(pin: &Path) -> Result<u32> {
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("opening pinned link {}", pin.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("opening pinned object {}", pin.display()));
     }
     // SAFETY: fd is a fresh descriptor owned from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The ifindex a pinned XDP link is attached to, 0 once detached (from the link's fdinfo).
+fn pinned_link_ifindex(pin: &Path) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    let fd = open_pin(pin)?;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
     info.lines()
         .find_map(|l| l.strip_prefix("ifindex:"))

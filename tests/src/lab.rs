@@ -13,6 +13,7 @@
 use crate::{foobar_bin, veth, ChildGuard, EchoServer, Netns, PinDir, Scratch};
 use anyhow::{Context, Result};
 use foobar::ctl::NodeStatus;
+use std::path::Path;
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -144,8 +145,6 @@ impl LbLab {
         let backends: Vec<Netns> = (0..spec.backends)
             .map(|i| Netns::new(&name(&backend_name(i))))
             .collect::<Result<_>>()?;
-        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        switch.exec(&["ip", "link", "set", "br0", "up"])?;
         let mut hosts: Vec<(&Netns, String, Ipv4Addr)> = vec![(&client, "c".into(), CLIENT)];
         for (i, e) in edges.iter().enumerate() {
             hosts.push((&e.ns, format!("e{}", i + 1), e.addr));
@@ -153,18 +152,7 @@ impl LbLab {
         for (i, ns) in backends.iter().enumerate() {
             hosts.push((ns, backend_name(i), backend_addr(i)));
         }
-        for (ns, short, addr) in &hosts {
-            let port = format!("{short}-sw");
-            veth(ns, "eth0", &switch, &port)?;
-            switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
-            ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        }
-        // The VIP is on the link: the client asks who has it, and the edge that owns it now
-        // answers (from XDP).
-        client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
-        // veth leaves TCP/UDP checksums to "hardware" that never runs when XDP forwards the
-        // frame: the client must fill them in itself.
-        client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        wire(&switch, &hosts)?;
         // Frames an edge's XDP program transmits reach the bridge only if the peer has XDP.
         let mut other_pins = Vec::new();
         for (i, _) in edges.iter().enumerate() {
@@ -324,17 +312,14 @@ notify = "{notify}"
         std::fs::write(self.edge_config(i), text).context("writing an edge configuration")
     }
 
-    /// Edge `i`'s notify command: appends its arguments to `edgeN.notify`.
+    /// Edge `i`'s notify command: appends a timestamp and its arguments to `edgeN.notify`.
     fn notify_script(&self, i: usize) -> Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
         let script = self.scratch.file(&format!("edge{}-notify.sh", i + 1));
-        let out = self.scratch.file(&format!("edge{}.notify", i + 1));
-        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()))?;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        notify_script(&script, &self.scratch.file(&format!("edge{}.notify", i + 1)))?;
         Ok(script)
     }
 
-    /// The notify calls edge `i` made so far, one line each: instance, state, reason.
+    /// The notify calls edge `i` made so far, one line each: Unix ms, instance, state, reason.
     pub fn notifications(&self, i: usize) -> String {
         std::fs::read_to_string(self.scratch.file(&format!("edge{}.notify", i + 1))).unwrap_or_default()
     }
@@ -387,6 +372,46 @@ notify = "{notify}"
         .with_context(|| format!("edge1:\n{}\nedge2:\n{}", self.edge_log(0), self.edge_log(1)))?;
         master.context("no master")
     }
+}
+
+/// Puts every host on a bridge in `switch` (its `eth0`, address /24), and prepares the client:
+/// the VIP is on the link (the client asks who has it; the owner answers), and the client fills
+/// in TCP/UDP checksums itself (veth leaves them to "hardware" that never runs when XDP
+/// forwards the frame). The client is the first host.
+pub fn wire(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> {
+    switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+    switch.exec(&["ip", "link", "set", "br0", "up"])?;
+    for (ns, short, addr) in hosts {
+        let port = format!("{short}-sw");
+        veth(ns, "eth0", switch, &port)?;
+        switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    }
+    let (client, _, _) = hosts.first().context("no client")?;
+    client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+    client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    Ok(())
+}
+
+/// A notify command that appends `UNIX_MS ARGS...` to `out` (for foobar and keepalived).
+pub fn notify_script(script: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        script,
+        format!("#!/bin/sh\necho \"$(date +%s%3N) $*\" >> {}\n", out.display()),
+    )?;
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// When (Unix ms) a notify log written by [`notify_script`] first says "master" at or after
+/// `since`.
+pub fn master_since(notify_log: &str, since: u64) -> Option<u64> {
+    notify_log.lines().find_map(|line| {
+        let (ms, what) = line.split_once(' ')?;
+        let ms: u64 = ms.parse().ok()?;
+        (ms >= since && what.to_lowercase().split_whitespace().any(|w| w == "master")).then_some(ms)
+    })
 }
 
 fn run_foobar_cmd(ns: &Netns, args: &[&str]) -> Result<String> {

@@ -4,6 +4,7 @@
 //! Every namespace a test makes is named `fbt<pid>-<name>`, so leftovers of a killed run are
 //! recognisable; `cargo xtask test` removes such leftovers before it starts.
 
+pub mod classic;
 pub mod lab;
 pub mod packet;
 pub mod testrun;
@@ -303,44 +304,13 @@ impl Drop for PinDir {
 /// Detaches the BPF link pinned at `pin` (BPF_LINK_DETACH), as `bpftool link detach` does:
 /// the program leaves the interface while the pin stays.
 pub fn detach_pinned_link(pin: &Path) -> Result<()> {
-    use std::os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    };
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-    }
+    use std::os::fd::AsRawFd;
     #[repr(C)]
     struct LinkDetach {
         link_fd: u32,
     }
-    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
-    let get = ObjGet {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
-    // SAFETY: a valid BPF_OBJ_GET attribute naming a NUL-terminated path alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGet,
-            std::mem::size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        bail!("opening {}: {}", pin.display(), std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = foobar::dataplane::open_pin(pin)?;
     let detach = LinkDetach {
         link_fd: fd.as_raw_fd() as u32,
     };

@@ -105,9 +105,9 @@ impl Transfers {
         Ok(Self { stop, handles })
     }
 
-    /// Stops the transfers after their current line and returns every report, or the first
-    /// failure.
-    pub fn finish(self) -> Result<Vec<Report>> {
+    /// Stops the transfers after their current line and returns the reports of those that
+    /// completed intact and the failures of the others.
+    pub fn outcome(self) -> (Vec<Report>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut reports = Vec::new();
         let mut failures = Vec::new();
@@ -118,6 +118,13 @@ impl Transfers {
                 Err(_) => failures.push("a transfer thread panicked".into()),
             }
         }
+        (reports, failures)
+    }
+
+    /// Stops the transfers after their current line and returns every report, or the first
+    /// failure.
+    pub fn finish(self) -> Result<Vec<Report>> {
+        let (reports, failures) = self.outcome();
         if !failures.is_empty() {
             bail!(
                 "{} of {} transfers failed: {}",

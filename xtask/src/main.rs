@@ -41,7 +41,8 @@ enum Task {
     },
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: xdp.
+        /// Which benchmark: xdp (per-packet cost, map memory) or failover (takeover time and
+        /// surviving connections against keepalived + HAProxy).
         name: String,
     },
 }
@@ -166,22 +167,28 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
 fn bench(root: &Path, name: &str) -> Result<()> {
     toolchain::ensure()?;
     match name {
-        "xdp" => cargo(
-            root,
-            &[
-                "run",
-                "--release",
-                "--package",
-                "foobar-tests",
-                "--bin",
-                "foobar-bench",
-                "--",
-                "xdp",
-            ],
-            &[("FOOBAR_BENCH_OUT", &root.join("target/bench").display().to_string())],
-        ),
-        other => bail!("unknown benchmark {other:?} (available: xdp)"),
+        "xdp" => {}
+        "failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "keepalived", "haproxy"])?,
+        other => bail!("unknown benchmark {other:?} (available: xdp, failover)"),
     }
+    cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
+    cargo(
+        root,
+        &[
+            "run",
+            "--release",
+            "--package",
+            "foobar-tests",
+            "--bin",
+            "foobar-bench",
+            "--",
+            name,
+        ],
+        &[
+            ("FOOBAR_BENCH_OUT", &root.join("target/bench").display().to_string()),
+            ("FOOBAR_BIN", &root.join("target/release/foobar").display().to_string()),
+        ],
+    )
 }
 
 /// Removes namespaces and pinned objects a killed test run left behind (prefix `fbt`).

@@ -1,6 +1,5 @@
 //! `cargo xtask bench xdp`: the data plane's cost per packet on each path, against baselines
-//! measured the same way in the same run, and its map memory. Writes `$FOOBAR_BENCH_OUT/xdp.json`
-//! and the same table as Markdown in `xdp.md`.
+//! measured the same way in the same run, and its map memory.
 //!
 //! Per-call mode: one packet per BPF_PROG_TEST_RUN call (repeat > 1 would feed the program its
 //! own rewritten output), median of the kernel-measured times, baseline an empty XDP_PASS
@@ -9,6 +8,7 @@
 //! longer runs would feed an encapsulating program its own output); baseline a trivial
 //! swap-MACs-and-XDP_TX program.
 
+use crate::Row;
 use anyhow::{bail, Context, Result};
 use foobar::{config, dataplane::Dataplane};
 use foobar_common::names;
@@ -17,7 +17,7 @@ use foobar_tests::{
     testrun::{Fixture, Live, XDP_PASS, XDP_TX},
     PinDir,
 };
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 const CALLS: usize = 20_000;
 /// Live-frame calls per program (programs take turns and each reports its median, so a burst
@@ -26,25 +26,6 @@ const LIVE_FRESH_CALLS: usize = 2_000;
 const LIVE_RECYCLED_CALLS: usize = 41;
 /// Frames per recycled live-frame call.
 const LIVE_RECYCLED_REPEAT: u32 = 100_000;
-
-/// One row of the results.
-struct Row {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    baseline: String,
-    baseline_value: f64,
-}
-
-impl Row {
-    fn ratio(&self) -> f64 {
-        if self.baseline_value > 0.0 {
-            self.value / self.baseline_value
-        } else {
-            0.0
-        }
-    }
-}
 
 fn median_ns(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
@@ -64,12 +45,8 @@ fn per_call(fx: &mut Fixture, program: &str, frames: &[Vec<u8>], verdict: u32) -
     Ok(median_ns(samples))
 }
 
-fn main() -> Result<()> {
-    let mode = std::env::args().nth(1).unwrap_or_default();
-    if mode != "xdp" {
-        bail!("usage: foobar-bench xdp");
-    }
-    let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
+/// Measures every path and the map memory.
+pub fn run() -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut fx = Fixture::new("bench")?;
 
@@ -191,38 +168,7 @@ fn main() -> Result<()> {
             r.baseline
         );
     }
-    std::fs::create_dir_all(&out_dir)?;
-    let results: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "name": r.name, "value": r.value, "unit": r.unit,
-                "baseline": r.baseline, "baseline_value": r.baseline_value, "ratio": r.ratio(),
-            })
-        })
-        .collect();
-    let mut table = String::from(
-        "| result | value | unit | baseline | baseline value | ratio |\n| --- | ---: | --- | --- | ---: | ---: |\n",
-    );
-    for r in &rows {
-        table += &format!(
-            "| {} | {:.1} | {} | {} | {:.1} | {:.2} |\n",
-            r.name,
-            r.value,
-            r.unit,
-            r.baseline,
-            r.baseline_value,
-            r.ratio()
-        );
-    }
-    std::fs::write(out_dir.join("xdp.md"), table)?;
-    let path = out_dir.join("xdp.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&serde_json::json!({"bench": "xdp", "results": results}))?,
-    )?;
-    println!("wrote {}", path.display());
-    Ok(())
+    Ok(rows)
 }
 
 /// Kernel memory (memlock) of the data plane's maps for a configuration with the default
