@@ -90,7 +90,9 @@ pub async fn run(path: &Path) -> Result<()> {
     let (claims_tx, mut claims_rx) = mpsc::channel::<Claim>(16);
     let mut instances = Vec::new();
     for (i, v) in config.vrrp.iter().enumerate() {
-        let spec = Spec::resolve(v).with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
+        let spec = Spec::resolve(v)
+            .await
+            .with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
         instances.push(Handle::start(i, spec, claims_tx.clone())?);
     }
     let claimed_now: Vec<String> = if config.vrrp.is_empty() {

@@ -578,6 +578,8 @@ pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        /// Explicit so the padding is zero: the kernel refuses non-zero bytes past the fields.
+        _pad: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
@@ -586,6 +588,7 @@ pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     // SAFETY: attr is a valid BPF_OBJ_GET attribute naming a NUL-terminated path that outlives the call.
     let fd = unsafe {

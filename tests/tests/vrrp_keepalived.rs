@@ -292,3 +292,67 @@ fn foobar_and_keepalived_elect_each_other_by_multicast() -> Result<()> {
 fn foobar_and_keepalived_elect_each_other_by_unicast() -> Result<()> {
     keepalived_with_foobar(true)
 }
+
+/// Two `foobar run` nodes elect over IPv6: adverts to ff02::12 from their link-local
+/// addresses, the backup names the master's link-local address, and takes over when the
+/// master stops.
+#[test]
+fn two_foobar_nodes_elect_over_ipv6() -> Result<()> {
+    let scratch = Scratch::new("vrrp6")?;
+    let a = Netns::new("v6a")?;
+    let b = Netns::new("v6b")?;
+    for ns in [&a, &b] {
+        // Link-local addresses are usable at once (no duplicate address detection wait).
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    }
+    veth(&a, "v6", &b, "v6")?;
+    let mut nodes = Vec::new();
+    for (ns, priority) in [(&a, 150u8), (&b, 100u8)] {
+        let pins = PinDir::new(&format!("{}-pins", ns.name));
+        let socket = scratch.file(&format!("{}.sock", ns.name));
+        let conf = scratch.file(&format!("{}.toml", ns.name));
+        std::fs::write(
+            &conf,
+            format!(
+                "[node]\nname = \"{name}\"\ninterfaces = [\"v6\"]\npin_dir = \"{pins}\"\ncontrol_socket = \"{socket}\"\n\n\
+                 [[vrrp]]\nname = \"vi6\"\nvrid = 61\ninterface = \"v6\"\npriority = {priority}\nadvert_interval_ms = 100\n\
+                 vips = [\"2001:db8::10\"]\n",
+                name = ns.name,
+                pins = pins.path.display(),
+                socket = socket.display(),
+            ),
+        )?;
+        let log = scratch.file(&format!("{}.log", ns.name));
+        let child = ns.spawn(&foobar_bin(), &["run", "--config", &conf.display().to_string()], &log)?;
+        nodes.push((child, pins, socket));
+    }
+    let link_local = |ns: &Netns| -> Result<IpAddr> {
+        let out = ns.exec(&["ip", "-6", "-o", "addr", "show", "dev", "v6", "scope", "link"])?;
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .context("no link-local address")?;
+        Ok(addr.parse()?)
+    };
+    let master_ll = link_local(&a)?;
+    wait_until(Duration::from_secs(5), "node a master, node b following it", || {
+        our_view(&nodes[0].2).0 == "master" && our_view(&nodes[1].2) == ("backup".into(), Some(master_ll))
+    })
+    .with_context(|| format!("{}\n{}", nodes[0].0.log_text(), nodes[1].0.log_text()))?;
+    let (mut first, _, _) = nodes.remove(0);
+    first.signal(nix::sys::signal::Signal::SIGTERM)?;
+    first.wait(Duration::from_secs(5))?;
+    wait_until(Duration::from_secs(2), "node b to take over", || {
+        our_view(&nodes[0].2).0 == "master"
+    })
+    .with_context(|| nodes[0].0.log_text())?;
+    let status = foobar::ctl::query(&nodes[0].2)?;
+    let v = &status.vrrp[0];
+    if v.reason != "master_down" || v.discards.values().sum::<u64>() != 0 || v.adverts_received == 0 {
+        bail!("unexpected IPv6 election record: {v:?}");
+    }
+    Ok(())
+}

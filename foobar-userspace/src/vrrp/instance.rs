@@ -53,14 +53,25 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Resolves a configured instance; the source address defaults to the interface's.
-    pub fn resolve(v: &VrrpInstance) -> Result<Self> {
+    /// Resolves a configured instance; the source address defaults to the interface's (waiting
+    /// up to 5 s for it: an IPv6 link-local address appears only after the link comes up).
+    pub async fn resolve(v: &VrrpInstance) -> Result<Self> {
         let interface = v.interface.get_ref().clone();
         let vips = v.vips.get_ref().clone();
         let v4 = vips.first().is_none_or(|a| a.is_ipv4());
         let address = match &v.source {
             Some(s) => *s.get_ref(),
-            None => socket::interface_source(&interface, v4)?,
+            None => {
+                let mut attempts = 50;
+                loop {
+                    match socket::interface_source(&interface, v4) {
+                        Ok(a) => break a,
+                        Err(e) if attempts == 0 => return Err(e),
+                        Err(_) => attempts -= 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         };
         Ok(Self {
             name: v.name.get_ref().clone(),

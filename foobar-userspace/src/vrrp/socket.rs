@@ -98,11 +98,16 @@ impl VrrpSocket {
                 }
             }
             IpAddr::V6(_) => {
-                socket.set_only_v6(true)?;
-                socket.set_unicast_hops_v6(255)?;
-                socket.set_multicast_hops_v6(255)?;
-                socket.set_multicast_loop_v6(false)?;
-                socket.set_multicast_if_v6(ifindex)?;
+                socket.set_unicast_hops_v6(255).context("setting the hop limit")?;
+                socket
+                    .set_multicast_hops_v6(255)
+                    .context("setting the multicast hop limit")?;
+                socket
+                    .set_multicast_loop_v6(false)
+                    .context("disabling multicast loop")?;
+                socket
+                    .set_multicast_if_v6(ifindex)
+                    .context("choosing the multicast interface")?;
                 set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
                 set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
                 if multicast {
