@@ -321,6 +321,18 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
         );
     }
     ensure!(lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "backup");
+    // `foobar status` tells a person the same.
+    let socket = lab.edge_socket(1).display().to_string();
+    let shown = lab.edges[1]
+        .ns
+        .exec_direct(&foobar_tests::foobar_bin(), &["status", "--socket", &socket])?;
+    for expected in [
+        "vrrp vip (vrid 51 on eth0): BACKUP",
+        "master 10.10.0.1 (priority 150",
+        "ttl 3",
+    ] {
+        ensure!(shown.contains(expected), "`foobar status` lacks {expected:?}:\n{shown}");
+    }
     Ok(())
 }
 
