@@ -2,6 +2,8 @@
 //! uses it. Every problem is reported with file, line, column and reason; a file with any
 //! problem is refused as a whole.
 
+pub mod web;
+
 use crate::maglev;
 use serde::Deserialize;
 use std::{
@@ -28,6 +30,8 @@ pub struct Config {
     /// VRRP instances electing which edge owns the VIPs; none means this node always owns them.
     #[serde(default)]
     pub vrrp: Vec<VrrpInstance>,
+    /// The web tier; none means this node serves no HTTP.
+    pub web: Option<web::Web>,
 }
 
 /// The `[node]` section.
@@ -509,6 +513,9 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
         }
     }
     validate_vrrp(c, report);
+    if let Some(w) = &c.web {
+        web::validate(w, report);
+    }
     for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
         if let Some(s) = source {
             if s.get_ref().is_ipv4() != v4 {

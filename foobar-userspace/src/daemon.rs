@@ -11,6 +11,7 @@ use crate::{
         election::Reason,
         instance::{Claim, Handle, Spec},
     },
+    web::WebTier,
 };
 use anyhow::{Context, Result};
 use nix::net::if_::InterfaceFlags;
@@ -113,6 +114,10 @@ pub async fn run(path: &Path) -> Result<()> {
             instances.iter().map(|h| h.status.clone()).collect(),
         ),
     )?;
+    let web = match &config.web {
+        Some(w) => Some(WebTier::start(w).await.context("starting the web tier")?),
+        None => None,
+    };
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -128,7 +133,7 @@ pub async fn run(path: &Path) -> Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                match reload(path, &config, &mut dataplane, &health_tx) {
+                match reload(path, &config, &mut dataplane, &health_tx, web.as_ref()) {
                     Ok(new) => {
                         config = new;
                         checks.abort_all();
@@ -170,6 +175,9 @@ pub async fn run(path: &Path) -> Result<()> {
     }
     if !names.is_empty() {
         info!(instances = ?names, "vrrp instances stopped");
+    }
+    if let Some(web) = web {
+        web.shutdown().await;
     }
     let _ = std::fs::remove_file(&config.node.control_socket);
     info!("stopping; the pinned data plane keeps forwarding (foobar detach removes it)");
@@ -233,7 +241,13 @@ fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &Datapla
 
 /// Validates the file again and applies it, or explains why not; the running state is kept
 /// on any error.
-fn reload(path: &Path, running: &Config, dataplane: &mut Dataplane, health: &watch::Sender<Health>) -> Result<Config> {
+fn reload(
+    path: &Path,
+    running: &Config,
+    dataplane: &mut Dataplane,
+    health: &watch::Sender<Health>,
+    web: Option<&WebTier>,
+) -> Result<Config> {
     let new = config::load(path)?;
     let restart_only = [
         (
@@ -251,11 +265,15 @@ fn reload(path: &Path, running: &Config, dataplane: &mut Dataplane, health: &wat
             running.node.control_socket != new.node.control_socket,
             "[node] control_socket",
         ),
+        (running.web.is_some() != new.web.is_some(), "[web] presence"),
     ];
     if let Some((_, what)) = restart_only.iter().find(|(changed, _)| *changed) {
         anyhow::bail!(
             "{what} changed: that takes a restart (foobar run adopts the pinned state without a forwarding gap)"
         );
+    }
+    if let (Some(tier), Some(w)) = (web, &new.web) {
+        tier.reload(w)?;
     }
     health.send_modify(|h| h.retain_configured(&new));
     let current = health.borrow().clone();

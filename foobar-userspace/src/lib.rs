@@ -10,3 +10,4 @@ pub mod health;
 pub mod maglev;
 pub mod stats;
 pub mod vrrp;
+pub mod web;

@@ -9,6 +9,7 @@ pub mod lab;
 pub mod packet;
 pub mod testrun;
 pub mod transfer;
+pub mod weblab;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -66,6 +67,18 @@ impl Netns {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         sh(&full)
+    }
+
+    /// Runs a command inside the namespace and returns whether it succeeded, with its stdout
+    /// and stderr together (for commands expected to fail).
+    pub fn exec_any(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {args:?}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.success(), text))
     }
 
     /// Sets a sysctl inside the namespace.

@@ -90,7 +90,7 @@ fn build(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     toolchain::ensure()?;
-    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived", "nft"])?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived", "nft", "wrk"])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(

@@ -1,0 +1,473 @@
+//! The web tier: HTTPS and HTTP listeners (on the VIP or any address), TLS termination,
+//! HTTP/1.1 and HTTP/2 with hyper, virtual hosts serving static files, HTTP-to-HTTPS
+//! redirects and HSTS, connection limits, and graceful shutdown with a drain deadline.
+
+pub mod files;
+pub mod tls;
+
+use crate::config::web::{Certificate, Limits, Listener, Site, Web};
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use files::Files;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    service::service_fn,
+    Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+use tracing::{error, info, warn};
+
+/// Response body of the web tier.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A short plain-text page for an error or redirect status.
+pub fn status_page(status: StatusCode) -> Response<Body> {
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The sites, routed by host name.
+struct Sites {
+    exact: HashMap<String, Arc<SiteHandle>>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<String, Arc<SiteHandle>>,
+    default: Arc<SiteHandle>,
+}
+
+struct SiteHandle {
+    files: Files,
+    hsts: Option<HeaderValue>,
+}
+
+impl Sites {
+    fn new(sites: &[Site]) -> Result<Self> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
+        for (i, site) in sites.iter().enumerate() {
+            let handle = Arc::new(SiteHandle {
+                files: Files::new(site)?,
+                hsts: (site.hsts_max_age_s > 0)
+                    .then(|| HeaderValue::from_str(&format!("max-age={}", site.hsts_max_age_s)))
+                    .transpose()?,
+            });
+            for name in site.names.get_ref() {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.insert(suffix.to_string(), handle.clone()),
+                    None => exact.insert(name, handle.clone()),
+                };
+            }
+            if i == default_index {
+                default = Some(handle);
+            }
+        }
+        Ok(Self {
+            exact,
+            wildcard,
+            default: default.context("no site configured")?,
+        })
+    }
+
+    fn route(&self, host: Option<&str>) -> &SiteHandle {
+        let Some(host) = host.map(|h| strip_port(h).to_ascii_lowercase()) else {
+            return &self.default;
+        };
+        if let Some(site) = self.exact.get(&host) {
+            return site;
+        }
+        host.split_once('.')
+            .and_then(|(_, suffix)| self.wildcard.get(suffix))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The host part of a Host header value (`name`, `name:port`, `[v6]:port`).
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// Open connections, overall and per client address.
+struct Connections {
+    limits: Limits,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    total: Mutex<usize>,
+}
+
+/// One admitted connection; dropping it gives the slot back.
+struct Admitted {
+    connections: Arc<Connections>,
+    client: IpAddr,
+}
+
+impl Connections {
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
+        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per_client.entry(client).or_default();
+        if *total >= self.limits.max_connections || *mine >= self.limits.max_connections_per_client {
+            return None;
+        }
+        *total += 1;
+        *mine += 1;
+        Some(Admitted {
+            connections: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut total = self.connections.total.lock().unwrap_or_else(|p| p.into_inner());
+        *total = total.saturating_sub(1);
+        let mut per_client = self.connections.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// How often certificate files are checked for changes.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
+
+/// What every connection shares.
+struct Shared {
+    tls: tls::Tls,
+    /// The certificate files in use, watched for changes.
+    certificates: ArcSwap<Vec<Certificate>>,
+    sites: ArcSwap<Sites>,
+    limits: Limits,
+    connections: Arc<Connections>,
+}
+
+/// The running web tier.
+pub struct WebTier {
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl WebTier {
+    /// Loads certificates and sites, binds every listener and starts serving.
+    pub async fn start(web: &Web) -> Result<Self> {
+        let limits = web.limits.get_ref().clone();
+        let shared = Arc::new(Shared {
+            tls: tls::Tls::new(&web.certificates)?,
+            certificates: ArcSwap::from_pointee(web.certificates.clone()),
+            sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref())?),
+            connections: Arc::new(Connections {
+                limits: limits.clone(),
+                per_client: Mutex::new(HashMap::new()),
+                total: Mutex::new(0),
+            }),
+            limits,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for l in &web.listeners {
+            let listener = bind(*l.address.get_ref())?;
+            info!(address = %l.address.get_ref(), tls = l.tls, "web listener up");
+            tasks.spawn(accept_loop(listener, l.clone(), shared.clone(), shutdown.subscribe()));
+        }
+        if !web.certificates.is_empty() {
+            tasks.spawn(watch_certificates(shared.clone(), shutdown.subscribe()));
+        }
+        Ok(Self {
+            shared,
+            listeners: web.listeners.clone(),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Applies a new `[web]` section: certificates and sites swap atomically (a certificate or
+    /// site that fails to load refuses the whole change); listeners and limits take a restart.
+    pub fn reload(&self, web: &Web) -> Result<()> {
+        if web.listeners != self.listeners || *web.limits.get_ref() != self.shared.limits {
+            anyhow::bail!("[web] listeners or limits changed: that takes a restart");
+        }
+        let sites = Sites::new(web.sites.get_ref())?;
+        self.shared.tls.reload(&web.certificates)?;
+        self.shared.certificates.store(Arc::new(web.certificates.clone()));
+        self.shared.sites.store(Arc::new(sites));
+        Ok(())
+    }
+
+    /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 closes after
+    /// the current response) and waits for them up to the drain deadline.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let deadline = Duration::from_millis(self.shared.limits.drain_timeout_ms);
+        if tokio::time::timeout(deadline, async { while self.tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("web connections still open after the drain deadline; closing them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Modification times of every certificate and key file (None: unreadable).
+fn stamps(certificates: &[Certificate]) -> Vec<Option<std::time::SystemTime>> {
+    certificates
+        .iter()
+        .flat_map(|c| [c.chain.get_ref(), c.key.get_ref()])
+        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Reloads the certificates when their files change (a renewal writing chain and key one
+/// after the other is refused once, then accepted on the next look).
+async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut seen = stamps(&shared.certificates.load());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let certificates = shared.certificates.load_full();
+        let now = stamps(&certificates);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match shared.tls.reload(&certificates) {
+            Ok(()) => info!("certificates reloaded after a file change"),
+            Err(e) => error!("changed certificate files refused, the previous certificates keep serving: {e:#}"),
+        }
+    }
+}
+
+/// A listening socket that may bind an address not (yet) on this host: the VIP.
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_ipv6(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket.listen(4096).with_context(|| format!("listening on {addr}"))?;
+    TcpListener::from_std(socket.into()).with_context(|| format!("registering {addr}"))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Listener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Some(admitted) = shared.connections.admit(peer.ip()) else {
+                    continue; // over a connection limit: closed at once
+                };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(connection(stream, peer, config.clone(), shared.clone(), shutdown.clone(), admitted));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection: TLS handshake (bounded by the header timeout), then HTTP/2 when ALPN
+/// chose it and HTTP/1.1 otherwise.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Listener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    _admitted: Admitted,
+) {
+    let header_timeout = Duration::from_millis(shared.limits.header_read_timeout_ms);
+    if !config.tls {
+        serve_http(stream, false, peer, &config, shared, shutdown).await;
+        return;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.config());
+    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(tls, h2, peer, &config, shared, shutdown).await;
+}
+
+async fn serve_http<S>(
+    io: S,
+    h2: bool,
+    peer: SocketAddr,
+    config: &Listener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let https = config.tls;
+    let redirect = config.redirect_to_https;
+    let limits = shared.limits.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, https, redirect, peer).await) }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(256))
+            .keep_alive_interval(Some(Duration::from_millis(limits.idle_timeout_ms)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Answers one request.
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    https: bool,
+    redirect: bool,
+    _peer: SocketAddr,
+) -> Response<Body> {
+    let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
+    if redirect {
+        return redirect_to_https(host.as_deref(), &req);
+    }
+    let sites = shared.sites.load();
+    let site = sites.route(host.as_deref());
+    let mut response = site.files.serve(req.method(), req.uri().path(), req.headers()).await;
+    let h = response.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("foobar"));
+    if https {
+        if let Some(hsts) = &site.hsts {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+    response
+}
+
+fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {
+    let Some(host) = host else {
+        return status_page(StatusCode::BAD_REQUEST);
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut response = status_page(StatusCode::MOVED_PERMANENTLY);
+    match HeaderValue::from_str(&format!("https://{}{path}", strip_port(host))) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Err(_) => status_page(StatusCode::BAD_REQUEST),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_are_stripped() {
+        assert_eq!(strip_port("www.foobar.com:443"), "www.foobar.com");
+        assert_eq!(strip_port("www.foobar.com"), "www.foobar.com");
+        assert_eq!(strip_port("[2001:db8::1]:8443"), "2001:db8::1");
+    }
+}

@@ -1,0 +1,164 @@
+//! TLS for the web tier: rustls with one crypto provider (aws-lc-rs), TLS 1.2 and 1.3 with the
+//! Mozilla-intermediate suites (AEAD only), certificates chosen by SNI among many (ECDSA and
+//! RSA for the same name: by the client's signature schemes), ALPN h2 and http/1.1, session
+//! resumption by a shared session cache and tickets whose keys rotate. Certificates reload
+//! atomically: a new set that fails to load is refused and the running one keeps serving.
+
+use crate::config::web::Certificate;
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use rustls::{
+    crypto::{aws_lc_rs, CryptoProvider},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use std::{collections::HashMap, sync::Arc};
+
+/// Sessions kept for ID-based resumption (TLS 1.2 clients without tickets).
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// The one crypto provider: aws-lc-rs with its default suites, which are the
+/// Mozilla-intermediate set (TLS 1.3 AES-GCM and ChaCha20-Poly1305; TLS 1.2 ECDHE with AES-GCM
+/// and ChaCha20-Poly1305; no CBC, no RSA key exchange).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+/// Certificates by the names they serve.
+#[derive(Debug, Default)]
+struct Store {
+    exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    default: Vec<Arc<CertifiedKey>>,
+}
+
+impl Store {
+    fn load(certificates: &[Certificate], provider: &CryptoProvider) -> Result<Self> {
+        let mut store = Store::default();
+        let default_index = certificates.iter().position(|c| c.default).unwrap_or(0);
+        for (i, c) in certificates.iter().enumerate() {
+            let chain_path = c.chain.get_ref();
+            let key_path = c.key.get_ref();
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_path)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .with_context(|| format!("reading certificate chain {}", chain_path.display()))?;
+            let Some(leaf) = chain.first() else {
+                bail!("{}: no certificate in the file", chain_path.display());
+            };
+            let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
+                .with_context(|| format!("{}: the first certificate does not parse", chain_path.display()))?
+                .valid_dns_names()
+                .map(|n| n.to_ascii_lowercase())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .with_context(|| format!("reading private key {}", key_path.display()))?;
+            let certified = CertifiedKey::from_der(chain, key, provider).with_context(|| {
+                format!(
+                    "{} with {}: the key does not load or does not match the certificate",
+                    chain_path.display(),
+                    key_path.display()
+                )
+            })?;
+            let certified = Arc::new(certified);
+            for name in names {
+                let slot = match name.strip_prefix("*.") {
+                    Some(suffix) => store.wildcard.entry(suffix.to_string()),
+                    None => store.exact.entry(name),
+                };
+                slot.or_default().push(certified.clone());
+            }
+            if i == default_index {
+                store.default.push(certified.clone());
+            }
+        }
+        if store.default.is_empty() {
+            bail!("no certificate configured");
+        }
+        Ok(store)
+    }
+
+    /// The candidates for a server name: exact, then wildcard, then the default.
+    fn candidates(&self, name: Option<&str>) -> &[Arc<CertifiedKey>] {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return &self.default;
+        };
+        if let Some(keys) = self.exact.get(&name) {
+            return keys;
+        }
+        if let Some(keys) = name.split_once('.').and_then(|(_, suffix)| self.wildcard.get(suffix)) {
+            return keys;
+        }
+        &self.default
+    }
+}
+
+impl ResolvesServerCert for Store {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let candidates = self.candidates(hello.server_name());
+        let schemes = hello.signature_schemes();
+        candidates
+            .iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .or_else(|| candidates.first())
+            .cloned()
+    }
+}
+
+/// The live TLS configuration, swapped whole on reload.
+pub struct Tls {
+    provider: Arc<CryptoProvider>,
+    /// Kept across reloads so tickets and cached sessions stay valid.
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions + Send + Sync>,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl Tls {
+    /// Loads the certificates and builds the first configuration.
+    pub fn new(certificates: &[Certificate]) -> Result<Self> {
+        let provider = provider();
+        let ticketer = aws_lc_rs::Ticketer::new().context("creating the session ticketer")?;
+        let sessions: Arc<dyn StoresServerSessions + Send + Sync> =
+            ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        let config = build(&provider, &ticketer, &sessions, certificates)?;
+        Ok(Self {
+            provider,
+            ticketer,
+            sessions,
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// The configuration new handshakes use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Loads a new certificate set; on any error the running one stays and the error says why.
+    pub fn reload(&self, certificates: &[Certificate]) -> Result<()> {
+        let config = build(&self.provider, &self.ticketer, &self.sessions, certificates)?;
+        self.current.store(Arc::new(config));
+        Ok(())
+    }
+}
+
+fn build(
+    provider: &Arc<CryptoProvider>,
+    ticketer: &Arc<dyn ProducesTickets>,
+    sessions: &Arc<dyn StoresServerSessions + Send + Sync>,
+    certificates: &[Certificate],
+) -> Result<ServerConfig> {
+    let store = Store::load(certificates, provider)?;
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(store));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = ticketer.clone();
+    config.session_storage = sessions.clone();
+    Ok(config)
+}

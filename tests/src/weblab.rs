@@ -1,0 +1,210 @@
+//! The web-tier lab: one namespace running `foobar run` with a `[web]` section (TLS on 443,
+//! redirects on 80) over generated certificates (ECDSA and RSA for www.foobar.com, an ECDSA
+//! default) and a document root, with curl, openssl and wrk as clients in the same namespace.
+
+use crate::{foobar_bin, ChildGuard, Netns, PinDir, Scratch};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// The listeners' address.
+pub const ADDR: &str = "10.99.0.1";
+/// The site's name.
+pub const HOST: &str = "www.foobar.com";
+
+/// A running web lab.
+pub struct WebLab {
+    /// foobar (None once stopped).
+    pub foobar: Option<ChildGuard>,
+    pins: PinDir,
+    /// The namespace.
+    pub ns: Netns,
+    /// Certificates, document root, configuration and logs.
+    pub scratch: Scratch,
+}
+
+/// The document root's files: (path, contents).
+pub fn documents() -> Vec<(&'static str, Vec<u8>)> {
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 251) as u8).collect();
+    vec![
+        ("index.html", b"<h1>www.foobar.com</h1>\n".to_vec()),
+        ("assets/style.css", b"body { color: black }\n".to_vec()),
+        ("assets/app.js", b"console.log('plain');\n".to_vec()),
+        ("assets/app.js.br", b"BROTLI-BYTES".to_vec()),
+        ("assets/app.js.gz", b"GZIP-BYTES".to_vec()),
+        ("sub/index.html", b"sub index\n".to_vec()),
+        ("big.bin", big),
+    ]
+}
+
+impl WebLab {
+    /// Generates certificates and files, writes the configuration and starts foobar.
+    pub fn start(tag: &str) -> Result<Self> {
+        let scratch = Scratch::new(&format!("web-{tag}"))?;
+        let ns = Netns::new(&format!("web{tag}"))?;
+        ns.exec(&["ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1"])?;
+        ns.exec(&["ip", "link", "set", "w0", "up"])?;
+        ns.exec(&["ip", "link", "set", "w1", "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{ADDR}/24"), "dev", "w0"])?;
+        let lab_pins = PinDir::new(&format!("web{tag}"));
+        let lab = Self {
+            foobar: None,
+            pins: lab_pins,
+            ns,
+            scratch,
+        };
+        lab.certificate("www-ec", "ec", &[HOST, "foobar.com"])?;
+        lab.certificate("www-rsa", "rsa", &[HOST, "foobar.com"])?;
+        lab.certificate("default", "ec", &["default.foobar.test"])?;
+        let root = lab.root();
+        for (path, contents) in documents() {
+            let file = root.join(path);
+            std::fs::create_dir_all(file.parent().context("document path")?)?;
+            std::fs::write(&file, contents)?;
+        }
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape"))?;
+        std::fs::write(lab.config(), lab.config_text())?;
+        let mut lab = lab;
+        lab.start_foobar()?;
+        Ok(lab)
+    }
+
+    /// Starts foobar and waits until its listeners are up.
+    pub fn start_foobar(&mut self) -> Result<()> {
+        let log = self.scratch.file("foobar.log");
+        let config = self.config().display().to_string();
+        let child = self.ns.spawn(&foobar_bin(), &["run", "--config", &config], &log)?;
+        crate::wait_until(std::time::Duration::from_secs(10), "the web tier", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is forwarding"))
+        })
+        .with_context(|| child.log_text())?;
+        self.foobar = Some(child);
+        Ok(())
+    }
+
+    /// The document root.
+    pub fn root(&self) -> PathBuf {
+        self.scratch.file("www")
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.scratch.file("foobar.toml")
+    }
+
+    /// foobar's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.file("foobar.log")).unwrap_or_default()
+    }
+
+    /// Path of a generated PEM file (`NAME.crt` or `NAME.key`).
+    pub fn pem(&self, file: &str) -> PathBuf {
+        self.scratch.file(file)
+    }
+
+    /// Generates a self-signed certificate `NAME.crt` / `NAME.key` for `names` with an `ec`
+    /// (P-256) or `rsa` (2048) key; the subject CN is the first name.
+    pub fn certificate(&self, name: &str, kind: &str, names: &[&str]) -> Result<()> {
+        let key_opts: &[&str] = if kind == "ec" {
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        } else {
+            &["-newkey", "rsa:2048"]
+        };
+        let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+        let crt = self.pem(&format!("{name}.crt")).display().to_string();
+        let key = self.pem(&format!("{name}.key")).display().to_string();
+        let mut args = vec!["openssl", "req", "-x509", "-nodes", "-days", "2"];
+        args.extend_from_slice(key_opts);
+        let subject = format!("/CN={}", names[0]);
+        let ext = format!("subjectAltName={san}");
+        args.extend_from_slice(&["-keyout", &key, "-out", &crt, "-subj", &subject, "-addext", &ext]);
+        crate::sh(&args)?;
+        Ok(())
+    }
+
+    fn config_text(&self) -> String {
+        format!(
+            r#"[node]
+name = "web"
+interfaces = ["w0"]
+pin_dir = "{pins}"
+control_socket = "{socket}"
+
+[[web.listener]]
+address = "{ADDR}:443"
+tls = true
+
+[[web.listener]]
+address = "{ADDR}:80"
+redirect_to_https = true
+
+[[web.certificate]]
+chain = "{dir}/www-ec.crt"
+key = "{dir}/www-ec.key"
+
+[[web.certificate]]
+chain = "{dir}/www-rsa.crt"
+key = "{dir}/www-rsa.key"
+
+[[web.certificate]]
+chain = "{dir}/default.crt"
+key = "{dir}/default.key"
+default = true
+
+[[web.site]]
+names = ["{HOST}", "foobar.com"]
+root = "{root}"
+hsts_max_age_s = 31536000
+
+[[web.site.cache]]
+prefix = "/assets/"
+cache_control = "public, max-age=31536000, immutable"
+
+[web.limits]
+header_read_timeout_ms = 2000
+"#,
+            pins = self.pins.path.display(),
+            socket = self.scratch.file("control.sock").display(),
+            dir = self.scratch.path.display(),
+            root = self.root().display(),
+        )
+    }
+
+    /// curl inside the namespace with www.foobar.com resolving to the listeners and the
+    /// generated certificates trusted; returns stdout.
+    pub fn curl(&self, args: &[&str]) -> Result<String> {
+        let resolve443 = format!("{HOST}:443:{ADDR}");
+        let resolve80 = format!("{HOST}:80:{ADDR}");
+        let ca = self.pem("www-ec.crt").display().to_string();
+        let mut full = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve443,
+            "--resolve",
+            &resolve80,
+            "--cacert",
+            &ca,
+        ];
+        full.extend_from_slice(args);
+        self.ns.exec(&full)
+    }
+
+    /// `openssl s_client` to the TLS listener with these extra arguments and an HTTP/1.1
+    /// request on stdin (read to the end, so TLS 1.3 tickets arrive); returns success and
+    /// everything it printed.
+    pub fn s_client(&self, args: &str) -> Result<(bool, String)> {
+        let cmd = format!(
+            "printf 'GET / HTTP/1.1\\r\\nHost: {HOST}\\r\\nConnection: close\\r\\n\\r\\n' | \
+             timeout 10 openssl s_client -connect {ADDR}:443 -ign_eof {args} 2>&1"
+        );
+        self.ns.exec_any(&["sh", "-c", &cmd])
+    }
+
+    /// `openssl s_client` that only completes the handshake (no request).
+    pub fn handshake(&self, args: &str) -> Result<(bool, String)> {
+        let cmd = format!("timeout 10 openssl s_client -connect {ADDR}:443 {args} < /dev/null 2>&1");
+        self.ns.exec_any(&["sh", "-c", &cmd])
+    }
+}
