@@ -3,6 +3,7 @@
 //! redirects and HSTS, connection limits, and graceful shutdown with a drain deadline.
 
 pub mod files;
+pub mod proxy;
 pub mod tls;
 
 use crate::config::web::{Certificate, Limits, Listener, Site, Web};
@@ -67,18 +68,52 @@ struct Sites {
 }
 
 struct SiteHandle {
+    /// First name, for the access log.
+    name: String,
     files: Files,
     hsts: Option<HeaderValue>,
+    /// (prefix, pool), longest prefix first.
+    proxies: Vec<(String, Arc<proxy::Pool>)>,
+}
+
+impl SiteHandle {
+    fn proxy_for(&self, path: &str) -> Option<&Arc<proxy::Pool>> {
+        self.proxies
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, pool)| pool)
+    }
+}
+
+/// Builds every upstream pool of the section.
+fn pools(web: &Web) -> HashMap<String, Arc<proxy::Pool>> {
+    web.upstreams
+        .iter()
+        .map(|u| (u.name.get_ref().clone(), proxy::Pool::new(u)))
+        .collect()
 }
 
 impl Sites {
-    fn new(sites: &[Site]) -> Result<Self> {
+    fn new(sites: &[Site], pools: &HashMap<String, Arc<proxy::Pool>>) -> Result<Self> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
         for (i, site) in sites.iter().enumerate() {
+            let mut proxies: Vec<(String, Arc<proxy::Pool>)> = site
+                .proxy_rules
+                .iter()
+                .map(|r| {
+                    pools
+                        .get(r.upstream.get_ref())
+                        .map(|p| (r.prefix.get_ref().clone(), p.clone()))
+                        .with_context(|| format!("upstream {:?} is not configured", r.upstream.get_ref()))
+                })
+                .collect::<Result<_>>()?;
+            proxies.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
             let handle = Arc::new(SiteHandle {
+                name: site.names.get_ref().first().cloned().unwrap_or_default(),
+                proxies,
                 files: Files::new(site)?,
                 hsts: (site.hsts_max_age_s > 0)
                     .then(|| HeaderValue::from_str(&format!("max-age={}", site.hsts_max_age_s)))
@@ -195,7 +230,7 @@ impl WebTier {
         let shared = Arc::new(Shared {
             tls: tls::Tls::new(&web.certificates)?,
             certificates: ArcSwap::from_pointee(web.certificates.clone()),
-            sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref())?),
+            sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref(), &pools(web))?),
             connections: Arc::new(Connections {
                 limits: limits.clone(),
                 per_client: Mutex::new(HashMap::new()),
@@ -227,7 +262,7 @@ impl WebTier {
         if web.listeners != self.listeners || *web.limits.get_ref() != self.shared.limits {
             anyhow::bail!("[web] listeners or limits changed: that takes a restart");
         }
-        let sites = Sites::new(web.sites.get_ref())?;
+        let sites = Sites::new(web.sites.get_ref(), &pools(web))?;
         self.shared.tls.reload(&web.certificates)?;
         self.shared.certificates.store(Arc::new(web.certificates.clone()));
         self.shared.sites.store(Arc::new(sites));
@@ -346,7 +381,12 @@ async fn connection(
 ) {
     let header_timeout = Duration::from_millis(shared.limits.header_read_timeout_ms);
     if !config.tls {
-        serve_http(stream, false, peer, &config, shared, shutdown).await;
+        let conn = Conn {
+            peer,
+            tls: None,
+            redirect: config.redirect_to_https,
+        };
+        serve_http(stream, false, conn, shared, shutdown).await;
         return;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.config());
@@ -354,26 +394,39 @@ async fn connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(_)) | Err(_) => return,
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(tls, h2, peer, &config, shared, shutdown).await;
+    let session = tls.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let conn = Conn {
+        peer,
+        tls: Some(version),
+        redirect: false,
+    };
+    serve_http(tls, h2, conn, shared, shutdown).await;
 }
 
-async fn serve_http<S>(
-    io: S,
-    h2: bool,
+/// What a request handler knows of its connection.
+#[derive(Clone, Copy)]
+struct Conn {
     peer: SocketAddr,
-    config: &Listener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+    /// The TLS version, on HTTPS connections.
+    tls: Option<&'static str>,
+    /// A plain listener that redirects everything to HTTPS.
+    redirect: bool,
+}
+
+async fn serve_http<S>(io: S, h2: bool, conn: Conn, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let https = config.tls;
-    let redirect = config.redirect_to_https;
     let limits = shared.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, https, redirect, peer).await) }
+        async move { Ok::<_, Infallible>(handle(req, &shared, conn).await) }
     });
     let io = TokioIo::new(io);
     if h2 {
@@ -415,34 +468,84 @@ async fn serve_http<S>(
     }
 }
 
-/// Answers one request.
-async fn handle(
-    req: Request<Incoming>,
-    shared: &Shared,
-    https: bool,
-    redirect: bool,
-    _peer: SocketAddr,
-) -> Response<Body> {
+/// Answers one request and writes its access-log line.
+async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response<Body> {
+    let started = std::time::Instant::now();
     let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
         req.headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     });
-    if redirect {
-        return redirect_to_https(host.as_deref(), &req);
-    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let sites = shared.sites.load();
     let site = sites.route(host.as_deref());
-    let mut response = site.files.serve(req.method(), req.uri().path(), req.headers()).await;
+    let mut upstream = None;
+    let mut response = if let Some(why) = smuggling_shape(req.headers()) {
+        warn!(client = %conn.peer.ip(), why, "request refused");
+        let mut r = status_page(StatusCode::BAD_REQUEST);
+        // The framing is in doubt: never read another request from this connection.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    } else if conn.redirect {
+        redirect_to_https(host.as_deref(), &req)
+    } else if let Some(pool) = site.proxy_for(&path) {
+        let origin = proxy::Origin {
+            client: conn.peer.ip(),
+            https: conn.tls.is_some(),
+            host: host.as_deref(),
+        };
+        let outcome = pool.forward(req, &origin, shared.limits.max_request_body_bytes).await;
+        upstream = outcome.upstream;
+        outcome.response
+    } else {
+        site.files.serve(&method, &path, req.headers()).await
+    };
     let h = response.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("foobar"));
-    if https {
+    if conn.tls.is_some() {
         if let Some(hsts) = &site.hsts {
             h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
+    let bytes = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    info!(
+        target: "foobar::access",
+        client = %conn.peer.ip(),
+        vhost = site.name,
+        method = %method,
+        path,
+        status = response.status().as_u16(),
+        bytes,
+        duration_us = started.elapsed().as_micros() as u64,
+        upstream = upstream.map(|u| u.to_string()),
+        tls = conn.tls,
+    );
     response
+}
+
+/// Why a request's framing headers could be read two ways (request smuggling), if they can:
+/// both Content-Length and Transfer-Encoding, several Content-Lengths, or a Transfer-Encoding
+/// other than exactly `chunked`. (hyper already refuses obs-fold and malformed lengths.)
+fn smuggling_shape(headers: &header::HeaderMap) -> Option<&'static str> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let encodings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if lengths > 0 && !encodings.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if lengths > 1 {
+        return Some("more than one Content-Length");
+    }
+    match encodings.as_slice() {
+        [] => None,
+        [one] if one.as_bytes().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some("a Transfer-Encoding other than chunked"),
+    }
 }
 
 fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {
@@ -463,6 +566,30 @@ fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smuggling_shapes_are_named() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = header::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            m
+        };
+        assert_eq!(smuggling_shape(&h(&[("transfer-encoding", "Chunked")])), None);
+        assert_eq!(smuggling_shape(&h(&[("content-length", "3")])), None);
+        assert!(smuggling_shape(&h(&[("content-length", "3"), ("transfer-encoding", "chunked")])).is_some());
+        assert!(smuggling_shape(&h(&[("content-length", "3"), ("content-length", "3")])).is_some());
+        assert!(smuggling_shape(&h(&[("transfer-encoding", "gzip, chunked")])).is_some());
+        assert!(smuggling_shape(&h(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_some());
+    }
 
     #[test]
     fn host_ports_are_stripped() {

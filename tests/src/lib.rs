@@ -4,6 +4,7 @@
 //! Every namespace a test makes is named `fbt<pid>-<name>`, so leftovers of a killed run are
 //! recognisable; `cargo xtask test` removes such leftovers before it starts.
 
+pub mod app;
 pub mod classic;
 pub mod lab;
 pub mod packet;

@@ -1,8 +1,9 @@
 //! The web-tier lab: one namespace running `foobar run` with a `[web]` section (TLS on 443,
 //! redirects on 80) over generated certificates (ECDSA and RSA for www.foobar.com, an ECDSA
-//! default) and a document root, with curl, openssl and wrk as clients in the same namespace.
+//! default), a document root and two application servers behind `/api/`, with curl, openssl
+//! and wrk as clients in the same namespace.
 
-use crate::{foobar_bin, ChildGuard, Netns, PinDir, Scratch};
+use crate::{app::AppServer, foobar_bin, ChildGuard, Netns, PinDir, Scratch};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -10,11 +11,17 @@ use std::path::PathBuf;
 pub const ADDR: &str = "10.99.0.1";
 /// The site's name.
 pub const HOST: &str = "www.foobar.com";
+/// Port of the first application server.
+pub const APP1: u16 = 9001;
+/// Port of the second application server.
+pub const APP2: u16 = 9002;
 
 /// A running web lab.
 pub struct WebLab {
     /// foobar (None once stopped).
     pub foobar: Option<ChildGuard>,
+    /// The application servers `app1` and `app2` behind `/api/` (None once stopped).
+    pub apps: Vec<Option<AppServer>>,
     pins: PinDir,
     /// The namespace.
     pub ns: Netns,
@@ -48,6 +55,7 @@ impl WebLab {
         let lab_pins = PinDir::new(&format!("web{tag}"));
         let lab = Self {
             foobar: None,
+            apps: Vec::new(),
             pins: lab_pins,
             ns,
             scratch,
@@ -64,6 +72,11 @@ impl WebLab {
         std::os::unix::fs::symlink("/etc/passwd", root.join("escape"))?;
         std::fs::write(lab.config(), lab.config_text())?;
         let mut lab = lab;
+        for (i, port) in [APP1, APP2].into_iter().enumerate() {
+            let addr: std::net::SocketAddr = format!("{ADDR}:{port}").parse()?;
+            lab.apps
+                .push(Some(AppServer::start(&lab.ns, addr, &format!("app{}", i + 1))?));
+        }
         lab.start_foobar()?;
         Ok(lab)
     }
@@ -116,7 +129,19 @@ impl WebLab {
         args.extend_from_slice(key_opts);
         let subject = format!("/CN={}", names[0]);
         let ext = format!("subjectAltName={san}");
-        args.extend_from_slice(&["-keyout", &key, "-out", &crt, "-subj", &subject, "-addext", &ext]);
+        // An end-entity certificate (clients trust it directly), not a CA.
+        args.extend_from_slice(&[
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-subj",
+            &subject,
+            "-addext",
+            &ext,
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]);
         crate::sh(&args)?;
         Ok(())
     }
@@ -159,8 +184,20 @@ hsts_max_age_s = 31536000
 prefix = "/assets/"
 cache_control = "public, max-age=31536000, immutable"
 
+[[web.site.proxy]]
+prefix = "/api/"
+upstream = "app"
+
+[[web.upstream]]
+name = "app"
+servers = ["{ADDR}:{APP1}", "{ADDR}:{APP2}"]
+read_timeout_ms = 1000
+pool_idle_timeout_ms = 5000
+
 [web.limits]
 header_read_timeout_ms = 2000
+max_connections_per_client = 64
+max_request_body_bytes = 1048576
 "#,
             pins = self.pins.path.display(),
             socket = self.scratch.file("control.sock").display(),

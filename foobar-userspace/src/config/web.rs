@@ -19,9 +19,84 @@ pub struct Web {
     /// Virtual hosts, chosen by the Host header (or :authority).
     #[serde(rename = "site")]
     pub sites: Spanned<Vec<Site>>,
+    /// Application server pools that sites proxy to.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<Upstream>,
     /// Connection and request limits.
     #[serde(default = "default_limits")]
     pub limits: Spanned<Limits>,
+}
+
+/// One `[[web.upstream]]`: a pool of application servers.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Name, unique; sites' proxy rules refer to it.
+    pub name: Spanned<String>,
+    /// The servers, `address:port`.
+    pub servers: Spanned<Vec<SocketAddr>>,
+    /// How a server is chosen for a request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Connection attempt limit, ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Limit on waiting for the response headers, ms (then 504).
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Idle pooled connections are closed after this, ms; keep it below the servers' own
+    /// keep-alive timeout.
+    #[serde(default = "default_pool_idle_ms")]
+    pub pool_idle_timeout_ms: u64,
+    /// Idle pooled connections kept per server.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Passive health: after a failed connection a server sits out this long, ms.
+    #[serde(default = "default_fail_timeout_ms")]
+    pub fail_timeout_ms: u64,
+    /// Active health check (HTTP GET); none means passive health only.
+    pub health: Option<crate::config::HealthCheck>,
+}
+
+/// Load-balancing method of an upstream pool.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each server in turn.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight.
+    LeastRequests,
+}
+
+/// One `[[web.site.proxy]]`: requests under a path prefix go to an upstream pool.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRule {
+    /// Path prefix, starting with `/`; the longest matching rule wins.
+    pub prefix: Spanned<String>,
+    /// Upstream name.
+    pub upstream: Spanned<String>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_pool_idle_ms() -> u64 {
+    30_000
+}
+
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+fn default_fail_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_limits() -> Spanned<Limits> {
@@ -78,6 +153,9 @@ pub struct Site {
     /// Cache-Control by path prefix; the longest matching prefix wins.
     #[serde(default, rename = "cache")]
     pub cache_rules: Vec<CacheRule>,
+    /// Path prefixes passed to upstream pools instead of served from the root.
+    #[serde(default, rename = "proxy")]
+    pub proxy_rules: Vec<ProxyRule>,
 }
 
 /// One `[[web.site.cache]]`.
@@ -111,6 +189,8 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// On shutdown, how long open connections get to finish, ms.
     pub drain_timeout_ms: u64,
+    /// Largest request body passed to an upstream, bytes (then 413).
+    pub max_request_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -124,6 +204,7 @@ impl Default for Limits {
             max_connections_per_client: 256,
             h2_max_concurrent_streams: 128,
             drain_timeout_ms: 10_000,
+            max_request_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -195,6 +276,43 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
         for rule in &site.cache_rules {
             if !rule.prefix.get_ref().starts_with('/') {
                 report(&rule.prefix.span(), "a cache prefix starts with /".into());
+            }
+        }
+        for rule in &site.proxy_rules {
+            if !rule.prefix.get_ref().starts_with('/') {
+                report(&rule.prefix.span(), "a proxy prefix starts with /".into());
+            }
+            if !w.upstreams.iter().any(|u| u.name.get_ref() == rule.upstream.get_ref()) {
+                report(
+                    &rule.upstream.span(),
+                    format!("upstream {:?} is not configured", rule.upstream.get_ref()),
+                );
+            }
+        }
+    }
+    let mut upstream_names = HashSet::new();
+    for u in &w.upstreams {
+        if !upstream_names.insert(u.name.get_ref().as_str()) {
+            report(
+                &u.name.span(),
+                format!("upstream {:?} is defined twice", u.name.get_ref()),
+            );
+        }
+        if u.servers.get_ref().is_empty() {
+            report(&u.servers.span(), "an upstream needs at least one server".into());
+        }
+        if u.connect_timeout_ms == 0 || u.read_timeout_ms == 0 {
+            report(
+                &u.name.span(),
+                "connect_timeout_ms and read_timeout_ms must be positive".into(),
+            );
+        }
+        if let Some(h) = &u.health {
+            if h.interval_ms == 0 || h.timeout_ms == 0 || h.rise == 0 || h.fall == 0 {
+                report(
+                    &u.name.span(),
+                    "health interval_ms, timeout_ms, rise and fall must be positive".into(),
+                );
             }
         }
     }

@@ -1,0 +1,507 @@
+//! Reverse proxy to upstream pools (the application servers): pooled keep-alive connections,
+//! round-robin or least-requests, passive health (a failed connection takes a server out for
+//! `fail_timeout_ms`) and optional active HTTP checks, connect and read timeouts, retries only
+//! for idempotent requests without a body after a connect failure, X-Forwarded-* and RFC 7239
+//! Forwarded, hop-by-hop headers stripped, Upgrade (WebSocket) passed through, bodies streamed
+//! both ways with a size limit. Upstream trouble is answered with 502, 503 or 504, never a hang.
+
+use super::{status_page, Body};
+use crate::{
+    config::web::{Balance, Upstream},
+    health,
+};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Limited};
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use std::{
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tracing::{info, warn};
+
+/// Body of a request sent upstream.
+type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// One server of a pool.
+struct Server {
+    addr: SocketAddr,
+    in_flight: AtomicUsize,
+    /// Passive health: out of rotation until this instant (ms since the pool's start).
+    down_until_ms: AtomicU64,
+    /// Active health (true without active checks).
+    up: AtomicBool,
+}
+
+/// An upstream pool.
+pub struct Pool {
+    /// Its name.
+    pub name: String,
+    servers: Vec<Arc<Server>>,
+    balance: Balance,
+    next: AtomicUsize,
+    client: Client<HttpConnector, UpstreamBody>,
+    read_timeout: Duration,
+    fail_timeout: Duration,
+    epoch: Instant,
+    checks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for check in &self.checks {
+            check.abort();
+        }
+    }
+}
+
+/// Who asked, for the forwarding headers and the access log.
+pub struct Origin<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// Whether the request came over TLS.
+    pub https: bool,
+    /// The Host the client asked for.
+    pub host: Option<&'a str>,
+}
+
+/// How a proxied request ended, for the access log.
+pub struct Outcome {
+    /// The response.
+    pub response: Response<Body>,
+    /// The server that answered (or was last tried).
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Keeps a server's in-flight count up while a response is being streamed.
+struct InFlight(Arc<Server>);
+
+impl InFlight {
+    fn start(server: &Arc<Server>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(server.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream response body that holds its server's in-flight slot until it ends.
+struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(std::io::Error::other)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Pool {
+    /// Builds a pool and starts its active checks, if any.
+    pub fn new(u: &Upstream) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(u.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_millis(u.pool_idle_timeout_ms))
+            .pool_max_idle_per_host(u.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let servers: Vec<Arc<Server>> = u
+            .servers
+            .get_ref()
+            .iter()
+            .map(|addr| {
+                Arc::new(Server {
+                    addr: *addr,
+                    in_flight: AtomicUsize::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                    up: AtomicBool::new(true),
+                })
+            })
+            .collect();
+        let checks = match &u.health {
+            Some(check) => servers
+                .iter()
+                .map(|s| tokio::spawn(active_check(u.name.get_ref().clone(), s.clone(), check.clone())))
+                .collect(),
+            None => Vec::new(),
+        };
+        Arc::new(Self {
+            name: u.name.get_ref().clone(),
+            servers,
+            balance: u.balance,
+            next: AtomicUsize::new(0),
+            client,
+            read_timeout: Duration::from_millis(u.read_timeout_ms),
+            fail_timeout: Duration::from_millis(u.fail_timeout_ms),
+            epoch: Instant::now(),
+            checks,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A healthy server not in `tried`.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = self.now_ms();
+        let usable = |i: &usize| {
+            let s = &self.servers[*i];
+            !tried.contains(i) && s.up.load(Ordering::Relaxed) && s.down_until_ms.load(Ordering::Relaxed) <= now
+        };
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotation = (0..n).map(|k| (start + k) % n).filter(usable);
+        match self.balance {
+            Balance::RoundRobin => rotation.into_iter().next(),
+            Balance::LeastRequests => rotation.min_by_key(|i| self.servers[*i].in_flight.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn mark_failed(&self, i: usize) {
+        let until = self.now_ms() + self.fail_timeout.as_millis() as u64;
+        self.servers[i].down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Forwards a request and returns the upstream's response, or 502/503/504/413.
+    pub async fn forward(&self, mut req: Request<Incoming>, origin: &Origin<'_>, max_body: u64) -> Outcome {
+        let fail = |status| Outcome {
+            response: status_page(status),
+            upstream: None,
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return fail(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let has_body = declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
+        // Without a body the request can be sent again; with one it is streamed once.
+        let mut body = Some(body);
+        let retryable = idempotent && !has_body && !upgrade;
+        let headers = forward_headers(&parts.headers, origin, upgrade);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+
+        let mut tried = Vec::new();
+        loop {
+            let Some(i) = self.pick(&tried) else {
+                return fail(if tried.is_empty() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                });
+            };
+            tried.push(i);
+            let server = self.servers[i].clone();
+            let upstream_body: UpstreamBody = match (retryable, body.take()) {
+                (false, Some(b)) => Limited::new(b, max_body as usize).boxed(),
+                _ => Empty::new().map_err(|never| match never {}).boxed(),
+            };
+            let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(server.addr.to_string())
+                .path_and_query(path.as_str())
+                .build()
+            else {
+                return fail(StatusCode::BAD_REQUEST);
+            };
+            let mut upstream_req = Request::new(upstream_body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.version_mut() = Version::HTTP_11;
+            *upstream_req.headers_mut() = headers.clone();
+            let in_flight = InFlight::start(&server);
+            let sent = tokio::time::timeout(self.read_timeout, self.client.request(upstream_req)).await;
+            let response = match sent {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    self.mark_failed(i);
+                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "upstream request failed");
+                    if connect && retryable {
+                        continue;
+                    }
+                    return Outcome {
+                        response: status_page(if too_large(&e) {
+                            StatusCode::PAYLOAD_TOO_LARGE
+                        } else {
+                            StatusCode::BAD_GATEWAY
+                        }),
+                        upstream: Some(server.addr),
+                    };
+                }
+                Err(_) => {
+                    warn!(upstream = self.name, server = %server.addr, "upstream did not answer in time");
+                    return Outcome {
+                        response: status_page(StatusCode::GATEWAY_TIMEOUT),
+                        upstream: Some(server.addr),
+                    };
+                }
+            };
+            return Outcome {
+                response: self.relay(response, client_upgrade, in_flight),
+                upstream: Some(server.addr),
+            };
+        }
+    }
+
+    /// Turns the upstream's response into ours; a 101 joins the two upgraded connections.
+    fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        in_flight: InFlight,
+    ) -> Response<Body> {
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            if let Some(client_side) = client_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                let name = self.name.clone();
+                tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((client, upstream)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut upstream = TokioIo::new(upstream);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                        Err(e) => warn!(upstream = name, "upgrade failed: {e}"),
+                    }
+                });
+                let (mut parts, _) = response.into_parts();
+                let protocol = parts.headers.get(header::UPGRADE).cloned();
+                strip_hop_by_hop(&mut parts.headers, true);
+                if let Some(protocol) = protocol {
+                    parts.headers.insert(header::UPGRADE, protocol);
+                }
+                return Response::from_parts(parts, super::empty());
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = Tracked {
+            inner: body,
+            _in_flight: in_flight,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Whether a request asks to switch protocols (WebSocket).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers and those the Connection header names; an upgrade keeps its
+/// `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(["upgrade"]) {
+        headers.remove(name);
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The request headers sent upstream: the client's, without hop-by-hop ones, with the
+/// forwarding headers appended and the Host kept.
+fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> HeaderMap {
+    let mut headers = incoming.clone();
+    let upgrade_to = incoming.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers, upgrade);
+    if let (true, Some(protocol)) = (upgrade, upgrade_to) {
+        headers.insert(header::UPGRADE, protocol);
+    }
+    let client = origin.client.to_string();
+    let proto = if origin.https { "https" } else { "http" };
+    let xff = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {client}"),
+        None => client.clone(),
+    };
+    let node = if origin.client.is_ipv6() {
+        format!("\"[{client}]\"")
+    } else {
+        client
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(host) = origin.host {
+        if !host.contains(['"', ';', ',']) {
+            forwarded += &format!(";host=\"{host}\"");
+        }
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert("x-forwarded-host", v.clone());
+            headers.insert(header::HOST, v);
+        }
+    }
+    if let Some(before) = incoming.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded = format!("{before}, {forwarded}");
+    }
+    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers
+}
+
+/// Whether a client error came from the request body exceeding the limit.
+fn too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Active HTTP check of one server.
+async fn active_check(pool: String, server: Arc<Server>, check: crate::config::HealthCheck) {
+    let (mut ok_run, mut fail_run) = (0u32, 0u32);
+    loop {
+        let timeout = Duration::from_millis(check.timeout_ms);
+        let result = match tokio::time::timeout(timeout, health::probe(server.addr, &check)).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out".into()),
+        };
+        let up = server.up.load(Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                ok_run += 1;
+                fail_run = 0;
+                if !up && ok_run >= check.rise {
+                    server.up.store(true, Ordering::Relaxed);
+                    info!(upstream = pool, server = %server.addr, "upstream server up");
+                }
+            }
+            Err(why) => {
+                fail_run += 1;
+                ok_run = 0;
+                if up && fail_run >= check.fall {
+                    server.up.store(false, Ordering::Relaxed);
+                    warn!(upstream = pool, server = %server.addr, why, "upstream server down");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_append_and_hop_by_hop_go() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        let origin = Origin {
+            client: "2001:db8::7".parse().expect("ip"),
+            https: true,
+            host: Some("www.foobar.com"),
+        };
+        let out = forward_headers(&h, &origin, false);
+        assert_eq!(out["x-forwarded-for"], "198.51.100.1, 2001:db8::7");
+        assert_eq!(
+            out["forwarded"],
+            "for=\"[2001:db8::7]\";proto=https;host=\"www.foobar.com\""
+        );
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out[header::HOST], "www.foobar.com");
+        assert_eq!(out["x-app"], "kept");
+        for gone in ["connection", "x-secret", "te"] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+        let mut ws = HeaderMap::new();
+        ws.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        ws.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&ws));
+        let out = forward_headers(&ws, &origin, true);
+        assert_eq!(out[header::UPGRADE], "websocket");
+        assert_eq!(out[header::CONNECTION], "upgrade");
+    }
+}

@@ -1,0 +1,273 @@
+//! The web tier's reverse proxy and protections against real clients: curl (HTTP/1.1 and
+//! HTTP/2) through to two application servers, a WebSocket echo, upstream failures, raw
+//! smuggling shapes, slow headers and connection limits.
+
+use anyhow::{bail, ensure, Context, Result};
+use foobar_tests::{
+    wait_until,
+    weblab::{WebLab, ADDR, HOST},
+};
+use futures_util::{SinkExt, StreamExt};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+const URL: &str = "https://www.foobar.com";
+
+#[test]
+fn requests_reach_the_app_with_forwarding_headers_and_pooled_connections() -> Result<()> {
+    let lab = WebLab::start("proxy")?;
+    for flag in ["--http1.1", "--http2"] {
+        // Connection-specific headers exist only in HTTP/1.1.
+        let hop: &[&str] = if flag == "--http1.1" {
+            &[
+                "-H",
+                "Connection: keep-alive, X-Secret",
+                "-H",
+                "X-Secret: hop",
+                "-H",
+                "TE: trailers",
+            ]
+        } else {
+            &[]
+        };
+        let url = format!("{URL}/api/echo?q=1");
+        let mut args = vec![flag, "-H", "X-App: kept", "--data-binary", "hello body"];
+        args.extend_from_slice(hop);
+        args.push(&url);
+        let out = lab.curl(&args)?;
+        for expected in [
+            "POST /api/echo?q=1\n",
+            "x-forwarded-for: 10.99.0.1\n",
+            "x-forwarded-proto: https\n",
+            "x-forwarded-host: www.foobar.com\n",
+            "forwarded: for=10.99.0.1;proto=https;host=\"www.foobar.com\"\n",
+            "host: www.foobar.com\n",
+            "x-app: kept\n",
+            "\n\nhello body",
+        ] {
+            ensure!(out.contains(expected), "{flag}: no {expected:?} in\n{out}");
+        }
+        ensure!(
+            !out.contains("x-secret") && !out.contains("\nte:"),
+            "{flag}: hop-by-hop forwarded:\n{out}"
+        );
+    }
+    // Round-robin over both servers; keep-alive connections to them are reused.
+    let urls: Vec<String> = (0..20).map(|_| format!("{URL}/api/name")).collect();
+    let mut args: Vec<&str> = vec!["--http1.1"];
+    args.extend(urls.iter().map(String::as_str));
+    let names = lab.curl(&args)?;
+    ensure!(
+        names.matches("app1").count() == 10 && names.matches("app2").count() == 10,
+        "{names}"
+    );
+    for _ in 0..10 {
+        lab.curl(&[&format!("{URL}/api/name")])?;
+    }
+    let upstream_connections: usize = lab
+        .apps
+        .iter()
+        .flatten()
+        .map(|a| a.connections.load(Ordering::Relaxed))
+        .sum();
+    ensure!(
+        upstream_connections <= 8,
+        "{upstream_connections} upstream connections for 32 requests: the pool is not reused"
+    );
+    Ok(())
+}
+
+#[test]
+fn websocket_upgrades_pass_through() -> Result<()> {
+    let lab = WebLab::start("ws")?;
+    let ca = std::fs::read(lab.pem("www-ec.crt"))?;
+    let echoed = lab.ns.run(move || -> Result<Vec<String>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&ca) {
+                roots.add(cert?)?;
+            }
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect((ADDR, 443)).await?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from(HOST)?, tcp)
+                .await?;
+            let (mut ws, response) = tokio_tungstenite::client_async(format!("wss://{HOST}/api/ws"), tls).await?;
+            ensure!(response.status() == 101, "{response:?}");
+            let mut out = Vec::new();
+            for text in ["first", "second frame", "third"] {
+                ws.send(text.into()).await?;
+                let back = ws.next().await.context("the socket closed")??;
+                out.push(back.into_text()?.to_string());
+            }
+            ws.close(None).await?;
+            Ok(out)
+        })
+    })??;
+    ensure!(echoed == ["first", "second frame", "third"], "{echoed:?}");
+    Ok(())
+}
+
+#[test]
+fn upstream_trouble_gives_502_503_504_and_413_never_a_hang() -> Result<()> {
+    let mut lab = WebLab::start("upfail")?;
+    let status = |lab: &WebLab, args: &[&str]| -> Result<String> {
+        let mut full = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        full.extend_from_slice(args);
+        lab.curl(&full)
+    };
+    // A response slower than read_timeout_ms (1 s): 504 after about a second.
+    let began = Instant::now();
+    ensure!(status(&lab, &[&format!("{URL}/api/slow?ms=3000")])? == "504");
+    ensure!(
+        began.elapsed() < Duration::from_secs(3),
+        "the 504 took {:?}",
+        began.elapsed()
+    );
+    // A request body over the limit (1 MiB): 413.
+    let big = lab.scratch.file("big-body");
+    std::fs::write(&big, vec![b'x'; 2 * 1024 * 1024])?;
+    let body = format!("@{}", big.display());
+    ensure!(status(&lab, &["--http1.1", "--data-binary", &body, &format!("{URL}/api/echo")])? == "413");
+
+    // The server holding a request dies mid-request: 502; the next request goes to the other.
+    // (Round-robin of a fresh pool: the 504 above went to app1, so this one goes to app2.)
+    let slow = lab.ns.thread({
+        let ca = lab.pem("www-ec.crt").display().to_string();
+        move || {
+            foobar_tests::sh(&[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "--resolve",
+                &format!("{HOST}:443:{ADDR}"),
+                "--cacert",
+                &ca,
+                &format!("{URL}/api/slow?ms=800"),
+            ])
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let Some(mut app2) = lab.apps[1].take() else {
+        bail!("app2 already stopped");
+    };
+    app2.stop();
+    let code = slow.join().map_err(|_| anyhow::anyhow!("curl thread panicked"))???;
+    ensure!(code == "502", "the request cut mid-way gave {code}");
+    for _ in 0..4 {
+        let out = lab.curl(&[&format!("{URL}/api/name")])?;
+        ensure!(out == "app1\n", "with app2 gone: {out:?}");
+    }
+    // Both gone: 502 on the request that finds them failing, then 503 while both sit out.
+    if let Some(mut app1) = lab.apps[0].take() {
+        app1.stop();
+    }
+    let first = status(&lab, &[&format!("{URL}/api/name")])?;
+    let next = status(&lab, &[&format!("{URL}/api/name")])?;
+    ensure!(first == "502" && next == "503", "with both gone: {first}, then {next}");
+    Ok(())
+}
+
+/// Sends raw bytes to the plain listener and returns what came back before the server closed
+/// (or 5 s passed).
+fn raw(lab: &WebLab, request: &'static [u8]) -> Result<String> {
+    lab.ns.run(move || -> Result<String> {
+        let mut stream = TcpStream::connect((ADDR, 80))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request)?;
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })?
+}
+
+#[test]
+fn smuggling_shapes_slow_headers_and_connection_floods_are_refused() -> Result<()> {
+    let lab = WebLab::start("guard")?;
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "CL+TE",
+            b"POST / HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "duplicate CL",
+            b"POST / HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        (
+            "TE not chunked",
+            b"POST / HTTP/1.1\r\nHost: www.foobar.com\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "TE list",
+            b"POST / HTTP/1.1\r\nHost: www.foobar.com\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"POST / HTTP/1.1\r\nHost: www.foobar.com\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nX-Folded: a\r\n b\r\n\r\n",
+        ),
+    ];
+    for (name, request) in cases {
+        let out = raw(&lab, request)?;
+        let first = out.lines().next().unwrap_or_default();
+        // Both lengths: hyper frames the message by Transfer-Encoding, drops the
+        // Content-Length and closes after the response (RFC 9112 §6.3); anything else is a 400.
+        let refused = first.starts_with("HTTP/1.1 400") || (name == "CL+TE" && first.starts_with("HTTP/1.1 301"));
+        ensure!(refused, "{name}: answered {first:?}");
+        ensure!(
+            out.matches("HTTP/1.1").count() == 1,
+            "{name}: a second request was read:\n{out}"
+        );
+    }
+    // Headers that never finish: closed at header_read_timeout_ms (2 s).
+    let began = Instant::now();
+    let out = raw(&lab, b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nX-Slow: ")?;
+    let took = began.elapsed();
+    ensure!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(4500),
+        "slow headers closed after {took:?}: {out:?}"
+    );
+    // max_connections_per_client = 64: the 65th connection is closed at once.
+    let extra = lab.ns.run(|| -> Result<(usize, bool)> {
+        let held: Vec<TcpStream> = (0..64)
+            .map(|_| TcpStream::connect((ADDR, 80)))
+            .collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect((ADDR, 80))?;
+        extra.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n");
+        let mut buf = [0u8; 64];
+        let closed = matches!(extra.read(&mut buf), Ok(0) | Err(_));
+        Ok((held.len(), closed))
+    })??;
+    ensure!(
+        extra == (64, true),
+        "the connection over the limit was served: {extra:?}"
+    );
+    wait_until(Duration::from_secs(3), "a slot to free up", || {
+        raw(
+            &lab,
+            b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n",
+        )
+        .is_ok_and(|o| o.starts_with("HTTP/1.1 301"))
+    })?;
+    Ok(())
+}
