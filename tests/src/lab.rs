@@ -71,7 +71,15 @@ pub struct LabSpec {
     pub edges: usize,
     /// VRRP settings, if the edges run it.
     pub vrrp: Option<Vrrp>,
+    /// The edges also run the web tier: an HTTPS service on the VIP (port 443) whose backends
+    /// are the edges themselves (local delivery on the master, IPIP to the other).
+    pub web: bool,
 }
+
+/// Port of the HTTPS service the edges serve themselves.
+pub const HTTPS_PORT: u16 = 443;
+/// Host name of the lab's web site.
+pub const WEB_HOST: &str = "www.foobar.com";
 
 /// Address of edge `i` (0-based).
 pub fn edge_addr(i: usize) -> Ipv4Addr {
@@ -119,6 +127,7 @@ impl LbLab {
             forwarding,
             edges: 1,
             vrrp: None,
+            web: false,
         })
     }
 
@@ -209,6 +218,9 @@ impl LbLab {
                 &backend_name(i),
             )?));
         }
+        if spec.web {
+            prepare_web(&scratch, &edges)?;
+        }
         let mut lab = Self {
             edges,
             _backend_foobar: backend_foobar,
@@ -283,6 +295,9 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
                 setting.weight
             );
         }
+        if self.spec.web {
+            text += &self.edge_web_config(i);
+        }
         if let Some(v) = &self.spec.vrrp {
             let peers: Vec<String> = (0..self.edges.len())
                 .filter(|j| *j != i && v.unicast)
@@ -322,6 +337,46 @@ notify = "{notify}"
     /// The notify calls edge `i` made so far, one line each: Unix ms, instance, state, reason.
     pub fn notifications(&self, i: usize) -> String {
         std::fs::read_to_string(self.scratch.file(&format!("edge{}.notify", i + 1))).unwrap_or_default()
+    }
+
+    /// Edge `i`'s web tier: TLS on the VIP, its own document root, and the HTTPS service with
+    /// both edges as backends.
+    fn edge_web_config(&self, i: usize) -> String {
+        let mut text = format!(
+            r#"
+[[service]]
+name = "https"
+vip = "{VIP}"
+port = {HTTPS_PORT}
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }}
+"#
+        );
+        for j in 0..self.edges.len() {
+            text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", edge_addr(j));
+        }
+        text += &format!(
+            r#"
+[[web.listener]]
+address = "0.0.0.0:{HTTPS_PORT}"
+tls = true
+
+[[web.certificate]]
+chain = "{dir}/web.crt"
+key = "{dir}/web.key"
+
+[[web.site]]
+names = ["{WEB_HOST}"]
+root = "{dir}/www-edge{n}"
+"#,
+            dir = self.scratch.path.display(),
+            n = i + 1,
+        );
+        text
+    }
+
+    /// The web lab's certificate (to trust in clients).
+    pub fn web_certificate(&self) -> PathBuf {
+        self.scratch.file("web.crt")
     }
 
     /// Starts `foobar run` on edge `i` (after a stop, it adopts the pinned state).
@@ -372,6 +427,52 @@ notify = "{notify}"
         .with_context(|| format!("edge1:\n{}\nedge2:\n{}", self.edge_log(0), self.edge_log(1)))?;
         master.context("no master")
     }
+}
+
+/// Gives each edge the VIP on `lo` (so the kernel takes the VIP traffic XDP delivers locally
+/// or decapsulates, without answering ARP for it), a document root saying which edge served,
+/// and one certificate for the site.
+fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
+    for (i, edge) in edges.iter().enumerate() {
+        edge.ns
+            .exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        for (key, value) in [
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+        ] {
+            edge.ns.sysctl(key, value)?;
+        }
+        let root = scratch.file(&format!("www-edge{}", i + 1));
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), format!("served by edge{}\n", i + 1))?;
+    }
+    let crt = scratch.file("web.crt").display().to_string();
+    let key = scratch.file("web.key").display().to_string();
+    crate::sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-nodes",
+        "-days",
+        "2",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-keyout",
+        &key,
+        "-out",
+        &crt,
+        "-subj",
+        &format!("/CN={WEB_HOST}"),
+        "-addext",
+        &format!("subjectAltName=DNS:{WEB_HOST}"),
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ])?;
+    Ok(())
 }
 
 /// Puts every host on a bridge in `switch` (its `eth0`, address /24), and prepares the client:

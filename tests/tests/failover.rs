@@ -33,6 +33,7 @@ fn lab(preempt: bool) -> Result<LbLab> {
             preempt,
             unicast: false,
         }),
+        web: false,
     })?;
     let master = lab.wait_for_master(Duration::from_secs(10))?;
     ensure!(master == 0, "the priority-150 edge should be master");

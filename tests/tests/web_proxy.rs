@@ -271,3 +271,35 @@ fn smuggling_shapes_slow_headers_and_connection_floods_are_refused() -> Result<(
     })?;
     Ok(())
 }
+
+#[test]
+fn graceful_shutdown_lets_requests_in_flight_finish() -> Result<()> {
+    let mut lab = WebLab::start("drain")?;
+    let slow = lab.ns.thread({
+        let ca = lab.pem("www-ec.crt").display().to_string();
+        move || {
+            foobar_tests::sh(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                &format!("{HOST}:443:{ADDR}"),
+                "--cacert",
+                &ca,
+                &format!("{URL}/api/slow?ms=700"),
+            ])
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut foobar = lab.foobar.take().context("foobar running")?;
+    foobar.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let body = slow.join().map_err(|_| anyhow::anyhow!("curl thread panicked"))???;
+    ensure!(body == "slow done\n", "the request in flight got {body:?}");
+    ensure!(foobar.wait(Duration::from_secs(5))?, "foobar did not exit cleanly");
+    let (ok, _) = lab
+        .ns
+        .exec_any(&["curl", "-sk", "--max-time", "2", &format!("https://{ADDR}/")])?;
+    ensure!(!ok, "a new connection was served after shutdown");
+    Ok(())
+}

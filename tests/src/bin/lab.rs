@@ -28,6 +28,7 @@ fn main() -> Result<()> {
             preempt: true,
             unicast: false,
         }),
+        web: true,
     })?;
     println!("foobar lab is up: VIP {} (namespace prefix fblab-)", lab.vip());
     for (i, edge) in lab.edges.iter().enumerate() {

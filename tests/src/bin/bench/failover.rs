@@ -77,6 +77,7 @@ fn foobar_round(event: Event) -> Result<Takeover> {
             preempt: true,
             unicast: false,
         }),
+        web: false,
     })?;
     let master = lab.edges[0].foobar.take().context("edge1 running")?;
     measure(
