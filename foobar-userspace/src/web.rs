@@ -215,12 +215,16 @@ struct Shared {
     connections: Arc<Connections>,
 }
 
-/// The running web tier.
+/// The running web tier: worker threads, each a single-threaded runtime with its own
+/// `SO_REUSEPORT` socket per listener (like nginx's worker processes: a connection lives on
+/// one thread, with no cross-thread wake-ups), plus the certificate watcher.
 pub struct WebTier {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
+    workers: usize,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WebTier {
@@ -239,28 +243,50 @@ impl WebTier {
             limits,
         });
         let (shutdown, _) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let workers = match web.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Bind everything first, so a taken port fails the start with its address.
+        let mut sockets: Vec<Vec<(std::net::TcpListener, Listener)>> = Vec::new();
+        for _ in 0..workers {
+            let mine = web
+                .listeners
+                .iter()
+                .map(|l| Ok((bind(*l.address.get_ref())?, l.clone())))
+                .collect::<Result<_>>()?;
+            sockets.push(mine);
+        }
         for l in &web.listeners {
-            let listener = bind(*l.address.get_ref())?;
-            info!(address = %l.address.get_ref(), tls = l.tls, "web listener up");
-            tasks.spawn(accept_loop(listener, l.clone(), shared.clone(), shutdown.subscribe()));
+            info!(address = %l.address.get_ref(), tls = l.tls, workers, "web listener up");
         }
-        if !web.certificates.is_empty() {
-            tasks.spawn(watch_certificates(shared.clone(), shutdown.subscribe()));
+        let mut threads = Vec::new();
+        for (i, mine) in sockets.into_iter().enumerate() {
+            let (shared, shutdown) = (shared.clone(), shutdown.subscribe());
+            let thread = std::thread::Builder::new()
+                .name(format!("web-{i}"))
+                .spawn(move || worker(mine, shared, shutdown))
+                .context("starting a web worker thread")?;
+            threads.push(thread);
         }
+        let watcher = (!web.certificates.is_empty())
+            .then(|| tokio::spawn(watch_certificates(shared.clone(), shutdown.subscribe())));
         Ok(Self {
             shared,
             listeners: web.listeners.clone(),
+            workers: web.workers,
             shutdown,
-            tasks,
+            threads,
+            watcher,
         })
     }
 
     /// Applies a new `[web]` section: certificates and sites swap atomically (a certificate or
     /// site that fails to load refuses the whole change); listeners and limits take a restart.
     pub fn reload(&self, web: &Web) -> Result<()> {
-        if web.listeners != self.listeners || *web.limits.get_ref() != self.shared.limits {
-            anyhow::bail!("[web] listeners or limits changed: that takes a restart");
+        if web.listeners != self.listeners || *web.limits.get_ref() != self.shared.limits || web.workers != self.workers
+        {
+            anyhow::bail!("[web] listeners, workers or limits changed: that takes a restart");
         }
         let sites = Sites::new(web.sites.get_ref(), &pools(web))?;
         self.shared.tls.reload(&web.certificates)?;
@@ -271,15 +297,20 @@ impl WebTier {
 
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 closes after
     /// the current response) and waits for them up to the drain deadline.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let deadline = Duration::from_millis(self.shared.limits.drain_timeout_ms);
-        if tokio::time::timeout(deadline, async { while self.tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            warn!("web connections still open after the drain deadline; closing them");
-            self.tasks.abort_all();
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
+        // Each worker drains its own connections up to the deadline, then closes the rest.
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if joined.await.is_err() {
+            warn!("a web worker thread ended abnormally");
         }
     }
 }
@@ -316,7 +347,7 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
 }
 
 /// A listening socket that may bind an address not (yet) on this host: the VIP.
-fn bind(addr: SocketAddr) -> Result<TcpListener> {
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -324,6 +355,8 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
     };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // One socket per worker on the same address; the kernel spreads connections over them.
+    socket.set_reuse_port(true)?;
     if addr.is_ipv4() {
         socket.set_freebind(true)?;
     } else {
@@ -334,7 +367,30 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
     socket.listen(4096).with_context(|| format!("listening on {addr}"))?;
-    TcpListener::from_std(socket.into()).with_context(|| format!("registering {addr}"))
+    Ok(socket.into())
+}
+
+/// One worker thread: a single-threaded runtime serving its sockets until shutdown.
+fn worker(sockets: Vec<(std::net::TcpListener, Listener)>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("a web worker could not start its runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut loops = JoinSet::new();
+        for (socket, config) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    loops.spawn(accept_loop(listener, config, shared.clone(), shutdown.clone()));
+                }
+                Err(e) => error!("a web worker could not register its socket: {e}"),
+            }
+        }
+        while loops.join_next().await.is_some() {}
+    });
 }
 
 async fn accept_loop(
@@ -366,7 +422,14 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    let deadline = Duration::from_millis(shared.limits.drain_timeout_ms);
+    if tokio::time::timeout(deadline, async { while connections.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!("web connections still open after the drain deadline; closing them");
+        connections.abort_all();
+    }
 }
 
 /// Serves one connection: TLS handshake (bounded by the header timeout), then HTTP/2 when ALPN

@@ -221,6 +221,11 @@ impl ChildGuard {
         Ok(())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Waits for the process to exit (up to `limit`), returning whether it exited successfully.
     pub fn wait(&mut self, limit: Duration) -> Result<bool> {
         let Some(child) = self.child.as_mut() else {

@@ -42,7 +42,7 @@ enum Task {
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
         /// Which benchmark: xdp (per-packet cost, map memory) or failover (takeover time and
-        /// surviving connections against keepalived + HAProxy).
+        /// surviving connections against keepalived + HAProxy) or web (the web tier against nginx).
         name: String,
     },
 }
@@ -169,7 +169,8 @@ fn bench(root: &Path, name: &str) -> Result<()> {
     match name {
         "xdp" => {}
         "failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "keepalived", "haproxy"])?,
-        other => bail!("unknown benchmark {other:?} (available: xdp, failover)"),
+        "web" => toolchain::ensure_os_packages(&["ip", "curl", "openssl", "wrk", "nginx"])?,
+        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web)"),
     }
     cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
     cargo(

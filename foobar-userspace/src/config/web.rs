@@ -22,6 +22,10 @@ pub struct Web {
     /// Application server pools that sites proxy to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Upstream>,
+    /// Worker threads serving connections (each with its own socket per listener); 0 means
+    /// one per CPU.
+    #[serde(default)]
+    pub workers: usize,
     /// Connection and request limits.
     #[serde(default = "default_limits")]
     pub limits: Spanned<Limits>,

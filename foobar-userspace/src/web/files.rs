@@ -1,4 +1,5 @@
-//! Static files of one site: the request path resolved strictly inside the document root,
+//! Static files of one site: the request path resolved strictly inside the document root (by
+//! the kernel: `openat2` with `RESOLVE_BENEATH`),
 //! index files, MIME types, validators (ETag, Last-Modified) with conditional requests, single
 //! byte ranges, precompressed `.br` / `.gz` variants by Accept-Encoding, HEAD, and
 //! Cache-Control by path prefix.
@@ -14,41 +15,90 @@ use hyper::{
     Method, Response, StatusCode,
 };
 use std::{
+    collections::HashMap,
+    ffi::CString,
     io::SeekFrom,
-    path::{Path, PathBuf},
-    time::UNIX_EPOCH,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 /// Files up to this size are read whole into one buffer; larger ones are streamed.
 const SMALL_FILE: u64 = 64 * 1024;
 /// Read size when streaming a large file.
 const CHUNK: usize = 64 * 1024;
+/// How long a cached small file is served before its metadata is checked again (nginx's
+/// `open_file_cache_valid` plays this part).
+const CACHE_VALID: Duration = Duration::from_secs(1);
+/// Cached paths per site; past this the cache starts over.
+const CACHE_ENTRIES: usize = 4096;
 
 /// A site's files, ready to serve.
-#[derive(Debug)]
 pub struct Files {
-    /// The document root, canonical (symlinks resolved).
-    root: PathBuf,
+    /// The document root, opened as a path handle: every file is opened beneath it with
+    /// `openat2(RESOLVE_BENEATH)`, so the kernel refuses `..` and symlinks that lead out.
+    root: OwnedFd,
     index: Vec<String>,
     /// (prefix, Cache-Control), longest prefix first.
     cache_rules: Vec<(String, HeaderValue)>,
+    /// Small files by request path.
+    cache: Mutex<HashMap<String, Arc<Cached>>>,
 }
 
 /// A variant of a file: the plain file or a precompressed twin.
 struct Variant {
-    path: PathBuf,
+    source: Source,
+    /// Path relative to the root (of the plain file, for its MIME type).
+    name: Arc<str>,
     encoding: Option<&'static str>,
-    metadata: std::fs::Metadata,
+    len: u64,
+    modified: SystemTime,
+}
+
+/// Where a variant's bytes are.
+enum Source {
+    /// An open file (large files, and small ones on a cache miss before they are read).
+    File(std::fs::File),
+    /// The whole file, from the cache.
+    Memory(Bytes),
+}
+
+/// A cached small file: every variant in memory, checked against the disk again after
+/// [`CACHE_VALID`].
+struct Cached {
+    checked: Instant,
+    /// The plain file first, then its precompressed twins.
+    variants: Vec<(Arc<str>, Option<&'static str>, u64, SystemTime, Bytes)>,
+}
+
+enum Found {
+    File(Variant),
+    /// A directory asked for without its trailing slash.
+    AddSlash,
 }
 
 impl Files {
     /// Prepares a site; the root must exist.
     pub fn new(site: &Site) -> anyhow::Result<Self> {
         let configured = site.root.get_ref();
-        let root = std::fs::canonicalize(configured)
-            .map_err(|e| anyhow::anyhow!("document root {}: {e}", configured.display()))?;
+        let path = CString::new(configured.as_os_str().as_bytes())?;
+        // SAFETY: open(2) on a NUL-terminated path; the result is checked.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            anyhow::bail!(
+                "document root {}: {}",
+                configured.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a fresh descriptor owned from here on.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut cache_rules: Vec<(String, HeaderValue)> = site
             .cache_rules
             .iter()
@@ -63,6 +113,7 @@ impl Files {
             root,
             index: site.index.clone(),
             cache_rules,
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -75,24 +126,25 @@ impl Files {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let (file, metadata) = match self.resolve(path).await {
-            Ok(Found::File(file, metadata)) => (file, metadata),
-            Ok(Found::AddSlash) => {
-                let mut response = status_page(StatusCode::MOVED_PERMANENTLY);
-                if let Ok(location) = HeaderValue::from_str(&format!("{path}/")) {
-                    response.headers_mut().insert(header::LOCATION, location);
+        let variants = match self.cached(path) {
+            Some(variants) => variants,
+            None => match self.resolve(path) {
+                Ok(Found::File(plain)) => match self.load(path, plain) {
+                    Ok(variants) => variants,
+                    Err(status) => return status_page(status),
+                },
+                Ok(Found::AddSlash) => {
+                    let mut response = status_page(StatusCode::MOVED_PERMANENTLY);
+                    if let Ok(location) = HeaderValue::from_str(&format!("{path}/")) {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
+                    return response;
                 }
-                return response;
-            }
-            Err(status) => return status_page(status),
+                Err(status) => return status_page(status),
+            },
         };
-        let plain = Variant {
-            path: file,
-            encoding: None,
-            metadata,
-        };
-        let (variant, has_variants) = self.choose_variant(plain, headers).await;
-        let mut response = self.respond(method, &variant, headers).await;
+        let (variant, has_variants) = choose(variants, headers);
+        let mut response = respond(method, variant, headers);
         let h = response.headers_mut();
         if has_variants {
             h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -107,12 +159,41 @@ impl Files {
         response
     }
 
-    /// Maps a request path to a file inside the root.
-    async fn resolve(&self, raw: &str) -> Result<Found, StatusCode> {
+    /// Opens `relative` (no leading slash) beneath the root; the kernel refuses any path that
+    /// would leave it, through `..` or a symlink. Never blocks on a FIFO.
+    fn open_beneath(&self, relative: &str) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+        let path = CString::new(if relative.is_empty() { "." } else { relative })?;
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: openat2(2) with a valid directory descriptor, a NUL-terminated path and an
+        // open_how of the size given; the result is checked.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned from here on.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let metadata = file.metadata()?;
+        Ok((file, metadata))
+    }
+
+    /// Maps a request path to an open file inside the root.
+    fn resolve(&self, raw: &str) -> Result<Found, StatusCode> {
         if !raw.starts_with('/') {
             return Err(StatusCode::BAD_REQUEST);
         }
-        let mut path = self.root.clone();
+        let mut relative = String::with_capacity(raw.len());
         for segment in raw.split('/') {
             let decoded = percent_encoding::percent_decode_str(segment)
                 .decode_utf8()
@@ -122,13 +203,17 @@ impl Files {
                 // Never walk up, however it is spelled.
                 ".." => return Err(StatusCode::BAD_REQUEST),
                 s if s.contains(['/', '\\', '\0']) => return Err(StatusCode::BAD_REQUEST),
-                s => path.push(s),
+                s => {
+                    if !relative.is_empty() {
+                        relative.push('/');
+                    }
+                    relative.push_str(s);
+                }
             }
         }
-        let target = self.inside_root(&path).await.ok_or(StatusCode::NOT_FOUND)?;
-        let metadata = tokio::fs::metadata(&target).await.map_err(|_| StatusCode::NOT_FOUND)?;
+        let (file, metadata) = self.open_beneath(&relative).map_err(|_| StatusCode::NOT_FOUND)?;
         if metadata.is_file() {
-            return Ok(Found::File(target, metadata));
+            return Ok(Found::File(Variant::open(file, &metadata, relative.into(), None)));
         }
         if !metadata.is_dir() {
             return Err(StatusCode::NOT_FOUND);
@@ -137,124 +222,172 @@ impl Files {
             return Ok(Found::AddSlash);
         }
         for index in &self.index {
-            if let Some(file) = self.inside_root(&target.join(index)).await {
-                if let Ok(metadata) = tokio::fs::metadata(&file).await {
-                    if metadata.is_file() {
-                        return Ok(Found::File(file, metadata));
-                    }
+            let name = if relative.is_empty() {
+                index.clone()
+            } else {
+                format!("{relative}/{index}")
+            };
+            if let Ok((file, metadata)) = self.open_beneath(&name) {
+                if metadata.is_file() {
+                    return Ok(Found::File(Variant::open(file, &metadata, name.into(), None)));
                 }
             }
         }
         Err(StatusCode::FORBIDDEN)
     }
 
-    /// The canonical form of `path` if it exists and lies inside the root (a symlink that leads
-    /// out of the root does not count).
-    async fn inside_root(&self, path: &Path) -> Option<PathBuf> {
-        let canonical = tokio::fs::canonicalize(path).await.ok()?;
-        canonical.starts_with(&self.root).then_some(canonical)
+    /// The variants of a path from the cache, if it holds them and they are fresh.
+    fn cached(&self, path: &str) -> Option<Vec<Variant>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = cache.get(path).filter(|c| c.checked.elapsed() < CACHE_VALID)?;
+        Some(hit.variants())
     }
 
-    /// The best variant the client accepts: `.br`, then `.gz`, then the file itself; and
-    /// whether any precompressed variant exists (the response then varies by encoding).
-    async fn choose_variant(&self, plain: Variant, headers: &HeaderMap) -> (Variant, bool) {
-        let accepted = accepted_encodings(headers);
-        let mut has_variants = false;
-        let mut chosen = None;
+    /// Every variant of a resolved file: the file, then its `.br` and `.gz` twins. When all are
+    /// small they are read into the cache and served from memory.
+    fn load(&self, path: &str, plain: Variant) -> Result<Vec<Variant>, StatusCode> {
+        let mut variants = vec![plain];
         for (suffix, encoding) in [("br", "br"), ("gz", "gzip")] {
-            let mut name = plain.path.as_os_str().to_owned();
-            name.push(".");
-            name.push(suffix);
-            let Some(path) = self.inside_root(Path::new(&name)).await else {
-                continue;
-            };
-            let Ok(metadata) = tokio::fs::metadata(&path).await else {
-                continue;
-            };
-            if !metadata.is_file() {
-                continue;
-            }
-            has_variants = true;
-            if chosen.is_none() && accepted.iter().any(|a| a == encoding) {
-                chosen = Some(Variant {
-                    path,
-                    encoding: Some(encoding),
-                    metadata,
-                });
+            let name = &variants[0].name;
+            if let Ok((file, metadata)) = self.open_beneath(&format!("{name}.{suffix}")) {
+                if metadata.is_file() {
+                    let name = name.clone();
+                    variants.push(Variant::open(file, &metadata, name, Some(encoding)));
+                }
             }
         }
-        (chosen.unwrap_or(plain), has_variants)
+        if variants.iter().any(|v| v.len > SMALL_FILE) {
+            return Ok(variants);
+        }
+        let mut cached = Vec::with_capacity(variants.len());
+        for v in variants {
+            let Source::File(file) = v.source else {
+                continue;
+            };
+            let mut buf = Vec::with_capacity(v.len as usize);
+            use std::io::Read;
+            if file.take(v.len).read_to_end(&mut buf).is_err() {
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            cached.push((v.name, v.encoding, v.len, v.modified, Bytes::from(buf)));
+        }
+        let entry = Arc::new(Cached {
+            checked: Instant::now(),
+            variants: cached,
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(path.to_string(), entry.clone());
+        drop(cache);
+        Ok(entry.variants())
     }
+}
 
-    async fn respond(&self, method: &Method, variant: &Variant, headers: &HeaderMap) -> Response<Body> {
-        let len = variant.metadata.len();
-        let modified = variant.metadata.modified().unwrap_or(UNIX_EPOCH);
-        let modified_s = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let etag = match variant.encoding {
-            Some(enc) => format!("\"{modified_s:x}-{len:x}-{enc}\""),
-            None => format!("\"{modified_s:x}-{len:x}\""),
-        };
-        let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(modified_s));
+impl Cached {
+    /// The cached variants, ready to serve.
+    fn variants(&self) -> Vec<Variant> {
+        self.variants
+            .iter()
+            .map(|(name, encoding, len, modified, bytes)| Variant {
+                source: Source::Memory(bytes.clone()),
+                name: name.clone(),
+                encoding: *encoding,
+                len: *len,
+                modified: *modified,
+            })
+            .collect()
+    }
+}
 
-        let mut response = Response::new(empty());
-        let h = response.headers_mut();
-        set(h, header::ETAG, &etag);
-        set(h, header::LAST_MODIFIED, &last_modified);
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        let plain = variant.path.with_extension("");
-        let named = if variant.encoding.is_some() {
-            &plain
-        } else {
-            &variant.path
-        };
-        set(h, header::CONTENT_TYPE, &content_type(named));
-        if let Some(enc) = variant.encoding {
-            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
-        }
-
-        if not_modified(headers, &etag, modified_s) {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            response.headers_mut().remove(header::CONTENT_TYPE);
-            return response;
-        }
-        let range = match requested_range(headers, &etag, &last_modified, len) {
-            Ok(range) => range,
-            Err(()) => {
-                let mut r = status_page(StatusCode::RANGE_NOT_SATISFIABLE);
-                set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{len}"));
-                return r;
-            }
-        };
-        let (start, count) = match range {
-            Some((start, end)) => {
-                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                set(
-                    response.headers_mut(),
-                    header::CONTENT_RANGE,
-                    &format!("bytes {start}-{end}/{len}"),
-                );
-                (start, end - start + 1)
-            }
-            None => (0, len),
-        };
-        set(response.headers_mut(), header::CONTENT_LENGTH, &count.to_string());
-        if method == Method::HEAD {
-            return response;
-        }
-        match body(&variant.path, start, count).await {
-            Ok(body) => {
-                *response.body_mut() = body;
-                response
-            }
-            Err(_) => status_page(StatusCode::INTERNAL_SERVER_ERROR),
+impl Variant {
+    fn open(file: std::fs::File, metadata: &std::fs::Metadata, name: Arc<str>, encoding: Option<&'static str>) -> Self {
+        Self {
+            source: Source::File(file),
+            name,
+            encoding,
+            len: metadata.len(),
+            modified: metadata.modified().unwrap_or(UNIX_EPOCH),
         }
     }
 }
 
-enum Found {
-    File(PathBuf, std::fs::Metadata),
-    /// A directory asked for without its trailing slash.
-    AddSlash,
+/// The best variant the client accepts: `.br`, then `.gz`, then the file itself (the first);
+/// and whether precompressed variants exist (the response then varies by encoding).
+fn choose(mut variants: Vec<Variant>, headers: &HeaderMap) -> (Variant, bool) {
+    let has_variants = variants.len() > 1;
+    let accepted = accepted_encodings(headers);
+    let pick = variants
+        .iter()
+        .position(|v| v.encoding.is_some_and(|e| accepted.iter().any(|a| a == e)))
+        .unwrap_or(0);
+    (variants.swap_remove(pick), has_variants)
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn respond(method: &Method, variant: Variant, headers: &HeaderMap) -> Response<Body> {
+    let len = variant.len;
+    let modified_s = variant.modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let etag = match variant.encoding {
+        Some(enc) => format!("\"{modified_s:x}-{len:x}-{enc}\""),
+        None => format!("\"{modified_s:x}-{len:x}\""),
+    };
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(modified_s));
+
+    let mut response = Response::new(empty());
+    let h = response.headers_mut();
+    set(h, header::ETAG, &etag);
+    set(h, header::LAST_MODIFIED, &last_modified);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    set(h, header::CONTENT_TYPE, &content_type(Path::new(&*variant.name)));
+    if let Some(enc) = variant.encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+    }
+
+    if not_modified(headers, &etag, modified_s) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        return response;
+    }
+    let range = match requested_range(headers, &etag, &last_modified, len) {
+        Ok(range) => range,
+        Err(()) => {
+            let mut r = status_page(StatusCode::RANGE_NOT_SATISFIABLE);
+            set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{len}"));
+            return r;
+        }
+    };
+    let (start, count) = match range {
+        Some((start, end)) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set(
+                response.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{len}"),
+            );
+            (start, end - start + 1)
+        }
+        None => (0, len),
+    };
+    set(response.headers_mut(), header::CONTENT_LENGTH, &count.to_string());
+    if method == Method::HEAD {
+        return response;
+    }
+    match body(variant.source, start, count) {
+        Ok(body) => {
+            *response.body_mut() = body;
+            response
+        }
+        Err(_) => status_page(StatusCode::INTERNAL_SERVER_ERROR),
+    }
 }
 
 fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
@@ -357,17 +490,23 @@ fn requested_range(headers: &HeaderMap, etag: &str, last_modified: &str, len: u6
     Ok(Some(range))
 }
 
-/// `count` bytes of the file from `start`: one buffer for small reads, a stream otherwise.
-async fn body(path: &Path, start: u64, count: u64) -> std::io::Result<Body> {
-    let mut file = tokio::fs::File::open(path).await?;
+/// `count` bytes of the variant from `start`: from memory, read at once when small (the page
+/// cache answers without blocking for long), streamed in chunks otherwise.
+fn body(source: Source, start: u64, count: u64) -> std::io::Result<Body> {
+    use std::io::{Read, Seek};
+    let mut file = match source {
+        Source::Memory(bytes) => return Ok(full(bytes.slice(start as usize..(start + count) as usize))),
+        Source::File(file) => file,
+    };
     if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
+        file.seek(SeekFrom::Start(start))?;
     }
     if count <= SMALL_FILE {
         let mut buf = Vec::with_capacity(count as usize);
-        file.take(count).read_to_end(&mut buf).await?;
+        file.take(count).read_to_end(&mut buf)?;
         return Ok(full(Bytes::from(buf)));
     }
+    let file = tokio::fs::File::from_std(file);
     let stream = ReaderStream::with_capacity(file.take(count), CHUNK).map_ok(Frame::data);
     Ok(StreamBody::new(stream).boxed())
 }
