@@ -74,7 +74,15 @@ enum Source {
 struct Cached {
     checked: Instant,
     /// The plain file first, then its precompressed twins.
-    variants: Vec<(Arc<str>, Option<&'static str>, u64, SystemTime, Bytes)>,
+    variants: Vec<CachedVariant>,
+}
+
+/// One variant of a cached file.
+struct CachedVariant {
+    name: Arc<str>,
+    encoding: Option<&'static str>,
+    modified: SystemTime,
+    bytes: Bytes,
 }
 
 enum Found {
@@ -269,7 +277,12 @@ impl Files {
             if file.take(v.len).read_to_end(&mut buf).is_err() {
                 return Err(StatusCode::INTERNAL_SERVER_ERROR);
             }
-            cached.push((v.name, v.encoding, v.len, v.modified, Bytes::from(buf)));
+            cached.push(CachedVariant {
+                name: v.name,
+                encoding: v.encoding,
+                modified: v.modified,
+                bytes: Bytes::from(buf),
+            });
         }
         let entry = Arc::new(Cached {
             checked: Instant::now(),
@@ -290,12 +303,12 @@ impl Cached {
     fn variants(&self) -> Vec<Variant> {
         self.variants
             .iter()
-            .map(|(name, encoding, len, modified, bytes)| Variant {
-                source: Source::Memory(bytes.clone()),
-                name: name.clone(),
-                encoding: *encoding,
-                len: *len,
-                modified: *modified,
+            .map(|v| Variant {
+                source: Source::Memory(v.bytes.clone()),
+                name: v.name.clone(),
+                encoding: v.encoding,
+                len: v.bytes.len() as u64,
+                modified: v.modified,
             })
             .collect()
     }
