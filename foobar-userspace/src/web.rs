@@ -23,13 +23,16 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{mpsc, watch},
     task::JoinSet,
 };
 use tracing::{error, info, warn};
@@ -215,15 +218,17 @@ struct Shared {
     connections: Arc<Connections>,
 }
 
-/// The running web tier: worker threads, each a single-threaded runtime with its own
-/// `SO_REUSEPORT` socket per listener (like nginx's worker processes: a connection lives on
-/// one thread, with no cross-thread wake-ups), plus the certificate watcher.
+/// The running web tier: an acceptor per listener hands each connection to the worker thread
+/// with the fewest open connections; a worker is a single-threaded runtime (like nginx's worker
+/// processes: a connection lives on one thread, with no cross-thread wake-ups). Plus the
+/// certificate watcher.
 pub struct WebTier {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     workers: usize,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -248,27 +253,44 @@ impl WebTier {
             n => n,
         };
         // Bind everything first, so a taken port fails the start with its address.
-        let mut sockets: Vec<Vec<(std::net::TcpListener, Listener)>> = Vec::new();
-        for _ in 0..workers {
-            let mine = web
-                .listeners
-                .iter()
-                .map(|l| Ok((bind(*l.address.get_ref())?, l.clone())))
-                .collect::<Result<_>>()?;
-            sockets.push(mine);
-        }
+        let listeners: Vec<(TcpListener, Listener)> = web
+            .listeners
+            .iter()
+            .map(|l| {
+                let socket = bind(*l.address.get_ref())?;
+                Ok((TcpListener::from_std(socket)?, l.clone()))
+            })
+            .collect::<Result<_>>()?;
         for l in &web.listeners {
             info!(address = %l.address.get_ref(), tls = l.tls, workers, "web listener up");
         }
+        let load: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
         let mut threads = Vec::new();
-        for (i, mine) in sockets.into_iter().enumerate() {
+        let mut queues = Vec::new();
+        for i in 0..workers {
+            let (queue, incoming) = mpsc::unbounded_channel();
+            queues.push(queue);
             let (shared, shutdown) = (shared.clone(), shutdown.subscribe());
+            let load = load.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("web-{i}"))
-                .spawn(move || worker(mine, shared, shutdown))
+                .spawn(move || worker(i, incoming, load, shared, shutdown))
                 .context("starting a web worker thread")?;
             threads.push(thread);
         }
+        let balancer = Arc::new(Balancer { queues, load });
+        let acceptors = listeners
+            .into_iter()
+            .map(|(listener, config)| {
+                tokio::spawn(accept_loop(
+                    listener,
+                    config,
+                    shared.clone(),
+                    balancer.clone(),
+                    shutdown.subscribe(),
+                ))
+            })
+            .collect();
         let watcher = (!web.certificates.is_empty())
             .then(|| tokio::spawn(watch_certificates(shared.clone(), shutdown.subscribe())));
         Ok(Self {
@@ -277,6 +299,7 @@ impl WebTier {
             workers: web.workers,
             shutdown,
             threads,
+            acceptors,
             watcher,
         })
     }
@@ -301,6 +324,9 @@ impl WebTier {
         let _ = self.shutdown.send(true);
         if let Some(watcher) = self.watcher {
             watcher.abort();
+        }
+        for acceptor in self.acceptors {
+            let _ = acceptor.await;
         }
         // Each worker drains its own connections up to the deadline, then closes the rest.
         let threads = self.threads;
@@ -355,8 +381,6 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    // One socket per worker on the same address; the kernel spreads connections over them.
-    socket.set_reuse_port(true)?;
     if addr.is_ipv4() {
         socket.set_freebind(true)?;
     } else {
@@ -370,8 +394,45 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// One worker thread: a single-threaded runtime serving its sockets until shutdown.
-fn worker(sockets: Vec<(std::net::TcpListener, Listener)>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+/// An accepted connection on its way to a worker.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    config: Listener,
+    admitted: Admitted,
+}
+
+/// Hands connections to the least-loaded worker.
+struct Balancer {
+    queues: Vec<mpsc::UnboundedSender<Handoff>>,
+    /// Open connections per worker.
+    load: Arc<[AtomicUsize]>,
+}
+
+impl Balancer {
+    fn hand_off(&self, handoff: Handoff) {
+        let (i, _) = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
+            .unwrap_or((0, &self.load[0]));
+        self.load[i].fetch_add(1, Ordering::Relaxed);
+        if self.queues[i].send(handoff).is_err() {
+            self.load[i].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One worker thread: a single-threaded runtime serving the connections handed to it until
+/// shutdown, then draining them up to the deadline.
+fn worker(
+    index: usize,
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+    load: Arc<[AtomicUsize]>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -380,26 +441,44 @@ fn worker(sockets: Vec<(std::net::TcpListener, Listener)>, shared: Arc<Shared>, 
         }
     };
     runtime.block_on(async move {
-        let mut loops = JoinSet::new();
-        for (socket, config) in sockets {
-            match TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    loops.spawn(accept_loop(listener, config, shared.clone(), shutdown.clone()));
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                handoff = incoming.recv() => {
+                    let Some(h) = handoff else { break };
+                    let Ok(stream) = TcpStream::from_std(h.stream) else {
+                        load[index].fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let (shared, shutdown, load) = (shared.clone(), shutdown.clone(), load.clone());
+                    connections.spawn(async move {
+                        connection(stream, h.peer, h.config, shared, shutdown, h.admitted).await;
+                        load[index].fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
-                Err(e) => error!("a web worker could not register its socket: {e}"),
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = shutdown.changed() => break,
             }
         }
-        while loops.join_next().await.is_some() {}
+        let deadline = Duration::from_millis(shared.limits.drain_timeout_ms);
+        if tokio::time::timeout(deadline, async { while connections.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("web connections still open after the drain deadline; closing them");
+            connections.abort_all();
+        }
     });
 }
 
+/// Accepts on one listener until shutdown, admitting connections within the limits.
 async fn accept_loop(
     listener: TcpListener,
     config: Listener,
     shared: Arc<Shared>,
+    balancer: Arc<Balancer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -415,20 +494,13 @@ async fn accept_loop(
                     continue; // over a connection limit: closed at once
                 };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection(stream, peer, config.clone(), shared.clone(), shutdown.clone(), admitted));
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                balancer.hand_off(Handoff { stream, peer, config: config.clone(), admitted });
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
         }
-    }
-    drop(listener);
-    let deadline = Duration::from_millis(shared.limits.drain_timeout_ms);
-    if tokio::time::timeout(deadline, async { while connections.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        warn!("web connections still open after the drain deadline; closing them");
-        connections.abort_all();
     }
 }
 

@@ -65,7 +65,10 @@ pub struct Pool {
     servers: Vec<Arc<Server>>,
     balance: Balance,
     next: AtomicUsize,
-    client: Client<HttpConnector, UpstreamBody>,
+    /// Identifies the pool in each worker thread's table of clients.
+    id: usize,
+    /// How this pool's clients are built.
+    client_settings: ClientSettings,
     read_timeout: Duration,
     fail_timeout: Duration,
     epoch: Instant,
@@ -76,6 +79,10 @@ impl Drop for Pool {
     fn drop(&mut self) {
         for check in &self.checks {
             check.abort();
+        }
+        // Workers drop their clients of this pool when they next build one.
+        if let Ok(mut live) = LIVE_POOLS.lock() {
+            live.retain(|id| *id != self.id);
         }
     }
 }
@@ -137,17 +144,68 @@ impl HttpBody for Tracked {
     }
 }
 
+/// What an upstream pool's HTTP clients are made of.
+#[derive(Clone, Copy)]
+struct ClientSettings {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+thread_local! {
+    /// Each worker thread's clients, by pool id: a pooled connection is used by the thread
+    /// (and runtime) that opened it, so a request never wakes another thread.
+    static CLIENTS: std::cell::RefCell<std::collections::HashMap<usize, UpstreamClient>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Pool ids.
+static POOL_IDS: AtomicUsize = AtomicUsize::new(0);
+/// Ids of the pools that exist: a thread drops its clients of other pools when it adds one.
+static LIVE_POOLS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+impl ClientSettings {
+    fn build(self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(self.max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
+    }
+}
+
 impl Pool {
+    /// This thread's client for the pool.
+    fn client(&self) -> UpstreamClient {
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some(client) = clients.get(&self.id) {
+                return client.clone();
+            }
+            let live = LIVE_POOLS.lock().map(|l| l.clone()).unwrap_or_default();
+            clients.retain(|id, _| live.contains(id));
+            let client = self.client_settings.build();
+            clients.insert(self.id, client.clone());
+            client
+        })
+    }
+
     /// Builds a pool and starts its active checks, if any.
     pub fn new(u: &Upstream) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(u.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(u.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(u.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let id = POOL_IDS.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut live) = LIVE_POOLS.lock() {
+            live.push(id);
+        }
+        let client_settings = ClientSettings {
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+            max_idle: u.pool_max_idle,
+        };
         let servers: Vec<Arc<Server>> = u
             .servers
             .get_ref()
@@ -173,7 +231,8 @@ impl Pool {
             servers,
             balance: u.balance,
             next: AtomicUsize::new(0),
-            client,
+            id,
+            client_settings,
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             fail_timeout: Duration::from_millis(u.fail_timeout_ms),
             epoch: Instant::now(),
@@ -234,6 +293,7 @@ impl Pool {
         let headers = forward_headers(&parts.headers, origin, upgrade);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
 
+        let client = self.client();
         let mut tried = Vec::new();
         loop {
             let Some(i) = self.pick(&tried) else {
@@ -263,7 +323,7 @@ impl Pool {
             *upstream_req.version_mut() = Version::HTTP_11;
             *upstream_req.headers_mut() = headers.clone();
             let in_flight = InFlight::start(&server);
-            let sent = tokio::time::timeout(self.read_timeout, self.client.request(upstream_req)).await;
+            let sent = tokio::time::timeout(self.read_timeout, client.request(upstream_req)).await;
             let response = match sent {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => {

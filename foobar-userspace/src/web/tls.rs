@@ -19,11 +19,26 @@ use std::{collections::HashMap, sync::Arc};
 /// Sessions kept for ID-based resumption (TLS 1.2 clients without tickets).
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
-/// The one crypto provider: aws-lc-rs with its default suites, which are the
-/// Mozilla-intermediate set (TLS 1.3 AES-GCM and ChaCha20-Poly1305; TLS 1.2 ECDHE with AES-GCM
-/// and ChaCha20-Poly1305; no CBC, no RSA key exchange).
+/// The one crypto provider: aws-lc-rs with the Mozilla-intermediate suites in Mozilla's order
+/// (TLS 1.3 AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; TLS 1.2 ECDHE-ECDSA / ECDHE-RSA with
+/// the same AEADs; no CBC, no RSA key exchange). The server's order wins, so clients that list
+/// AES-256 first still get the cheaper AES-128 / SHA-256 key schedule.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
+    use aws_lc_rs::cipher_suite as suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..aws_lc_rs::default_provider()
+    })
 }
 
 /// Certificates by the names they serve.
@@ -158,6 +173,7 @@ fn build(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(store));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     config.ticketer = ticketer.clone();
     config.session_storage = sessions.clone();
     Ok(config)

@@ -14,7 +14,7 @@ use foobar_tests::{
 };
 use std::{process::Command, time::Duration};
 
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 const SECONDS: &str = "5s";
 const NGINX_PORT: u16 = 8443;
 
