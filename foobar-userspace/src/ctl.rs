@@ -1,7 +1,7 @@
 //! The control socket: `foobar run` answers `status` on a Unix socket with the node's live
 //! state as JSON; `foobar status` asks and prints it.
 
-use crate::vrrp::instance::Status as VrrpStatus;
+use crate::{vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -27,6 +27,8 @@ pub struct NodeStatus {
     pub claimed: Vec<String>,
     /// One entry per VRRP instance.
     pub vrrp: Vec<VrrpStatus>,
+    /// The web tier's counters, when it runs.
+    pub web: Option<WebSummary>,
 }
 
 /// Where the daemon's state is read from when a client asks.
@@ -143,7 +145,12 @@ pub fn print(s: &NodeStatus) {
 }
 
 /// A status source over shared parts, for the daemon.
-pub fn source(node: String, shared: Arc<Mutex<(bool, Vec<String>)>>, vrrp: Vec<Arc<Mutex<VrrpStatus>>>) -> Source {
+pub fn source(
+    node: String,
+    shared: Arc<Mutex<(bool, Vec<String>)>>,
+    vrrp: Vec<Arc<Mutex<VrrpStatus>>>,
+    web: Option<Arc<dyn Fn() -> WebSummary + Send + Sync>>,
+) -> Source {
     Arc::new(move || {
         let (forwarding, claimed) = shared.lock().map(|g| g.clone()).unwrap_or_default();
         NodeStatus {
@@ -154,6 +161,7 @@ pub fn source(node: String, shared: Arc<Mutex<(bool, Vec<String>)>>, vrrp: Vec<A
                 .iter()
                 .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
                 .collect(),
+            web: web.as_ref().map(|summary| summary()),
         }
     })
 }

@@ -106,18 +106,19 @@ pub async fn run(path: &Path) -> Result<()> {
         masters: BTreeSet::new(),
         shared: Arc::new(Mutex::new((dataplane.forwarding(), claimed_now))),
     };
+    let web = match &config.web {
+        Some(w) => Some(WebTier::start(w).await.context("starting the web tier")?),
+        None => None,
+    };
     let _control = ctl::serve(
         &config.node.control_socket,
         ctl::source(
             config.node.name.clone(),
             ownership.shared.clone(),
             instances.iter().map(|h| h.status.clone()).collect(),
+            web.as_ref().map(WebTier::summary_source),
         ),
     )?;
-    let web = match &config.web {
-        Some(w) => Some(WebTier::start(w).await.context("starting the web tier")?),
-        None => None,
-    };
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(

@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod proxy;
+pub mod stats;
 pub mod tls;
 
 use crate::config::web::{Certificate, Limits, Listener, Site, Web};
@@ -210,6 +211,7 @@ const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
 
 /// What every connection shares.
 struct Shared {
+    stats: stats::WebStats,
     tls: tls::Tls,
     /// The certificate files in use, watched for changes.
     certificates: ArcSwap<Vec<Certificate>>,
@@ -237,6 +239,7 @@ impl WebTier {
     pub async fn start(web: &Web) -> Result<Self> {
         let limits = web.limits.get_ref().clone();
         let shared = Arc::new(Shared {
+            stats: stats::WebStats::default(),
             tls: tls::Tls::new(&web.certificates)?,
             certificates: ArcSwap::from_pointee(web.certificates.clone()),
             sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref(), &pools(web))?),
@@ -316,6 +319,15 @@ impl WebTier {
         self.shared.certificates.store(Arc::new(web.certificates.clone()));
         self.shared.sites.store(Arc::new(sites));
         Ok(())
+    }
+
+    /// Reads the counters, for status and metrics (lives as long as the caller keeps it).
+    pub fn summary_source(&self) -> Arc<dyn Fn() -> stats::WebSummary + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            let open = *shared.connections.total.lock().unwrap_or_else(|p| p.into_inner());
+            shared.stats.summary(open as u64)
+        })
     }
 
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 closes after
@@ -527,7 +539,10 @@ async fn connection(
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.config());
     let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(_)) | Err(_) => return,
+        Ok(Err(_)) | Err(_) => {
+            shared.stats.handshake(None);
+            return;
+        }
     };
     let session = tls.get_ref().1;
     let h2 = session.alpn_protocol() == Some(b"h2");
@@ -536,6 +551,7 @@ async fn connection(
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "TLS",
     };
+    shared.stats.handshake(Some(version));
     let conn = Conn {
         peer,
         tls: Some(version),
@@ -633,6 +649,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
             host: host.as_deref(),
         };
         let outcome = pool.forward(req, &origin, shared.limits.max_request_body_bytes).await;
+        if let Some(kind) = outcome.error {
+            shared.stats.upstream_error(kind);
+        }
         upstream = outcome.upstream;
         outcome.response
     } else {
@@ -649,6 +668,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let took = started.elapsed();
+    shared.stats.request(response.status().as_u16(), took);
     info!(
         target: "foobar::access",
         client = %conn.peer.ip(),
@@ -657,7 +678,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         path,
         status = response.status().as_u16(),
         bytes,
-        duration_us = started.elapsed().as_micros() as u64,
+        duration_us = took.as_micros() as u64,
         upstream = upstream.map(|u| u.to_string()),
         tls = conn.tls,
     );

@@ -180,6 +180,19 @@ fn upstream_trouble_gives_502_503_504_and_413_never_a_hang() -> Result<()> {
     let first = status(&lab, &[&format!("{URL}/api/name")])?;
     let next = status(&lab, &[&format!("{URL}/api/name")])?;
     ensure!(first == "502" && next == "503", "with both gone: {first}, then {next}");
+    let web = foobar::ctl::query(&lab.scratch.file("control.sock"))?
+        .web
+        .context("no web summary")?;
+    let errors = |kind: &str| {
+        web.upstream_errors
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0, |(_, n)| *n)
+    };
+    ensure!(
+        errors("timeout") == 1 && errors("failed") == 2 && errors("no_server") == 1,
+        "upstream errors counted: {web:?}"
+    );
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! protocol versions, cipher suites, SNI, ALPN and resumption, wrk during a certificate
 //! reload, and hostile paths.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use foobar_tests::{
     wait_until,
     weblab::{documents, WebLab, ADDR, HOST},

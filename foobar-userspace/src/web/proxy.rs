@@ -5,7 +5,7 @@
 //! Forwarded, hop-by-hop headers stripped, Upgrade (WebSocket) passed through, bodies streamed
 //! both ways with a size limit. Upstream trouble is answered with 502, 503 or 504, never a hang.
 
-use super::{status_page, Body};
+use super::{stats::UpstreamError, status_page, Body};
 use crate::{
     config::web::{Balance, Upstream},
     health,
@@ -103,6 +103,8 @@ pub struct Outcome {
     pub response: Response<Body>,
     /// The server that answered (or was last tried).
     pub upstream: Option<SocketAddr>,
+    /// Why the request failed upstream, if it did.
+    pub error: Option<UpstreamError>,
 }
 
 /// Keeps a server's in-flight count up while a response is being streamed.
@@ -270,6 +272,11 @@ impl Pool {
         let fail = |status| Outcome {
             response: status_page(status),
             upstream: None,
+            error: (status != StatusCode::PAYLOAD_TOO_LARGE).then_some(if status == StatusCode::SERVICE_UNAVAILABLE {
+                UpstreamError::NoServer
+            } else {
+                UpstreamError::Failed
+            }),
         };
         let declared = req
             .headers()
@@ -333,13 +340,15 @@ impl Pool {
                     if connect && retryable {
                         continue;
                     }
+                    let large = too_large(&e);
                     return Outcome {
-                        response: status_page(if too_large(&e) {
+                        response: status_page(if large {
                             StatusCode::PAYLOAD_TOO_LARGE
                         } else {
                             StatusCode::BAD_GATEWAY
                         }),
                         upstream: Some(server.addr),
+                        error: (!large).then_some(UpstreamError::Failed),
                     };
                 }
                 Err(_) => {
@@ -347,12 +356,14 @@ impl Pool {
                     return Outcome {
                         response: status_page(StatusCode::GATEWAY_TIMEOUT),
                         upstream: Some(server.addr),
+                        error: Some(UpstreamError::Timeout),
                     };
                 }
             };
             return Outcome {
                 response: self.relay(response, client_upgrade, in_flight),
                 upstream: Some(server.addr),
+                error: None,
             };
         }
     }
