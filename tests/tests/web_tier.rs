@@ -51,6 +51,19 @@ fn https_serves_files_over_http1_and_http2_and_http_redirects() -> Result<()> {
         out.matches("0 ").count() == 2,
         "requests after the first reuse the connection: {out}"
     );
+    // The counters saw it all: `foobar status` reports them.
+    let socket = lab.scratch.file("control.sock");
+    let web = foobar::ctl::query(&socket)?.web.context("no web summary")?;
+    let count = |class: &str| web.requests.iter().find(|(k, _)| k == class).map_or(0, |(_, n)| *n);
+    ensure!(count("2xx") >= 5 && count("3xx") >= 2, "{web:?}");
+    ensure!(web.tls13_handshakes >= 4, "{web:?}");
+    let total: u64 = web.requests.iter().map(|(_, n)| n).sum();
+    ensure!(web.latency_count == total, "{web:?}");
+    let shown = lab.ns.exec_direct(
+        &foobar_tests::foobar_bin(),
+        &["status", "--socket", &socket.display().to_string()],
+    )?;
+    ensure!(shown.contains("web: ") && shown.contains("2xx "), "{shown}");
     Ok(())
 }
 
