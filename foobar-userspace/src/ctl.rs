@@ -142,6 +142,19 @@ pub fn print(s: &NodeStatus) {
             }
         );
     }
+    if let Some(w) = &s.web {
+        let requests: Vec<String> = w.requests.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let errors: Vec<String> = w.upstream_errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!(
+            "web: {} open connections; requests {}; TLS handshakes 1.3 {}, 1.2 {}, failed {}; upstream errors {}",
+            w.open_connections,
+            requests.join(", "),
+            w.tls13_handshakes,
+            w.tls12_handshakes,
+            w.tls_failed_handshakes,
+            errors.join(", ")
+        );
+    }
 }
 
 /// A status source over shared parts, for the daemon.
