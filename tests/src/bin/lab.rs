@@ -1,7 +1,7 @@
 //! `cargo xtask run`: the demo lab in network namespaces, in the foreground until Ctrl-C.
 
 use anyhow::Result;
-use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, Vrrp, CLIENT};
+use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, Vrrp, CLIENT, HTTPS_PORT, VIP, WEB_HOST};
 use nix::sys::signal::{SigSet, Signal};
 
 const BACKENDS: usize = 3;
@@ -49,6 +49,12 @@ fn main() -> Result<()> {
     }
     println!();
     println!("try:   ip netns exec {} curl -s http://{}/", lab.client.name, lab.vip());
+    println!(
+        "       ip netns exec {} curl -s --cacert {} --resolve {WEB_HOST}:{HTTPS_PORT}:{VIP} https://{WEB_HOST}/",
+        lab.client.name,
+        lab.web_certificate().display()
+    );
+    println!("       (HTTPS is served by the edges' own web tier: the master locally, the backup by IPIP)");
     let foobar = foobar_tests::foobar_bin();
     for (i, edge) in lab.edges.iter().enumerate() {
         println!(
