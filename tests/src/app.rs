@@ -6,6 +6,8 @@
 //! - `/api/name`: the server's name.
 //! - `/api/slow?ms=N`: answers after N ms.
 //! - `/api/ws`: a WebSocket echo.
+//!
+//! Every response names the server in `X-Served-By`.
 
 use crate::Netns;
 use anyhow::{Context, Result};
@@ -58,7 +60,16 @@ impl AppServer {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let name = name.clone();
                         tokio::spawn(async move {
-                            let service = service_fn(move |req| respond(req, name.clone()));
+                            let service = service_fn(move |req| {
+                                let name = name.clone();
+                                async move {
+                                    let mut response = respond(req, name.clone()).await?;
+                                    if let Ok(v) = header::HeaderValue::from_str(&name) {
+                                        response.headers_mut().insert("x-served-by", v);
+                                    }
+                                    Ok::<_, Infallible>(response)
+                                }
+                            });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
                                 .with_upgrades()

@@ -194,6 +194,16 @@ servers = ["{ADDR}:{APP1}", "{ADDR}:{APP2}"]
 read_timeout_ms = 1000
 pool_idle_timeout_ms = 5000
 
+[[web.site.proxy]]
+prefix = "/api/checked/"
+upstream = "checked"
+
+[[web.upstream]]
+name = "checked"
+servers = ["{ADDR}:{APP1}", "{ADDR}:{APP2}"]
+balance = "least-requests"
+health = {{ kind = "http", path = "/api/name", interval_ms = 200, timeout_ms = 150, rise = 1, fall = 1 }}
+
 [web.limits]
 header_read_timeout_ms = 2000
 max_connections_per_client = 64

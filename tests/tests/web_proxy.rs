@@ -198,11 +198,12 @@ fn upstream_trouble_gives_502_503_504_and_413_never_a_hang() -> Result<()> {
 
 /// Sends raw bytes to the plain listener and returns what came back before the server closed
 /// (or 5 s passed).
-fn raw(lab: &WebLab, request: &'static [u8]) -> Result<String> {
+fn raw(lab: &WebLab, request: impl Into<Vec<u8>>) -> Result<String> {
+    let request = request.into();
     lab.ns.run(move || -> Result<String> {
         let mut stream = TcpStream::connect((ADDR, 80))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(request)?;
+        stream.write_all(&request)?;
         let mut out = Vec::new();
         let _ = stream.read_to_end(&mut out);
         Ok(String::from_utf8_lossy(&out).into_owned())
@@ -239,7 +240,7 @@ fn smuggling_shapes_slow_headers_and_connection_floods_are_refused() -> Result<(
         ),
     ];
     for (name, request) in cases {
-        let out = raw(&lab, request)?;
+        let out = raw(&lab, request.to_vec())?;
         let first = out.lines().next().unwrap_or_default();
         // Both lengths: hyper frames the message by Transfer-Encoding, drops the
         // Content-Length and closes after the response (RFC 9112 §6.3); anything else is a 400.
@@ -250,6 +251,17 @@ fn smuggling_shapes_slow_headers_and_connection_floods_are_refused() -> Result<(
             "{name}: a second request was read:\n{out}"
         );
     }
+    // A head over max_header_bytes (16 KiB) is refused.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: www.foobar.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let out = raw(&lab, big)?;
+    ensure!(
+        out.starts_with("HTTP/1.1 431"),
+        "an oversized head got {:?}",
+        out.lines().next()
+    );
     // Headers that never finish: closed at header_read_timeout_ms (2 s).
     let began = Instant::now();
     let out = raw(&lab, b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nX-Slow: ")?;
@@ -314,5 +326,36 @@ fn graceful_shutdown_lets_requests_in_flight_finish() -> Result<()> {
         .ns
         .exec_any(&["curl", "-sk", "--max-time", "2", &format!("https://{ADDR}/")])?;
     ensure!(!ok, "a new connection was served after shutdown");
+    Ok(())
+}
+
+#[test]
+fn active_checks_take_a_dead_server_out_and_bring_it_back() -> Result<()> {
+    let mut lab = WebLab::start("active")?;
+    let served_by = |lab: &WebLab| -> Result<String> {
+        let out = lab.curl(&["-i", "--data-binary", "x", &format!("{URL}/api/checked/x")])?;
+        ensure!(out.starts_with("HTTP/2 200"), "{out}");
+        out.lines()
+            .find_map(|l| l.strip_prefix("x-served-by: "))
+            .map(|v| v.trim().to_string())
+            .context("no x-served-by")
+    };
+    // app2 stops; the checks (every 200 ms, fall 1) take it out before any request tries it,
+    // so even requests that cannot be retried (POST with a body) all succeed on app1.
+    let Some(mut app2) = lab.apps[1].take() else {
+        bail!("app2 already stopped");
+    };
+    app2.stop();
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..6 {
+        ensure!(served_by(&lab)? == "app1");
+    }
+    // Back up: the checks (rise 1) return it to the rotation.
+    let addr: std::net::SocketAddr = format!("{ADDR}:{}", foobar_tests::weblab::APP2).parse()?;
+    lab.apps[1] = Some(foobar_tests::app::AppServer::start(&lab.ns, addr, "app2")?);
+    wait_until(Duration::from_secs(3), "app2 back in rotation", || {
+        served_by(&lab).is_ok_and(|s| s == "app2")
+    })?;
+    ensure!(lab.log().contains("upstream server down") && lab.log().contains("upstream server up"));
     Ok(())
 }

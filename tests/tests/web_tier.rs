@@ -64,6 +64,17 @@ fn https_serves_files_over_http1_and_http2_and_http_redirects() -> Result<()> {
         &["status", "--socket", &socket.display().to_string()],
     )?;
     ensure!(shown.contains("web: ") && shown.contains("2xx "), "{shown}");
+    // One access-log line per request, with the TLS version.
+    let log = lab.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("\"target\":\"foobar::access\""))
+        .count() as u64;
+    ensure!(lines == total, "{lines} access-log lines for {total} requests");
+    ensure!(
+        log.contains("\"tls\":\"TLSv1.3\"") && log.contains("\"vhost\":\"www.foobar.com\""),
+        "{log}"
+    );
     Ok(())
 }
 
