@@ -1,4 +1,5 @@
-//! Reverse proxy to upstream pools (the application servers): pooled keep-alive connections,
+//! Reverse proxy to upstream pools (the application servers): keep-alive connections pooled per
+//! worker thread,
 //! round-robin or least-requests, passive health (a failed connection takes a server out for
 //! `fail_timeout_ms`) and optional active HTTP checks, connect and read timeouts, retries only
 //! for idempotent requests without a body after a connect failure, X-Forwarded-* and RFC 7239
@@ -17,10 +18,7 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, Response, StatusCode, Uri, Version,
 };
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::TokioIo;
 use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
@@ -65,10 +63,11 @@ pub struct Pool {
     servers: Vec<Arc<Server>>,
     balance: Balance,
     next: AtomicUsize,
-    /// Identifies the pool in each worker thread's table of clients.
+    /// Identifies the pool in each worker thread's table of idle connections.
     id: usize,
-    /// How this pool's clients are built.
-    client_settings: ClientSettings,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
     read_timeout: Duration,
     fail_timeout: Duration,
     epoch: Instant,
@@ -123,10 +122,12 @@ impl Drop for InFlight {
     }
 }
 
-/// An upstream response body that holds its server's in-flight slot until it ends.
+/// An upstream response body that holds its server's in-flight slot until it ends, and then
+/// returns the connection to the idle list.
 struct Tracked {
     inner: Incoming,
     _in_flight: InFlight,
+    checkin: Option<Checkin>,
 }
 
 impl HttpBody for Tracked {
@@ -134,7 +135,18 @@ impl HttpBody for Tracked {
     type Error = std::io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(std::io::Error::other)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if done {
+            if let Some(checkin) = self.checkin.take() {
+                checkin.put_back();
+            }
+        }
+        polled.map_err(std::io::Error::other)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -146,55 +158,94 @@ impl HttpBody for Tracked {
     }
 }
 
-/// What an upstream pool's HTTP clients are made of.
-#[derive(Clone, Copy)]
-struct ClientSettings {
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-}
-
-type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// An HTTP/1.1 connection to an upstream server.
+type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
 thread_local! {
-    /// Each worker thread's clients, by pool id: a pooled connection is used by the thread
-    /// (and runtime) that opened it, so a request never wakes another thread.
-    static CLIENTS: std::cell::RefCell<std::collections::HashMap<usize, UpstreamClient>> =
+    /// Each worker thread's idle upstream connections by (pool id, server index), the most
+    /// recently used last: a connection serves the thread (and runtime) that opened it, so a
+    /// request never wakes another thread.
+    static IDLE: std::cell::RefCell<std::collections::HashMap<(usize, usize), Vec<(Sender, Instant)>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Pool ids.
 static POOL_IDS: AtomicUsize = AtomicUsize::new(0);
-/// Ids of the pools that exist: a thread drops its clients of other pools when it adds one.
+/// Ids of the pools that exist: a thread drops idle connections of other pools when it opens
+/// a new one.
 static LIVE_POOLS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
 
-impl ClientSettings {
-    fn build(self) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(self.max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector)
+/// A connection on its way back to the idle list once its response has been read.
+struct Checkin {
+    key: (usize, usize),
+    sender: Sender,
+    max_idle: usize,
+}
+
+impl Checkin {
+    fn put_back(self) {
+        let _ = IDLE.try_with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry(self.key).or_default();
+            if list.len() < self.max_idle {
+                list.push((self.sender, Instant::now()));
+            }
+        });
     }
 }
 
+/// Why an exchange with a server failed.
+enum SendFailure {
+    /// No connection could be made.
+    Connect(String),
+    /// A reused idle connection failed before any response: the server had closed it.
+    Stale(hyper::Error),
+    /// The exchange failed.
+    Exchange(hyper::Error),
+}
+
 impl Pool {
-    /// This thread's client for the pool.
-    fn client(&self) -> UpstreamClient {
-        CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
-            if let Some(client) = clients.get(&self.id) {
-                return client.clone();
+    /// Sends `req` to server `i` on an idle connection of this thread, or a new one.
+    async fn send(
+        &self,
+        i: usize,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Checkin), SendFailure> {
+        let key = (self.id, i);
+        let checkin = |sender| Checkin {
+            key,
+            sender,
+            max_idle: self.max_idle,
+        };
+        while let Some((mut sender, since)) = IDLE.with(|idle| idle.borrow_mut().get_mut(&key).and_then(Vec::pop)) {
+            if since.elapsed() > self.idle_timeout || sender.ready().await.is_err() {
+                continue;
             }
-            let live = LIVE_POOLS.lock().map(|l| l.clone()).unwrap_or_default();
-            clients.retain(|id, _| live.contains(id));
-            let client = self.client_settings.build();
-            clients.insert(self.id, client.clone());
-            client
-        })
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, checkin(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendFailure::Stale(e.into_error())),
+                },
+            }
+        }
+        let live = LIVE_POOLS.lock().map(|l| l.clone()).unwrap_or_default();
+        IDLE.with(|idle| idle.borrow_mut().retain(|(pool, _), _| live.contains(pool)));
+        let addr = self.servers[i].addr;
+        let stream = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(SendFailure::Connect(e.to_string())),
+            Err(_) => return Err(SendFailure::Connect("connect timed out".into())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let response = sender.send_request(req).await.map_err(SendFailure::Exchange)?;
+        Ok((response, checkin(sender)))
     }
 
     /// Builds a pool and starts its active checks, if any.
@@ -203,11 +254,7 @@ impl Pool {
         if let Ok(mut live) = LIVE_POOLS.lock() {
             live.push(id);
         }
-        let client_settings = ClientSettings {
-            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-            idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
-            max_idle: u.pool_max_idle,
-        };
+
         let servers: Vec<Arc<Server>> = u
             .servers
             .get_ref()
@@ -234,7 +281,9 @@ impl Pool {
             balance: u.balance,
             next: AtomicUsize::new(0),
             id,
-            client_settings,
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+            max_idle: u.pool_max_idle,
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             fail_timeout: Duration::from_millis(u.fail_timeout_ms),
             epoch: Instant::now(),
@@ -300,7 +349,6 @@ impl Pool {
         let headers = forward_headers(&parts.headers, origin, upgrade);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
 
-        let client = self.client();
         let mut tried = Vec::new();
         loop {
             let Some(i) = self.pick(&tried) else {
@@ -316,12 +364,7 @@ impl Pool {
                 (false, Some(b)) => Limited::new(b, max_body as usize).boxed(),
                 _ => Empty::new().map_err(|never| match never {}).boxed(),
             };
-            let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(server.addr.to_string())
-                .path_and_query(path.as_str())
-                .build()
-            else {
+            let Ok(uri) = Uri::builder().path_and_query(path.as_str()).build() else {
                 return fail(StatusCode::BAD_REQUEST);
             };
             let mut upstream_req = Request::new(upstream_body);
@@ -330,16 +373,30 @@ impl Pool {
             *upstream_req.version_mut() = Version::HTTP_11;
             *upstream_req.headers_mut() = headers.clone();
             let in_flight = InFlight::start(&server);
-            let sent = tokio::time::timeout(self.read_timeout, client.request(upstream_req)).await;
-            let response = match sent {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
+            let sent = tokio::time::timeout(self.read_timeout, self.send(i, upstream_req)).await;
+            let (response, checkin) = match sent {
+                Ok(Ok(done)) => done,
+                Ok(Err(SendFailure::Connect(why))) => {
                     self.mark_failed(i);
-                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "upstream request failed");
-                    if connect && retryable {
+                    warn!(upstream = self.name, server = %server.addr, why, "connecting upstream failed");
+                    if retryable {
                         continue;
                     }
+                    return Outcome {
+                        response: status_page(StatusCode::BAD_GATEWAY),
+                        upstream: Some(server.addr),
+                        error: Some(UpstreamError::Failed),
+                    };
+                }
+                Ok(Err(SendFailure::Stale(e))) if retryable => {
+                    // The server closed an idle connection as we reused it: try again afresh.
+                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "reused upstream connection was closed");
+                    tried.pop();
+                    continue;
+                }
+                Ok(Err(SendFailure::Stale(e) | SendFailure::Exchange(e))) => {
+                    self.mark_failed(i);
+                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "upstream request failed");
                     let large = too_large(&e);
                     return Outcome {
                         response: status_page(if large {
@@ -361,7 +418,7 @@ impl Pool {
                 }
             };
             return Outcome {
-                response: self.relay(response, client_upgrade, in_flight),
+                response: self.relay(response, client_upgrade, in_flight, checkin),
                 upstream: Some(server.addr),
                 error: None,
             };
@@ -374,6 +431,7 @@ impl Pool {
         mut response: Response<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: InFlight,
+        checkin: Checkin,
     ) -> Response<Body> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -405,6 +463,7 @@ impl Pool {
         let body = Tracked {
             inner: body,
             _in_flight: in_flight,
+            checkin: Some(checkin),
         };
         Response::from_parts(parts, body.boxed())
     }
@@ -485,7 +544,7 @@ fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> 
 }
 
 /// Whether a client error came from the request body exceeding the limit.
-fn too_large(e: &hyper_util::client::legacy::Error) -> bool {
+fn too_large(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
