@@ -161,12 +161,14 @@ impl HttpBody for Tracked {
 /// An HTTP/1.1 connection to an upstream server.
 type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
+/// Idle connections by (pool id, server index), with when each went idle.
+type IdleConnections = std::collections::HashMap<(usize, usize), Vec<(Sender, Instant)>>;
+
 thread_local! {
     /// Each worker thread's idle upstream connections by (pool id, server index), the most
     /// recently used last: a connection serves the thread (and runtime) that opened it, so a
     /// request never wakes another thread.
-    static IDLE: std::cell::RefCell<std::collections::HashMap<(usize, usize), Vec<(Sender, Instant)>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static IDLE: std::cell::RefCell<IdleConnections> = std::cell::RefCell::new(IdleConnections::new());
 }
 
 /// Pool ids.
