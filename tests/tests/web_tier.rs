@@ -280,3 +280,84 @@ fn certificates_reload_under_load_and_bad_ones_are_refused() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// A TLS connection to the web lab's listener from inside its namespace, offering `alpn`.
+async fn tls_connect(ca: &[u8], alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert?)?;
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect((ADDR, 443)).await?;
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from(HOST)?, tcp)
+        .await?)
+}
+
+#[test]
+fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
+    let lab = WebLab::start("reset")?;
+    let ca = std::fs::read(lab.pem("www-ec.crt"))?;
+    let (opened, healthy) = lab.ns.run(move || -> Result<(usize, bool)> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            // Open streams and cancel each at once (HEADERS then RST_STREAM), as in the 2023
+            // rapid-reset attack: the server must give up on the connection early.
+            let tls = tls_connect(&ca, b"h2").await?;
+            let (mut client, connection) = h2::client::handshake(tls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut opened = 0;
+            let mut ended = None;
+            for _ in 0..5000 {
+                client = match client.ready().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        ended = Some(e);
+                        break;
+                    }
+                };
+                let request = hyper::Request::get(format!("https://{HOST}/")).body(())?;
+                match client.send_request(request, true) {
+                    Ok((response, _)) => drop(response),
+                    Err(e) => {
+                        ended = Some(e);
+                        break;
+                    }
+                }
+                opened += 1;
+                tokio::task::yield_now().await;
+            }
+            let calm = ended
+                .as_ref()
+                .is_some_and(|e| e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM));
+            ensure!(calm, "after {opened} reset streams the connection ended with {ended:?}, not the server's GOAWAY(ENHANCE_YOUR_CALM)");
+            // A new connection is served as usual.
+            let tls = tls_connect(&ca, b"h2").await?;
+            let (client, connection) = h2::client::handshake(tls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut client = client.ready().await?;
+            let (response, _) = client.send_request(hyper::Request::get(format!("https://{HOST}/")).body(())?, true)?;
+            let healthy = response.await?.status() == 200;
+            Ok((opened, healthy))
+        })
+    })??;
+    eprintln!("the server closed the connection after {opened} reset streams");
+    // With the limits (20 pending-accept resets) the flood ends within a few dozen streams;
+    // h2's own defaults alone let ~750 through.
+    ensure!(
+        opened < 400,
+        "the server accepted {opened} reset streams before closing the connection"
+    );
+    ensure!(healthy, "a fresh connection after the flood was not served");
+    Ok(())
+}
