@@ -76,6 +76,30 @@ pub struct LabSpec {
     pub web: bool,
 }
 
+/// Advertisement interval of [`LabSpec::pair`], ms.
+pub const PAIR_INTERVAL_MS: u32 = 100;
+/// Priorities of [`LabSpec::pair`]'s edges.
+pub const PAIR_PRIORITIES: [u8; 2] = [150, 100];
+
+impl LabSpec {
+    /// Two edges electing with 100 ms adverts (priorities 150 and 100) in front of `backends`
+    /// IPIP backends, with or without preemption and the web tier.
+    pub fn pair(backends: usize, preempt: bool, web: bool) -> Self {
+        Self {
+            backends,
+            forwarding: "ipip",
+            edges: 2,
+            vrrp: Some(Vrrp {
+                interval_ms: PAIR_INTERVAL_MS,
+                priorities: PAIR_PRIORITIES.to_vec(),
+                preempt,
+                unicast: false,
+            }),
+            web,
+        }
+    }
+}
+
 /// Port of the HTTPS service the edges serve themselves.
 pub const HTTPS_PORT: u16 = 443;
 /// Host name of the lab's web site.
@@ -448,30 +472,7 @@ fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), format!("served by edge{}\n", i + 1))?;
     }
-    let crt = scratch.file("web.crt").display().to_string();
-    let key = scratch.file("web.key").display().to_string();
-    crate::sh(&[
-        "openssl",
-        "req",
-        "-x509",
-        "-nodes",
-        "-days",
-        "2",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-keyout",
-        &key,
-        "-out",
-        &crt,
-        "-subj",
-        &format!("/CN={WEB_HOST}"),
-        "-addext",
-        &format!("subjectAltName=DNS:{WEB_HOST}"),
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-    ])?;
+    crate::weblab::self_signed(&scratch.path, "web", "ec", &[WEB_HOST])?;
     Ok(())
 }
 

@@ -29,6 +29,38 @@ pub struct WebLab {
     pub scratch: Scratch,
 }
 
+/// Generates a self-signed end-entity certificate `DIR/NAME.crt` with its key `DIR/NAME.key`
+/// for `names` (the subject CN is the first), with an `ec` (P-256) or `rsa` (2048) key; clients
+/// trust it directly.
+pub fn self_signed(dir: &std::path::Path, name: &str, kind: &str, names: &[&str]) -> Result<()> {
+    let key_opts: &[&str] = if kind == "ec" {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    } else {
+        &["-newkey", "rsa:2048"]
+    };
+    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    let crt = dir.join(format!("{name}.crt")).display().to_string();
+    let key = dir.join(format!("{name}.key")).display().to_string();
+    let subject = format!("/CN={}", names.first().context("a certificate needs a name")?);
+    let ext = format!("subjectAltName={san}");
+    let mut args = vec!["openssl", "req", "-x509", "-nodes", "-days", "2"];
+    args.extend_from_slice(key_opts);
+    args.extend_from_slice(&[
+        "-keyout",
+        &key,
+        "-out",
+        &crt,
+        "-subj",
+        &subject,
+        "-addext",
+        &ext,
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ]);
+    crate::sh(&args)?;
+    Ok(())
+}
+
 /// The document root's files: (path, contents).
 pub fn documents() -> Vec<(&'static str, Vec<u8>)> {
     let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -114,36 +146,10 @@ impl WebLab {
         self.scratch.file(file)
     }
 
-    /// Generates a self-signed certificate `NAME.crt` / `NAME.key` for `names` with an `ec`
-    /// (P-256) or `rsa` (2048) key; the subject CN is the first name.
+    /// Generates a self-signed certificate `NAME.crt` / `NAME.key` in the scratch directory
+    /// (see [`self_signed`]).
     pub fn certificate(&self, name: &str, kind: &str, names: &[&str]) -> Result<()> {
-        let key_opts: &[&str] = if kind == "ec" {
-            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        } else {
-            &["-newkey", "rsa:2048"]
-        };
-        let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
-        let crt = self.pem(&format!("{name}.crt")).display().to_string();
-        let key = self.pem(&format!("{name}.key")).display().to_string();
-        let mut args = vec!["openssl", "req", "-x509", "-nodes", "-days", "2"];
-        args.extend_from_slice(key_opts);
-        let subject = format!("/CN={}", names[0]);
-        let ext = format!("subjectAltName={san}");
-        // An end-entity certificate (clients trust it directly), not a CA.
-        args.extend_from_slice(&[
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-subj",
-            &subject,
-            "-addext",
-            &ext,
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ]);
-        crate::sh(&args)?;
-        Ok(())
+        self_signed(&self.scratch.path, name, kind, names)
     }
 
     fn config_text(&self) -> String {
@@ -216,26 +222,39 @@ max_request_body_bytes = 1048576
         )
     }
 
-    /// curl inside the namespace with www.foobar.com resolving to the listeners and the
-    /// generated certificates trusted; returns stdout.
-    pub fn curl(&self, args: &[&str]) -> Result<String> {
-        let resolve443 = format!("{HOST}:443:{ADDR}");
-        let resolve80 = format!("{HOST}:80:{ADDR}");
-        let ca = self.pem("www-ec.crt").display().to_string();
-        let mut full = vec![
+    /// The curl command line with www.foobar.com resolving to the listeners and the generated
+    /// certificate trusted, then `args`.
+    fn curl_command(&self, args: &[&str]) -> Vec<String> {
+        let mut full: Vec<String> = [
             "curl",
             "-sS",
             "--max-time",
             "10",
             "--resolve",
-            &resolve443,
+            &format!("{HOST}:443:{ADDR}"),
             "--resolve",
-            &resolve80,
+            &format!("{HOST}:80:{ADDR}"),
             "--cacert",
-            &ca,
-        ];
-        full.extend_from_slice(args);
-        self.ns.exec(&full)
+            &self.pem("www-ec.crt").display().to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        full.extend(args.iter().map(|a| a.to_string()));
+        full
+    }
+
+    /// curl inside the namespace (see [`WebLab::curl_command`]); returns stdout.
+    pub fn curl(&self, args: &[&str]) -> Result<String> {
+        let full = self.curl_command(args);
+        self.ns.exec(&full.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The same on a thread in the namespace, for requests that overlap other steps.
+    pub fn curl_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Result<Result<String>>> {
+        let full = self.curl_command(args);
+        self.ns
+            .thread(move || crate::sh(&full.iter().map(String::as_str).collect::<Vec<_>>()))
     }
 
     /// `openssl s_client` to the TLS listener with these extra arguments and an HTTP/1.1

@@ -6,7 +6,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use foobar::vrrp::{master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP};
 use foobar_tests::{
-    lab::{LabSpec, LbLab, Vrrp, VIP},
+    lab::{LabSpec, LbLab, PAIR_INTERVAL_MS, PAIR_PRIORITIES, VIP},
     transfer::Transfers,
     wait_until,
 };
@@ -17,24 +17,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-const INTERVAL_MS: u32 = 100;
-const PRIORITIES: [u8; 2] = [150, 100];
+const INTERVAL_MS: u32 = PAIR_INTERVAL_MS;
+const PRIORITIES: [u8; 2] = PAIR_PRIORITIES;
 const TRANSFERS: usize = 200;
 const PACE: Duration = Duration::from_millis(50);
 
 fn lab(preempt: bool) -> Result<LbLab> {
-    let lab = LbLab::build(LabSpec {
-        backends: 3,
-        forwarding: "ipip",
-        edges: 2,
-        vrrp: Some(Vrrp {
-            interval_ms: INTERVAL_MS,
-            priorities: PRIORITIES.to_vec(),
-            preempt,
-            unicast: false,
-        }),
-        web: false,
-    })?;
+    let lab = LbLab::build(LabSpec::pair(3, preempt, false))?;
     let master = lab.wait_for_master(Duration::from_secs(10))?;
     ensure!(master == 0, "the priority-150 edge should be master");
     Ok(lab)

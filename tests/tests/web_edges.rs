@@ -4,22 +4,11 @@
 //! directly.
 
 use anyhow::{ensure, Result};
-use foobar_tests::lab::{LabSpec, LbLab, Vrrp, HTTPS_PORT, VIP, WEB_HOST};
+use foobar_tests::lab::{LabSpec, LbLab, HTTPS_PORT, VIP, WEB_HOST};
 
 #[test]
 fn https_through_the_vip_is_served_by_both_edges() -> Result<()> {
-    let lab = LbLab::build(LabSpec {
-        backends: 1,
-        forwarding: "ipip",
-        edges: 2,
-        vrrp: Some(Vrrp {
-            interval_ms: 100,
-            priorities: vec![150, 100],
-            preempt: true,
-            unicast: false,
-        }),
-        web: true,
-    })?;
+    let lab = LbLab::build(LabSpec::pair(1, true, true))?;
     let resolve = format!("{WEB_HOST}:{HTTPS_PORT}:{VIP}");
     let ca = lab.web_certificate().display().to_string();
     let url = format!("https://{WEB_HOST}/");

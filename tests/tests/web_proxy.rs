@@ -142,26 +142,13 @@ fn upstream_trouble_gives_502_503_504_and_413_never_a_hang() -> Result<()> {
 
     // The server holding a request dies mid-request: 502; the next request goes to the other.
     // (Round-robin of a fresh pool: the 504 above went to app1, so this one goes to app2.)
-    let slow = lab.ns.thread({
-        let ca = lab.pem("www-ec.crt").display().to_string();
-        move || {
-            foobar_tests::sh(&[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-                "--resolve",
-                &format!("{HOST}:443:{ADDR}"),
-                "--cacert",
-                &ca,
-                &format!("{URL}/api/slow?ms=800"),
-            ])
-        }
-    });
+    let slow = lab.curl_in_background(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{URL}/api/slow?ms=800"),
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     let Some(mut app2) = lab.apps[1].take() else {
         bail!("app2 already stopped");
@@ -300,22 +287,7 @@ fn smuggling_shapes_slow_headers_and_connection_floods_are_refused() -> Result<(
 #[test]
 fn graceful_shutdown_lets_requests_in_flight_finish() -> Result<()> {
     let mut lab = WebLab::start("drain")?;
-    let slow = lab.ns.thread({
-        let ca = lab.pem("www-ec.crt").display().to_string();
-        move || {
-            foobar_tests::sh(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
-                "--resolve",
-                &format!("{HOST}:443:{ADDR}"),
-                "--cacert",
-                &ca,
-                &format!("{URL}/api/slow?ms=700"),
-            ])
-        }
-    });
+    let slow = lab.curl_in_background(&[&format!("{URL}/api/slow?ms=700")]);
     std::thread::sleep(Duration::from_millis(300));
     let mut foobar = lab.foobar.take().context("foobar running")?;
     foobar.signal(nix::sys::signal::Signal::SIGTERM)?;

@@ -1,7 +1,7 @@
 //! `cargo xtask run`: the demo lab in network namespaces, in the foreground until Ctrl-C.
 
 use anyhow::Result;
-use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, Vrrp, CLIENT, HTTPS_PORT, VIP, WEB_HOST};
+use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, CLIENT, HTTPS_PORT, VIP, WEB_HOST};
 use nix::sys::signal::{SigSet, Signal};
 
 const BACKENDS: usize = 3;
@@ -18,18 +18,7 @@ fn main() -> Result<()> {
     stop.add(Signal::SIGTERM);
     stop.thread_block()?;
     std::env::set_var("FOOBAR_NS_PREFIX", "fblab");
-    let lab = LbLab::build(LabSpec {
-        backends: BACKENDS,
-        forwarding: "ipip",
-        edges: 2,
-        vrrp: Some(Vrrp {
-            interval_ms: 100,
-            priorities: vec![150, 100],
-            preempt: true,
-            unicast: false,
-        }),
-        web: true,
-    })?;
+    let lab = LbLab::build(LabSpec::pair(BACKENDS, true, true))?;
     println!("foobar lab is up: VIP {} (namespace prefix fblab-)", lab.vip());
     for (i, edge) in lab.edges.iter().enumerate() {
         println!(

@@ -8,7 +8,7 @@ use crate::Row;
 use anyhow::{Context, Result};
 use foobar_tests::{
     classic::ClassicLab,
-    lab::{master_since, LabSpec, LbLab, Vrrp},
+    lab::{master_since, LabSpec, LbLab},
     transfer::Transfers,
     ChildGuard, Netns,
 };
@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-const INTERVAL_MS: u32 = 100;
+const INTERVAL_MS: u32 = foobar_tests::lab::PAIR_INTERVAL_MS;
 const ROUNDS: usize = 3;
 const CONNECTIONS: usize = 100;
 const PACE: Duration = Duration::from_millis(50);
@@ -67,18 +67,7 @@ fn measure(
 }
 
 fn foobar_round(event: Event) -> Result<Takeover> {
-    let mut lab = LbLab::build(LabSpec {
-        backends: 3,
-        forwarding: "ipip",
-        edges: 2,
-        vrrp: Some(Vrrp {
-            interval_ms: INTERVAL_MS,
-            priorities: vec![150, 100],
-            preempt: true,
-            unicast: false,
-        }),
-        web: false,
-    })?;
+    let mut lab = LbLab::build(LabSpec::pair(3, true, false))?;
     let master = lab.edges[0].foobar.take().context("edge1 running")?;
     measure(
         &lab.client,
