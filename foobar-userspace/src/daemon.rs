@@ -59,15 +59,18 @@ impl Ownership {
         // Forward before claiming the VIPs; stop claiming before no longer forwarding. A node
         // shutting down keeps forwarding: clients still sending to it reach the same backends
         // the peer picks, until the peer's announcements move them.
-        let mut result = Ok(());
-        if forwarding {
-            result = result.and_then(|_| dp.set_forwarding(true));
-        }
-        result = result.and_then(|_| dp.set_claimed(c, Some(claimed.iter().copied().collect())));
-        if !forwarding && claim.reason != Reason::Shutdown {
-            result = result.and_then(|_| dp.set_forwarding(false));
-        }
-        if let Err(e) = result {
+        let shutting_down = claim.reason == Reason::Shutdown;
+        let mut update = || -> Result<()> {
+            if forwarding {
+                dp.set_forwarding(true)?;
+            }
+            dp.set_claimed(c, Some(claimed.iter().copied().collect()))?;
+            if !forwarding && !shutting_down {
+                dp.set_forwarding(false)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = update() {
             error!("updating VIP ownership in the data plane failed: {e:#}");
         }
         if let Ok(mut shared) = self.shared.lock() {
@@ -149,12 +152,12 @@ pub async fn run(path: &Path) -> Result<()> {
                 if let Err(e) = dataplane.sync(&config, &health) {
                     error!("updating the data plane after a health change failed: {e:#}");
                 }
-                update_faults(&config, &instances, &health, &dataplane);
+                update_faults(&config, &instances, &health, &mut dataplane);
             }
             Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
             _ = track.tick(), if !instances.is_empty() => {
                 let health = health_rx.borrow().clone();
-                update_faults(&config, &instances, &health, &dataplane);
+                update_faults(&config, &instances, &health, &mut dataplane);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -193,7 +196,7 @@ async fn join_in_turn(instances: Vec<Handle>) {
 }
 
 /// Recomputes each instance's failing tracked conditions and tells it when they changed.
-fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &Dataplane) {
+fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dataplane) {
     if instances.is_empty() {
         return;
     }

@@ -140,6 +140,8 @@ pub struct Dataplane {
     node: NodeConfig,
     /// The VIP table last written, with its flags (None until the first sync).
     vips: Option<HashMap<AddrKey, u32>>,
+    /// The pinned XDP links, opened once, by interface (for [`Dataplane::attached`]).
+    link_fds: HashMap<String, std::os::fd::OwnedFd>,
 }
 
 impl Dataplane {
@@ -178,6 +180,7 @@ impl Dataplane {
             forwarding: c.vrrp.is_empty(),
             claimed: (!c.vrrp.is_empty()).then(HashSet::new),
             vips: None,
+            link_fds: HashMap::new(),
             node: NodeConfig {
                 flags: 0,
                 maglev_size: 0,
@@ -425,7 +428,13 @@ impl Dataplane {
         let mut locals: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)?;
         let wanted: HashSet<AddrKey> = c.node.addresses.iter().map(|a| addr_key(*a)).collect();
         replace_set(&mut locals, &wanted)?;
-        let macs = link_macs(c.node.interfaces.get_ref())?;
+        let macs: Vec<(u32, [u8; 6])> = c
+            .node
+            .interfaces
+            .get_ref()
+            .iter()
+            .map(|name| crate::iface::link(name))
+            .collect::<Result<_>>()?;
         let mut links: BpfHashMap<_, u32, LinkMac> = BpfHashMap::try_from(self.map_mut(names::LINK_MACS)?)?;
         let stale: Vec<u32> = links.keys().collect::<Result<Vec<_>, _>>()?;
         for (ifindex, mac) in &macs {
@@ -465,12 +474,15 @@ impl Dataplane {
 
     /// True while the XDP link pinned for `interface` is attached to it (a detached link, for
     /// example after `bpftool link detach` or a re-created interface, reports no device).
-    pub fn attached(&self, interface: &str) -> Result<bool> {
-        let ifindex = match nix::net::if_::if_nametoindex(interface) {
-            Ok(i) => i,
-            Err(_) => return Ok(false),
+    pub fn attached(&mut self, interface: &str) -> Result<bool> {
+        let Ok(ifindex) = crate::iface::index(interface) else {
+            return Ok(false);
         };
-        Ok(pinned_link_ifindex(&link_pin(&self.root, interface))? == ifindex)
+        let fd = match self.link_fds.entry(interface.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(open_pin(&link_pin(&self.root, interface))?),
+        };
+        Ok(link_ifindex(fd)? == ifindex)
     }
 
     /// Sets the VIPs this node answers ARP / neighbour solicitations for while forwarding
@@ -547,27 +559,6 @@ impl Dataplane {
     }
 }
 
-/// The ifindex and MAC of each interface, looked up in the calling thread's network namespace.
-fn link_macs(interfaces: &[String]) -> Result<Vec<(u32, [u8; 6])>> {
-    let links: Vec<(String, u32, [u8; 6])> = nix::ifaddrs::getifaddrs()
-        .context("listing interfaces")?
-        .filter_map(|ifa| {
-            let link = ifa.address.as_ref()?.as_link_addr()?;
-            Some((ifa.interface_name.clone(), link.ifindex() as u32, link.addr()?))
-        })
-        .collect();
-    interfaces
-        .iter()
-        .map(|name| {
-            links
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, ifindex, mac)| (*ifindex, *mac))
-                .with_context(|| format!("interface {name} not found"))
-        })
-        .collect()
-}
-
 /// Opens a pinned BPF object (map, program or link) by path (BPF_OBJ_GET).
 pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
@@ -607,15 +598,14 @@ pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The ifindex a pinned XDP link is attached to, 0 once detached (from the link's fdinfo).
-fn pinned_link_ifindex(pin: &Path) -> Result<u32> {
+/// The ifindex an XDP link is attached to, 0 once detached (from the link's fdinfo).
+fn link_ifindex(link: &std::os::fd::OwnedFd) -> Result<u32> {
     use std::os::fd::AsRawFd;
-    let fd = open_pin(pin)?;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", link.as_raw_fd()))?;
     info.lines()
         .find_map(|l| l.strip_prefix("ifindex:"))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("pinned link {} is not an XDP link", pin.display()))
+        .context("the pinned link is not an XDP link")
 }
 
 /// Makes a set-like BPF hash map hold exactly `wanted` (value 1).

@@ -7,6 +7,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod iface;
 pub mod maglev;
 pub mod stats;
 pub mod vrrp;

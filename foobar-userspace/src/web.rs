@@ -3,6 +3,7 @@
 //! redirects and HSTS, connection limits, and graceful shutdown with a drain deadline.
 
 pub mod files;
+pub mod names;
 pub mod proxy;
 pub mod stats;
 pub mod tls;
@@ -65,9 +66,7 @@ pub fn status_page(status: StatusCode) -> Response<Body> {
 
 /// The sites, routed by host name.
 struct Sites {
-    exact: HashMap<String, Arc<SiteHandle>>,
-    /// By the suffix after `*.`.
-    wildcard: HashMap<String, Arc<SiteHandle>>,
+    names: names::NameTable<Arc<SiteHandle>>,
     default: Arc<SiteHandle>,
 }
 
@@ -99,8 +98,7 @@ fn pools(web: &Web) -> HashMap<String, Arc<proxy::Pool>> {
 
 impl Sites {
     fn new(sites: &[Site], pools: &HashMap<String, Arc<proxy::Pool>>) -> Result<Self> {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut names = names::NameTable::default();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
         for (i, site) in sites.iter().enumerate() {
@@ -124,32 +122,20 @@ impl Sites {
                     .transpose()?,
             });
             for name in site.names.get_ref() {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
-                    Some(suffix) => wildcard.insert(suffix.to_string(), handle.clone()),
-                    None => exact.insert(name, handle.clone()),
-                };
+                names.insert(name, handle.clone());
             }
             if i == default_index {
                 default = Some(handle);
             }
         }
         Ok(Self {
-            exact,
-            wildcard,
+            names,
             default: default.context("no site configured")?,
         })
     }
 
     fn route(&self, host: Option<&str>) -> &SiteHandle {
-        let Some(host) = host.map(|h| strip_port(h).to_ascii_lowercase()) else {
-            return &self.default;
-        };
-        if let Some(site) = self.exact.get(&host) {
-            return site;
-        }
-        host.split_once('.')
-            .and_then(|(_, suffix)| self.wildcard.get(suffix))
+        host.and_then(|h| self.names.get(strip_port(h)))
             .unwrap_or(&self.default)
     }
 }
@@ -162,11 +148,17 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-/// Open connections, overall and per client address.
+/// Open connections per client address (their sum is the total), under the limits.
 struct Connections {
     limits: Limits,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
-    total: Mutex<usize>,
+    open: Mutex<OpenConnections>,
+}
+
+/// Open connections: the total and by client.
+#[derive(Default)]
+struct OpenConnections {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
 }
 
 /// One admitted connection; dropping it gives the slot back.
@@ -176,15 +168,22 @@ struct Admitted {
 }
 
 impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
-        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = per_client.entry(client).or_default();
-        if *total >= self.limits.max_connections || *mine >= self.limits.max_connections_per_client {
+        let mut open = self.lock();
+        if open.total >= self.limits.max_connections
+            || open
+                .per_client
+                .get(&client)
+                .is_some_and(|n| *n >= self.limits.max_connections_per_client)
+        {
             return None;
         }
-        *total += 1;
-        *mine += 1;
+        open.total += 1;
+        *open.per_client.entry(client).or_default() += 1;
         Some(Admitted {
             connections: self.clone(),
             client,
@@ -194,13 +193,12 @@ impl Connections {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut total = self.connections.total.lock().unwrap_or_else(|p| p.into_inner());
-        *total = total.saturating_sub(1);
-        let mut per_client = self.connections.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_client.get_mut(&self.client) {
+        let mut open = self.connections.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                per_client.remove(&self.client);
+                open.per_client.remove(&self.client);
             }
         }
     }
@@ -245,8 +243,7 @@ impl WebTier {
             sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref(), &pools(web))?),
             connections: Arc::new(Connections {
                 limits: limits.clone(),
-                per_client: Mutex::new(HashMap::new()),
-                total: Mutex::new(0),
+                open: Mutex::new(OpenConnections::default()),
             }),
             limits,
         });
@@ -325,7 +322,7 @@ impl WebTier {
     pub fn summary_source(&self) -> Arc<dyn Fn() -> stats::WebSummary + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || {
-            let open = *shared.connections.total.lock().unwrap_or_else(|p| p.into_inner());
+            let open = shared.connections.lock().total;
             shared.stats.summary(open as u64)
         })
     }
@@ -591,14 +588,7 @@ where
             .keep_alive_interval(Some(Duration::from_millis(limits.idle_timeout_ms)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        until_done_or_drained(conn, &mut shutdown, |c| c.graceful_shutdown()).await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -608,13 +598,23 @@ where
             .max_headers(limits.max_headers)
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        until_done_or_drained(conn, &mut shutdown, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Runs a connection to its end; on shutdown starts its graceful end (`drain`: GOAWAY, or
+/// close after the current response) and waits for it.
+async fn until_done_or_drained<C: std::future::Future>(
+    conn: C,
+    shutdown: &mut watch::Receiver<bool>,
+    drain: impl FnOnce(std::pin::Pin<&mut C>),
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            drain(conn.as_mut());
+            let _ = conn.await;
         }
     }
 }

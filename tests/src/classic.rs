@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -105,19 +105,6 @@ impl ClassicLab {
     }
 }
 
-/// Spawns `args` inside `ns` through `ip netns exec` (neither program needs bpffs).
-fn spawn_in(ns: &Netns, args: &[&str], log: &std::path::Path) -> Result<ChildGuard> {
-    let out = std::fs::File::create(log)?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .with_context(|| format!("starting {}", args[0]))?;
-    Ok(ChildGuard::adopt(child, log))
-}
-
 fn start_haproxy(ns: &Netns, scratch: &Scratch, i: usize, backends: usize) -> Result<ChildGuard> {
     let mut conf = format!(
         "global\n  maxconn 5000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  \
@@ -129,10 +116,37 @@ fn start_haproxy(ns: &Netns, scratch: &Scratch, i: usize, backends: usize) -> Re
     let path = scratch.file(&format!("haproxy{}.cfg", i + 1));
     std::fs::write(&path, conf)?;
     let path = path.display().to_string();
-    spawn_in(
-        ns,
+    ns.spawn_system(
         &["haproxy", "-db", "-f", &path],
         &scratch.file(&format!("haproxy{}.log", i + 1)),
+    )
+}
+
+/// Starts keepalived in `ns` with `conf`; its output is appended to `SCRATCH/TAG.log` (so a
+/// restarted keepalived keeps one log) and its pid files are `SCRATCH/TAG-*.pid`.
+pub fn keepalived(ns: &Netns, conf: &std::path::Path, scratch: &Scratch, tag: &str) -> Result<ChildGuard> {
+    if Command::new("keepalived").arg("--version").output().is_err() {
+        anyhow::bail!("keepalived is not installed (cargo xtask test installs it)");
+    }
+    let pid = |what: &str| scratch.file(&format!("{tag}-{what}.pid")).display().to_string();
+    let conf = conf.display().to_string();
+    ns.spawn_system(
+        &[
+            "keepalived",
+            "-n",
+            "-l",
+            "-D",
+            "-P",
+            "-f",
+            &conf,
+            "-p",
+            &pid("main"),
+            "-r",
+            &pid("vrrp"),
+            "-c",
+            &pid("check"),
+        ],
+        &scratch.file(&format!("{tag}.log")),
     )
 }
 
@@ -149,25 +163,5 @@ fn start_keepalived(ns: &Netns, scratch: &Scratch, i: usize, interval_ms: u32) -
     );
     let path = scratch.file(&format!("keepalived{}.conf", i + 1));
     std::fs::write(&path, conf)?;
-    let pid = |what: &str| scratch.file(&format!("ka{}-{what}.pid", i + 1)).display().to_string();
-    let path = path.display().to_string();
-    spawn_in(
-        ns,
-        &[
-            "keepalived",
-            "-n",
-            "-l",
-            "-D",
-            "-P",
-            "-f",
-            &path,
-            "-p",
-            &pid("main"),
-            "-r",
-            &pid("vrrp"),
-            "-c",
-            &pid("check"),
-        ],
-        &scratch.file(&format!("keepalived{}.log", i + 1)),
-    )
+    keepalived(ns, &path, scratch, &format!("keepalived{}", i + 1))
 }

@@ -134,6 +134,24 @@ impl Netns {
         })
     }
 
+    /// Spawns a program that needs no bpffs (keepalived, HAProxy, nginx) through
+    /// `ip netns exec`, its output appended to `log`; killed when the guard drops.
+    pub fn spawn_system(&self, args: &[&str], log: &Path) -> Result<ChildGuard> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("starting {args:?}"))?;
+        Ok(ChildGuard::adopt(child, log))
+    }
+
     /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);

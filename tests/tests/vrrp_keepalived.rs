@@ -9,7 +9,6 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::{
     io::Read,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -30,30 +29,12 @@ fn vrrp_socket(local: Ipv4Addr) -> Result<Socket> {
     Ok(socket)
 }
 
-/// Starts keepalived in `ns` with `conf`, logging to the scratch directory (appending, so a
-/// restarted keepalived keeps one log).
 fn start_keepalived(ns: &Netns, scratch: &Scratch, conf: &std::path::Path) -> Result<ChildGuard> {
-    if Command::new("keepalived").arg("--version").output().is_err() {
-        bail!("keepalived is not installed (cargo xtask test installs it)");
-    }
-    let log = scratch.file("keepalived.log");
-    let append = |path: std::path::PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(path);
-    let pid = |name: &str| scratch.file(name).display().to_string();
-    // keepalived needs no bpffs: entering through `ip netns exec` is fine here.
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "keepalived", "-n", "-l", "-D", "-P", "-f"])
-        .arg(conf)
-        .args(["-p", &pid("a.pid"), "-r", &pid("b.pid"), "-c", &pid("c.pid")])
-        .stdout(Stdio::from(append(log.clone())?))
-        .stderr(Stdio::from(append(scratch.file("keepalived.err"))?))
-        .spawn()
-        .context("starting keepalived")?;
-    Ok(ChildGuard::adopt(child, &log))
+    foobar_tests::classic::keepalived(ns, conf, scratch, "keepalived")
 }
 
 fn keepalived_logs(scratch: &Scratch) -> String {
     std::fs::read_to_string(scratch.file("keepalived.log")).unwrap_or_default()
-        + &std::fs::read_to_string(scratch.file("keepalived.err")).unwrap_or_default()
 }
 
 #[test]

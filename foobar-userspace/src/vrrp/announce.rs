@@ -59,15 +59,6 @@ pub fn unsolicited_na(mac: [u8; 6], source: Ipv6Addr, vip: Ipv6Addr) -> Vec<u8> 
     f
 }
 
-/// The interface's MAC address.
-pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
-    nix::ifaddrs::getifaddrs()
-        .context("listing interfaces")?
-        .filter(|i| i.interface_name == interface)
-        .find_map(|i| i.address?.as_link_addr()?.addr())
-        .with_context(|| format!("interface {interface} has no MAC address"))
-}
-
 /// The frames announcing `vips` on an interface with `mac` and IPv6 link-local `source`
 /// (IPv6 VIPs are skipped without one).
 pub fn frames(mac: [u8; 6], source: Option<Ipv6Addr>, vips: &[IpAddr]) -> Vec<Vec<u8>> {
@@ -88,7 +79,7 @@ pub struct FrameSender {
 impl FrameSender {
     /// Opens an AF_PACKET socket for `interface`.
     pub fn open(interface: &str) -> Result<Self> {
-        let ifindex = super::socket::ifindex(interface)?;
+        let ifindex = crate::iface::index(interface)?;
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {

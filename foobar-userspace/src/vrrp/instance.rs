@@ -64,7 +64,7 @@ impl Spec {
             None => {
                 let mut attempts = 50;
                 loop {
-                    match socket::interface_source(&interface, v4) {
+                    match crate::iface::source_address(&interface, v4) {
                         Ok(a) => break a,
                         Err(e) if attempts == 0 => return Err(e),
                         Err(_) => attempts -= 1,
@@ -165,8 +165,8 @@ impl Handle {
         let socket = VrrpSocket::open(&spec.interface, spec.settings.address, multicast)
             .with_context(|| format!("vrrp instance {}", spec.name))?;
         let frames = FrameSender::open(&spec.interface)?;
-        let mac = announce::interface_mac(&spec.interface)?;
-        let link_local = match socket::interface_source(&spec.interface, false) {
+        let (_, mac) = crate::iface::link(&spec.interface)?;
+        let link_local = match crate::iface::source_address(&spec.interface, false) {
             Ok(IpAddr::V6(a)) => Some(a),
             _ => None,
         };

@@ -4,7 +4,7 @@
 //! back with their TTL and addresses so [`super::Advert::decode`] can check them.
 
 use super::IPPROTO_VRRP;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     io,
@@ -48,37 +48,11 @@ pub struct VrrpSocket {
     source: IpAddr,
 }
 
-/// The interface's index, looked up in this thread's network namespace.
-pub fn ifindex(interface: &str) -> Result<u32> {
-    nix::net::if_::if_nametoindex(interface).with_context(|| format!("interface {interface} not found"))
-}
-
-/// The interface's first address of the family: for IPv6 the link-local one VRRP must use.
-pub fn interface_source(interface: &str, v4: bool) -> Result<IpAddr> {
-    let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
-    for ifa in addrs.filter(|i| i.interface_name == interface) {
-        let Some(addr) = ifa.address else { continue };
-        if v4 {
-            if let Some(sin) = addr.as_sockaddr_in() {
-                return Ok(IpAddr::V4(sin.ip()));
-            }
-        } else if let Some(sin6) = addr.as_sockaddr_in6() {
-            if sin6.ip().is_unicast_link_local() {
-                return Ok(IpAddr::V6(sin6.ip()));
-            }
-        }
-    }
-    bail!(
-        "interface {interface} has no {} address to send VRRP adverts from",
-        if v4 { "IPv4" } else { "IPv6 link-local" }
-    )
-}
-
 impl VrrpSocket {
     /// Opens the socket on `interface`, sending from `source`; joins the VRRP group unless the
     /// instance only talks to unicast peers.
     pub fn open(interface: &str, source: IpAddr, multicast: bool) -> Result<Self> {
-        let ifindex = ifindex(interface)?;
+        let ifindex = crate::iface::index(interface)?;
         let domain = if source.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
         let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(IPPROTO_VRRP as i32)))
             .context("opening a raw VRRP socket (needs CAP_NET_RAW)")?;

@@ -320,14 +320,10 @@ impl Pool {
 
     /// Forwards a request and returns the upstream's response, or 502/503/504/413.
     pub async fn forward(&self, mut req: Request<Incoming>, origin: &Origin<'_>, max_body: u64) -> Outcome {
-        let fail = |status| Outcome {
+        let fail = |status, error| Outcome {
             response: status_page(status),
             upstream: None,
-            error: (status != StatusCode::PAYLOAD_TOO_LARGE).then_some(if status == StatusCode::SERVICE_UNAVAILABLE {
-                UpstreamError::NoServer
-            } else {
-                UpstreamError::Failed
-            }),
+            error,
         };
         let declared = req
             .headers()
@@ -335,7 +331,7 @@ impl Pool {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            return fail(StatusCode::PAYLOAD_TOO_LARGE);
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, None);
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -354,11 +350,11 @@ impl Pool {
         let mut tried = Vec::new();
         loop {
             let Some(i) = self.pick(&tried) else {
-                return fail(if tried.is_empty() {
-                    StatusCode::SERVICE_UNAVAILABLE
+                return if tried.is_empty() {
+                    fail(StatusCode::SERVICE_UNAVAILABLE, Some(UpstreamError::NoServer))
                 } else {
-                    StatusCode::BAD_GATEWAY
-                });
+                    fail(StatusCode::BAD_GATEWAY, Some(UpstreamError::Failed))
+                };
             };
             tried.push(i);
             let server = self.servers[i].clone();
@@ -367,7 +363,7 @@ impl Pool {
                 _ => Empty::new().map_err(|never| match never {}).boxed(),
             };
             let Ok(uri) = Uri::builder().path_and_query(path.as_str()).build() else {
-                return fail(StatusCode::BAD_REQUEST);
+                return fail(StatusCode::BAD_REQUEST, Some(UpstreamError::Failed));
             };
             let mut upstream_req = Request::new(upstream_body);
             *upstream_req.method_mut() = parts.method.clone();

@@ -4,6 +4,7 @@
 //! resumption by a shared session cache and tickets whose keys rotate. Certificates reload
 //! atomically: a new set that fails to load is refused and the running one keeps serving.
 
+use super::names::NameTable;
 use crate::config::web::Certificate;
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
@@ -14,7 +15,7 @@ use rustls::{
     sign::CertifiedKey,
     ServerConfig,
 };
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 /// Sessions kept for ID-based resumption (TLS 1.2 clients without tickets).
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
@@ -44,9 +45,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Certificates by the names they serve.
 #[derive(Debug, Default)]
 struct Store {
-    exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
-    /// By the suffix after `*.`.
-    wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    names: NameTable<Vec<Arc<CertifiedKey>>>,
     default: Vec<Arc<CertifiedKey>>,
 }
 
@@ -66,7 +65,7 @@ impl Store {
             let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
                 .with_context(|| format!("{}: the first certificate does not parse", chain_path.display()))?
                 .valid_dns_names()
-                .map(|n| n.to_ascii_lowercase())
+                .map(str::to_string)
                 .collect();
             let key = PrivateKeyDer::from_pem_file(key_path)
                 .with_context(|| format!("reading private key {}", key_path.display()))?;
@@ -78,12 +77,8 @@ impl Store {
                 )
             })?;
             let certified = Arc::new(certified);
-            for name in names {
-                let slot = match name.strip_prefix("*.") {
-                    Some(suffix) => store.wildcard.entry(suffix.to_string()),
-                    None => store.exact.entry(name),
-                };
-                slot.or_default().push(certified.clone());
+            for name in &names {
+                store.names.entry(name).push(certified.clone());
             }
             if i == default_index {
                 store.default.push(certified.clone());
@@ -97,16 +92,7 @@ impl Store {
 
     /// The candidates for a server name: exact, then wildcard, then the default.
     fn candidates(&self, name: Option<&str>) -> &[Arc<CertifiedKey>] {
-        let Some(name) = name.map(str::to_ascii_lowercase) else {
-            return &self.default;
-        };
-        if let Some(keys) = self.exact.get(&name) {
-            return keys;
-        }
-        if let Some(keys) = name.split_once('.').and_then(|(_, suffix)| self.wildcard.get(suffix)) {
-            return keys;
-        }
-        &self.default
+        name.and_then(|n| self.names.get(n)).unwrap_or(&self.default)
     }
 }
 

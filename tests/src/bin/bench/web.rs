@@ -12,7 +12,7 @@ use foobar_tests::{
     weblab::{WebLab, ADDR, APP1, APP2},
     ChildGuard,
 };
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 const ROUNDS: usize = 3;
 const SECONDS: &str = "5s";
@@ -119,16 +119,10 @@ http {{
     );
     let path = lab.scratch.file("nginx.conf");
     std::fs::write(&path, conf)?;
-    let log = lab.scratch.file("nginx.out");
-    let out = std::fs::File::create(&log)?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns.name, "nginx", "-c"])
-        .arg(&path)
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("starting nginx")?;
-    let guard = ChildGuard::adopt(child, &log);
+    let path = path.display().to_string();
+    let guard = lab
+        .ns
+        .spawn_system(&["nginx", "-c", &path], &lab.scratch.file("nginx.out"))?;
     foobar_tests::wait_until(Duration::from_secs(5), "nginx to listen", || {
         lab.ns
             .exec(&[
