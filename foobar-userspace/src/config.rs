@@ -2,6 +2,7 @@
 //! uses it. Every problem is reported with file, line, column and reason; a file with any
 //! problem is refused as a whole.
 
+pub mod database;
 pub mod web;
 
 use crate::maglev;
@@ -32,6 +33,9 @@ pub struct Config {
     pub vrrp: Vec<VrrpInstance>,
     /// The web tier; none means this node serves no HTTP.
     pub web: Option<web::Web>,
+    /// Database clusters routed by this node.
+    #[serde(default, rename = "database")]
+    pub databases: Vec<database::Database>,
 }
 
 /// The `[node]` section.
@@ -199,6 +203,9 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that make an up backend down.
     pub fall: u32,
+    /// MySQL checks: the file with the user and password to log in with (as `[[database]]`
+    /// credentials).
+    pub credentials: Option<PathBuf>,
 }
 
 impl Default for HealthCheck {
@@ -212,6 +219,7 @@ impl Default for HealthCheck {
             timeout_ms: 1000,
             rise: 2,
             fall: 3,
+            credentials: None,
         }
     }
 }
@@ -227,6 +235,9 @@ pub enum CheckKind {
     Http,
     /// HTTP/1.1 GET over TLS (the certificate is not verified), healthy on the expected status.
     Https,
+    /// A full MySQL login with `credentials`, `SELECT 1` and a clean quit: never a bare
+    /// handshake, which MySQL counts against the checking host (`max_connect_errors`).
+    Mysql,
     /// No check: always healthy.
     None,
 }
@@ -502,6 +513,15 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
                 ),
             );
         }
+        if h.kind == CheckKind::Mysql && !h.credentials.as_ref().is_some_and(|p| p.is_absolute()) {
+            report(
+                &svc.name.span(),
+                format!(
+                    "service {:?}: a mysql health check needs credentials, an absolute path",
+                    svc.name.get_ref()
+                ),
+            );
+        }
         if h.kind != CheckKind::None && svc.port == 0 && h.port.is_none() {
             report(
                 &svc.name.span(),
@@ -516,6 +536,7 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
     if let Some(w) = &c.web {
         web::validate(w, report);
     }
+    database::validate(c, report);
     for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
         if let Some(s) = source {
             if s.get_ref().is_ipv4() != v4 {

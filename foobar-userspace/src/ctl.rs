@@ -1,7 +1,11 @@
 //! The control socket: `foobar run` answers `status` on a Unix socket with the node's live
 //! state as JSON; `foobar status` asks and prints it.
 
-use crate::{vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
+use crate::{
+    mysql::{monitor::Lag, DatabaseStatus},
+    vrrp::instance::Status as VrrpStatus,
+    web::stats::WebSummary,
+};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -29,6 +33,9 @@ pub struct NodeStatus {
     pub vrrp: Vec<VrrpStatus>,
     /// The web tier's counters, when it runs.
     pub web: Option<WebSummary>,
+    /// Each database cluster's servers and counters.
+    #[serde(default)]
+    pub databases: Vec<DatabaseStatus>,
 }
 
 /// Where the daemon's state is read from when a client asks.
@@ -155,6 +162,34 @@ pub fn print(s: &NodeStatus) {
             errors.join(", ")
         );
     }
+    for d in &s.databases {
+        println!(
+            "database {}: primary {}; refused read-write {}, read-only {}",
+            d.name,
+            d.primary.as_deref().unwrap_or("none"),
+            d.refused_read_write,
+            d.refused_read_only
+        );
+        for server in &d.servers {
+            let st = &server.state;
+            let role = match (st.up, st.read_only) {
+                (false, _) => "DOWN",
+                (true, false) => "writable",
+                (true, true) => "read-only",
+            };
+            let lag = match st.lag {
+                Lag::NotReplica => String::new(),
+                Lag::Seconds(l) => format!(", lag {l} s"),
+                Lag::Stopped => ", replication stopped".into(),
+                Lag::Disconnected(_) => ", not connected to its primary".into(),
+            };
+            let error = st.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            println!(
+                "    {} {role}{lag}{error}: {} open, {} total, {} connect failures, {} closed by the router",
+                server.address, server.active, server.total, server.connect_failures, server.closed_by_router
+            );
+        }
+    }
 }
 
 /// A status source over shared parts, for the daemon.
@@ -163,6 +198,7 @@ pub fn source(
     shared: Arc<Mutex<(bool, Vec<String>)>>,
     vrrp: Vec<Arc<Mutex<VrrpStatus>>>,
     web: Option<Arc<dyn Fn() -> WebSummary + Send + Sync>>,
+    databases: Arc<dyn Fn() -> Vec<DatabaseStatus> + Send + Sync>,
 ) -> Source {
     Arc::new(move || {
         let (forwarding, claimed) = shared.lock().map(|g| g.clone()).unwrap_or_default();
@@ -175,6 +211,7 @@ pub fn source(
                 .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
                 .collect(),
             web: web.as_ref().map(|summary| summary()),
+            databases: databases(),
         }
     })
 }

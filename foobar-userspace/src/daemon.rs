@@ -7,6 +7,7 @@ use crate::{
     ctl,
     dataplane::Dataplane,
     health::{self, Health},
+    mysql::DatabaseRouter,
     vrrp::{
         election::Reason,
         instance::{Claim, Handle, Spec},
@@ -113,6 +114,7 @@ pub async fn run(path: &Path) -> Result<()> {
         Some(w) => Some(WebTier::start(w).await.context("starting the web tier")?),
         None => None,
     };
+    let databases = DatabaseRouter::start(&config.databases).context("starting database routing")?;
     let _control = ctl::serve(
         &config.node.control_socket,
         ctl::source(
@@ -120,6 +122,7 @@ pub async fn run(path: &Path) -> Result<()> {
             ownership.shared.clone(),
             instances.iter().map(|h| h.status.clone()).collect(),
             web.as_ref().map(WebTier::summary_source),
+            databases.status_source(),
         ),
     )?;
     let mut track = tokio::time::interval(TRACK_INTERVAL);
@@ -137,7 +140,7 @@ pub async fn run(path: &Path) -> Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                match reload(path, &config, &mut dataplane, &health_tx, web.as_ref()) {
+                match reload(path, &config, &mut dataplane, &health_tx, web.as_ref(), &databases) {
                     Ok(new) => {
                         config = new;
                         checks.abort_all();
@@ -183,6 +186,7 @@ pub async fn run(path: &Path) -> Result<()> {
     if let Some(web) = web {
         web.shutdown().await;
     }
+    databases.shutdown().await;
     let _ = std::fs::remove_file(&config.node.control_socket);
     info!("stopping; the pinned data plane keeps forwarding (foobar detach removes it)");
     Ok(())
@@ -251,6 +255,7 @@ fn reload(
     dataplane: &mut Dataplane,
     health: &watch::Sender<Health>,
     web: Option<&WebTier>,
+    databases: &DatabaseRouter,
 ) -> Result<Config> {
     let new = config::load(path)?;
     let restart_only = [
@@ -270,12 +275,14 @@ fn reload(
             "[node] control_socket",
         ),
         (running.web.is_some() != new.web.is_some(), "[web] presence"),
+        (running.databases != new.databases, "[[database]] sections"),
     ];
     if let Some((_, what)) = restart_only.iter().find(|(changed, _)| *changed) {
         anyhow::bail!(
             "{what} changed: that takes a restart (foobar run adopts the pinned state without a forwarding gap)"
         );
     }
+    databases.reload_credentials(&new.databases)?;
     if let (Some(tier), Some(w)) = (web, &new.web) {
         tier.reload(w)?;
     }

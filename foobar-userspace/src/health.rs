@@ -1,9 +1,11 @@
-//! Active health checks of backends: TCP connect, or HTTP/1.1 GET (plain or over TLS) with an
-//! expected status,
-//! with interval, timeout, rise and fall. Backends start up (as HAProxy's do), so a restart
+//! Active health checks of backends: TCP connect, HTTP/1.1 GET (plain or over TLS) with an
+//! expected status, or a MySQL login, with interval, timeout, rise and fall. Backends start up (as HAProxy's do), so a restart
 //! never drains a healthy pool; a check task per backend reports transitions.
 
-use crate::config::{CheckKind, Config, HealthCheck};
+use crate::{
+    config::{CheckKind, Config, HealthCheck},
+    mysql::monitor::Credentials,
+};
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
@@ -109,13 +111,18 @@ async fn check_loop(service: String, target: SocketAddr, check: HealthCheck, hea
 
 /// Checks `target` once: Ok when it passes, otherwise why not.
 pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    if check.kind == CheckKind::Mysql {
+        let path = check.credentials.as_deref().ok_or("no credentials configured")?;
+        let credentials = Credentials::load(path).map_err(|e| format!("{e:#}"))?;
+        return crate::mysql::monitor::login_check(target, &credentials).await;
+    }
     let stream = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
     let host = match target {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
     };
     match check.kind {
-        CheckKind::Tcp | CheckKind::None => Ok(()),
+        CheckKind::Tcp | CheckKind::None | CheckKind::Mysql => Ok(()),
         CheckKind::Http => http_check(stream, &host, check).await,
         CheckKind::Https => {
             let name = ServerName::IpAddress(target.ip().into());

@@ -1,5 +1,6 @@
 //! foobar's control plane: configuration, Maglev tables, the XDP data plane's maps and links,
-//! health checks, VRRPv3 adverts, and the `foobar` commands built on them.
+//! health checks, VRRPv3 adverts, the web tier, database routing, and the `foobar` commands
+//! built on them.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -8,7 +9,9 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod iface;
+pub mod listen;
 pub mod maglev;
+pub mod mysql;
 pub mod stats;
 pub mod vrrp;
 pub mod web;

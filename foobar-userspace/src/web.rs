@@ -257,7 +257,7 @@ impl WebTier {
             .listeners
             .iter()
             .map(|l| {
-                let socket = bind(*l.address.get_ref())?;
+                let socket = crate::listen::bind(*l.address.get_ref())?;
                 Ok((TcpListener::from_std(socket)?, l.clone()))
             })
             .collect::<Result<_>>()?;
@@ -379,28 +379,6 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             Err(e) => error!("changed certificate files refused, the previous certificates keep serving: {e:#}"),
         }
     }
-}
-
-/// A listening socket that may bind an address not (yet) on this host: the VIP.
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv4() {
-        socket.set_freebind(true)?;
-    } else {
-        socket.set_only_v6(true)?;
-        socket.set_freebind_ipv6(true)?;
-    }
-    socket.set_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
-    socket.listen(4096).with_context(|| format!("listening on {addr}"))?;
-    Ok(socket.into())
 }
 
 /// An accepted connection on its way to a worker.

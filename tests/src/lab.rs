@@ -7,10 +7,15 @@
 //!  client 10.10.0.100 ──┐
 //!  edge1  10.10.0.1   ──┤
 //!  edge2  10.10.0.2   ──┤ br0 (namespace "sw")     VIP 192.0.2.10:80, on-link: the owner
-//!  b1..bN 10.10.0.11+ ──┘                          answers ARP for it from XDP
+//!  b1..bN 10.10.0.11+ ──┤                          answers ARP for it from XDP
+//!  db1,db2 10.10.0.31+ ─┘ (with a database: MariaDB primary and replica)
 //! ```
 
-use crate::{foobar_bin, veth, ChildGuard, EchoServer, Netns, PinDir, Scratch};
+use crate::{
+    foobar_bin,
+    mariadb::{self, MariaDb},
+    veth, ChildGuard, EchoServer, Netns, PinDir, Scratch,
+};
 use anyhow::{Context, Result};
 use foobar::ctl::NodeStatus;
 use std::path::Path;
@@ -74,6 +79,9 @@ pub struct LabSpec {
     /// The edges also run the web tier: an HTTPS service on the VIP (port 443) whose backends
     /// are the edges themselves (local delivery on the master, IPIP to the other).
     pub web: bool,
+    /// A MariaDB primary and replica behind the edges' database routing: read-write and
+    /// read-only services on the VIP (ports [`MYSQL_PORTS`]) whose backends are the edges.
+    pub database: bool,
 }
 
 /// Advertisement interval of [`LabSpec::pair`], ms.
@@ -96,8 +104,23 @@ impl LabSpec {
                 unicast: false,
             }),
             web,
+            database: false,
         }
     }
+
+    /// The same lab with a database cluster behind the edges.
+    pub fn with_database(mut self) -> Self {
+        self.database = true;
+        self
+    }
+}
+
+/// The database services' ports on the VIP: read-write, read-only.
+pub const MYSQL_PORTS: (u16, u16) = (3306, 3307);
+
+/// Address of database server `i` (0-based; the first is the primary).
+pub fn database_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, 0, 31 + i as u8)
 }
 
 /// Port of the HTTPS service the edges serve themselves.
@@ -132,11 +155,15 @@ pub struct LbLab {
     _backend_foobar: Vec<ChildGuard>,
     /// One server per backend (None while stopped).
     pub servers: Vec<Option<EchoServer>>,
+    /// The database servers, primary first (with [`LabSpec::database`]).
+    pub databases: Vec<MariaDb>,
     _other_pins: Vec<PinDir>,
     /// The client namespace.
     pub client: Netns,
     /// Backend namespaces.
     pub backends: Vec<Netns>,
+    /// Database server namespaces.
+    pub database_ns: Vec<Netns>,
     _switch: Netns,
     /// Logs and configuration files.
     pub scratch: Scratch,
@@ -152,6 +179,7 @@ impl LbLab {
             edges: 1,
             vrrp: None,
             web: false,
+            database: false,
         })
     }
 
@@ -178,12 +206,18 @@ impl LbLab {
         let backends: Vec<Netns> = (0..spec.backends)
             .map(|i| Netns::new(&name(&backend_name(i))))
             .collect::<Result<_>>()?;
+        let database_ns: Vec<Netns> = (0..if spec.database { 2 } else { 0 })
+            .map(|i| Netns::new(&name(&format!("db{}", i + 1))))
+            .collect::<Result<_>>()?;
         let mut hosts: Vec<(&Netns, String, Ipv4Addr)> = vec![(&client, "c".into(), CLIENT)];
         for (i, e) in edges.iter().enumerate() {
             hosts.push((&e.ns, format!("e{}", i + 1), e.addr));
         }
         for (i, ns) in backends.iter().enumerate() {
             hosts.push((ns, backend_name(i), backend_addr(i)));
+        }
+        for (i, ns) in database_ns.iter().enumerate() {
+            hosts.push((ns, format!("db{}", i + 1), database_addr(i)));
         }
         wire(&switch, &hosts)?;
         // Frames an edge's XDP program transmits reach the bridge only if the peer has XDP.
@@ -230,7 +264,7 @@ impl LbLab {
                     scratch.file(&format!("{}.sock", backend_name(i))).display(),
                 ),
             )?;
-            backend_foobar.push(start_foobar(
+            backend_foobar.push(crate::start_foobar(
                 ns,
                 &config,
                 &scratch.file(&format!("{}.log", backend_name(i))),
@@ -242,16 +276,31 @@ impl LbLab {
                 &backend_name(i),
             )?));
         }
+        if spec.web || spec.database {
+            serve_vip_locally(&edges)?;
+        }
         if spec.web {
             prepare_web(&scratch, &edges)?;
+        }
+        let mut databases = Vec::new();
+        if spec.database {
+            let hosts: Vec<(&Netns, String)> = database_ns
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (ns, database_addr(i).to_string()))
+                .collect();
+            databases = mariadb::cluster(&scratch.path, &hosts)?;
+            mariadb::write_credentials(&scratch.file("monitor.toml"), mariadb::MONITOR_USER.1, 0o600)?;
         }
         let mut lab = Self {
             edges,
             _backend_foobar: backend_foobar,
             servers,
+            databases,
             _other_pins: other_pins,
             client,
             backends,
+            database_ns,
             _switch: switch,
             scratch,
             spec,
@@ -321,6 +370,9 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
         }
         if self.spec.web {
             text += &self.edge_web_config(i);
+        }
+        if self.spec.database {
+            text += &self.edge_database_config();
         }
         if let Some(v) = &self.spec.vrrp {
             let peers: Vec<String> = (0..self.edges.len())
@@ -398,6 +450,31 @@ root = "{dir}/www-edge{n}"
         text
     }
 
+    /// The edges' database routing: read-write and read-only services on the VIP with both
+    /// edges as backends (checked by a MySQL login through them), routing to the cluster.
+    fn edge_database_config(&self) -> String {
+        let credentials = self.scratch.file("monitor.toml");
+        let mut text = String::new();
+        for (name, port) in [("mysql-rw", MYSQL_PORTS.0), ("mysql-ro", MYSQL_PORTS.1)] {
+            text += &format!(
+                r#"
+[[service]]
+name = "{name}"
+vip = "{VIP}"
+port = {port}
+health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, timeout_ms = 1000, rise = 2, fall = 2 }}
+"#,
+                credentials = credentials.display()
+            );
+            for j in 0..self.edges.len() {
+                text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", edge_addr(j));
+            }
+        }
+        let servers: Vec<String> = self.databases.iter().map(|d| d.addr.clone()).collect();
+        // Every address: the VIP for clients, the edge's own for the health checks.
+        text + &mariadb::database_section("main", "0.0.0.0", MYSQL_PORTS, &servers, &credentials, "primary")
+    }
+
     /// The web lab's certificate (to trust in clients).
     pub fn web_certificate(&self) -> PathBuf {
         self.scratch.file("web.crt")
@@ -406,7 +483,7 @@ root = "{dir}/www-edge{n}"
     /// Starts `foobar run` on edge `i` (after a stop, it adopts the pinned state).
     pub fn start_edge(&mut self, i: usize) -> Result<()> {
         let log = self.edge_log_path(i);
-        let child = start_foobar(&self.edges[i].ns, &self.edge_config(i), &log)?;
+        let child = crate::start_foobar(&self.edges[i].ns, &self.edge_config(i), &log)?;
         self.edges[i].foobar = Some(child);
         Ok(())
     }
@@ -456,8 +533,10 @@ root = "{dir}/www-edge{n}"
 /// Gives each edge the VIP on `lo` (so the kernel takes the VIP traffic XDP delivers locally
 /// or decapsulates, without answering ARP for it), a document root saying which edge served,
 /// and one certificate for the site.
-fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
-    for (i, edge) in edges.iter().enumerate() {
+/// Puts the VIP on the edges' `lo`, so services whose backends are the edges themselves are
+/// delivered locally (and decapsulated IPIP packets to the VIP are accepted).
+fn serve_vip_locally(edges: &[Edge]) -> Result<()> {
+    for edge in edges {
         edge.ns
             .exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         for (key, value) in [
@@ -468,6 +547,13 @@ fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
         ] {
             edge.ns.sysctl(key, value)?;
         }
+    }
+    Ok(())
+}
+
+/// The edges' document roots and the site's certificate.
+fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
+    for (i, _) in edges.iter().enumerate() {
         let root = scratch.file(&format!("www-edge{}", i + 1));
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), format!("served by edge{}\n", i + 1))?;
@@ -518,15 +604,4 @@ pub fn master_since(notify_log: &str, since: u64) -> Option<u64> {
 
 fn run_foobar_cmd(ns: &Netns, args: &[&str]) -> Result<String> {
     ns.exec_direct(&foobar_bin(), args)
-}
-
-/// Starts `foobar run` and waits until it says it is forwarding.
-fn start_foobar(ns: &Netns, config: &std::path::Path, log: &std::path::Path) -> Result<ChildGuard> {
-    let config = config.display().to_string();
-    let child = ns.spawn(&foobar_bin(), &["run", "--config", &config], log)?;
-    crate::wait_until(Duration::from_secs(10), "foobar to forward", || {
-        std::fs::read_to_string(log).is_ok_and(|l| l.contains("foobar is forwarding"))
-    })
-    .with_context(|| child.log_text())?;
-    Ok(child)
 }

@@ -6,7 +6,9 @@
 
 pub mod app;
 pub mod classic;
+pub mod dblab;
 pub mod lab;
+pub mod mariadb;
 pub mod packet;
 pub mod testrun;
 pub mod transfer;
@@ -287,6 +289,17 @@ pub fn foobar_bin() -> PathBuf {
         .and_then(Path::parent)
         .map(|d| d.join("foobar"))
         .unwrap_or_else(|| PathBuf::from("foobar"))
+}
+
+/// Starts `foobar run` and waits until it says it is forwarding.
+pub fn start_foobar(ns: &Netns, config: &std::path::Path, log: &std::path::Path) -> Result<ChildGuard> {
+    let config = config.display().to_string();
+    let child = ns.spawn(&foobar_bin(), &["run", "--config", &config], log)?;
+    wait_until(Duration::from_secs(10), "foobar to forward", || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("foobar is forwarding"))
+    })
+    .with_context(|| child.log_text())?;
+    Ok(child)
 }
 
 /// A scratch directory for logs and configs, removed on drop.

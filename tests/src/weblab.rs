@@ -3,7 +3,7 @@
 //! default), a document root and two application servers behind `/api/`, with curl, openssl
 //! and wrk as clients in the same namespace.
 
-use crate::{app::AppServer, foobar_bin, ChildGuard, Netns, PinDir, Scratch};
+use crate::{app::AppServer, ChildGuard, Netns, PinDir, Scratch};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -116,13 +116,7 @@ impl WebLab {
     /// Starts foobar and waits until its listeners are up.
     pub fn start_foobar(&mut self) -> Result<()> {
         let log = self.scratch.file("foobar.log");
-        let config = self.config().display().to_string();
-        let child = self.ns.spawn(&foobar_bin(), &["run", "--config", &config], &log)?;
-        crate::wait_until(std::time::Duration::from_secs(10), "the web tier", || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is forwarding"))
-        })
-        .with_context(|| child.log_text())?;
-        self.foobar = Some(child);
+        self.foobar = Some(crate::start_foobar(&self.ns, &self.config(), &log)?);
         Ok(())
     }
 

@@ -90,7 +90,17 @@ fn build(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     toolchain::ensure()?;
-    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "keepalived", "nft", "wrk"])?;
+    toolchain::ensure_os_packages(&[
+        "ip",
+        "sysctl",
+        "ethtool",
+        "curl",
+        "openssl",
+        "keepalived",
+        "nft",
+        "wrk",
+        "mariadbd",
+    ])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(
@@ -203,6 +213,10 @@ fn cleanup_leftovers() -> Result<()> {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+    // Database servers of a killed run: their data directories are /tmp/fbt<pid>-...
+    let _ = Command::new("pkill")
+        .args(["-9", "-f", "^mariadbd --no-defaults --datadir=/tmp/fbt"])
+        .status();
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with("fbt") {

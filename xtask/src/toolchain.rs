@@ -124,6 +124,7 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
             "ip" => "iproute2",
             "sysctl" => "procps",
             "nft" => "nftables",
+            "mariadbd" => "mariadb-server",
             other => other,
         })
         .collect();

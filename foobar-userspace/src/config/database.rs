@@ -1,0 +1,203 @@
+//! The `[[database]]` sections: MySQL / MariaDB clusters reached through a read-write and a
+//! read-only listener, with the monitor that finds the primary and the replicas' lag.
+
+use super::{Config, Range};
+use serde::Deserialize;
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+use toml::Spanned;
+
+/// One `[[database]]`: a cluster of servers, one primary (`read_only = 0`) and replicas.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Name, unique; used in logs, status and error messages.
+    pub name: Spanned<String>,
+    /// Address both listeners bind, usually a VIP (it need not be local yet: `IP_FREEBIND`).
+    pub address: Spanned<IpAddr>,
+    /// Port of the read-write listener (to the primary).
+    #[serde(default = "default_read_write_port")]
+    pub read_write_port: u16,
+    /// Port of the read-only listener (to replicas); 0 means none.
+    #[serde(default = "default_read_only_port")]
+    pub read_only_port: u16,
+    /// The servers, `address:port`; which one is primary is found out by the monitor.
+    pub servers: Spanned<Vec<SocketAddr>>,
+    /// File with the monitor's `user` and `password` (TOML); it must not be readable by group
+    /// or others.
+    pub credentials: Spanned<PathBuf>,
+    /// Replicas lagging more than this many seconds get no new read-only connections.
+    #[serde(default = "default_max_lag_s")]
+    pub max_lag_s: u64,
+    /// The lag assumed when a replica reports none (`Seconds_Behind_Master` is NULL: the
+    /// replication threads are stopped or reconnecting).
+    #[serde(default = "default_unknown_lag_s")]
+    pub unknown_lag_s: u64,
+    /// What read-only connections get when no replica qualifies.
+    #[serde(default)]
+    pub when_no_replica: NoReplica,
+    /// Limit on connecting to a server, ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Client connections per server at most (0 = unlimited); a full server is skipped for
+    /// reads, and refuses writes with an error.
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_server: u32,
+    /// On shutdown, open connections get this long to finish, ms; then they are closed.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How the servers are watched.
+    #[serde(default)]
+    pub monitor: Monitor,
+}
+
+impl Database {
+    /// The listeners: read-write first, then read-only when configured.
+    pub fn listeners(&self) -> Vec<(Role, SocketAddr)> {
+        let address = *self.address.get_ref();
+        let mut out = vec![(Role::ReadWrite, SocketAddr::new(address, self.read_write_port))];
+        if self.read_only_port != 0 {
+            out.push((Role::ReadOnly, SocketAddr::new(address, self.read_only_port)));
+        }
+        out
+    }
+}
+
+/// Which listener a client came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// To the primary.
+    ReadWrite,
+    /// To a replica within the lag limit.
+    ReadOnly,
+}
+
+/// What read-only clients get when no replica qualifies.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoReplica {
+    /// The primary serves reads too.
+    #[default]
+    Primary,
+    /// A MySQL error packet saying why.
+    Refuse,
+}
+
+/// `[database.monitor]`: the monitor logs in with the monitor user on a connection it keeps,
+/// and asks `SELECT 1, @@global.read_only` and the replication status every interval.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitor {
+    /// Milliseconds between checks.
+    pub interval_ms: u64,
+    /// Milliseconds before a check (login included) counts as failed.
+    pub timeout_ms: u64,
+    /// Consecutive passed checks that make a down server up.
+    pub rise: u32,
+    /// Consecutive failed checks that make an up server down.
+    pub fall: u32,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+fn default_read_write_port() -> u16 {
+    3306
+}
+
+fn default_read_only_port() -> u16 {
+    3307
+}
+
+fn default_max_lag_s() -> u64 {
+    10
+}
+
+fn default_unknown_lag_s() -> u64 {
+    86_400
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_max_connections() -> u32 {
+    1000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Checks the `[[database]]` sections against each other, the web listeners and the services.
+pub(super) fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
+    let mut names = HashSet::new();
+    let mut bound: HashSet<SocketAddr> = c
+        .web
+        .iter()
+        .flat_map(|w| w.listeners.iter().map(|l| *l.address.get_ref()))
+        .collect();
+    for db in &c.databases {
+        let name = db.name.get_ref();
+        if !names.insert(name.clone()) {
+            report(&db.name.span(), format!("database {name:?} is defined twice"));
+        }
+        if db.read_write_port == 0 || db.read_write_port == db.read_only_port {
+            report(
+                &db.name.span(),
+                format!("database {name:?}: read_write_port must be set and differ from read_only_port"),
+            );
+        }
+        for (_, addr) in db.listeners() {
+            if !bound.insert(addr) {
+                report(&db.address.span(), format!("{addr} is already a listener"));
+            }
+            let vip = addr.ip();
+            let vip_services: Vec<_> = c.services.iter().filter(|s| *s.vip.get_ref() == vip).collect();
+            let published = vip_services
+                .iter()
+                .any(|s| s.protocol == super::Protocol::Tcp && (s.port == addr.port() || s.port == 0));
+            if !vip_services.is_empty() && !published {
+                report(
+                    &db.address.span(),
+                    format!(
+                        "{addr} is on a VIP but no TCP [[service]] publishes port {}",
+                        addr.port()
+                    ),
+                );
+            }
+        }
+        let servers = db.servers.get_ref();
+        if servers.is_empty() {
+            report(
+                &db.servers.span(),
+                format!("database {name:?} needs at least one server"),
+            );
+        }
+        if servers.iter().collect::<HashSet<_>>().len() != servers.len() {
+            report(&db.servers.span(), format!("database {name:?} lists a server twice"));
+        }
+        if !db.credentials.get_ref().is_absolute() {
+            report(&db.credentials.span(), "credentials must be an absolute path".into());
+        }
+        let m = &db.monitor;
+        if m.interval_ms == 0 || m.timeout_ms == 0 || m.rise == 0 || m.fall == 0 || db.connect_timeout_ms == 0 {
+            report(
+                &db.name.span(),
+                format!("database {name:?}: monitor interval_ms, timeout_ms, rise, fall and connect_timeout_ms must be positive"),
+            );
+        }
+    }
+}

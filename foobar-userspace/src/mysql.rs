@@ -1,0 +1,453 @@
+//! Database routing: per `[[database]]` cluster a read-write listener that leads to the
+//! primary and a read-only listener that leads to fresh replicas. Connections are relayed
+//! untouched (authentication, TLS and every command pass through); the router only chooses
+//! the server, refuses with a MySQL error packet when none qualifies, and closes connections
+//! to a server that went down or stopped being the primary so application pools reconnect.
+
+pub mod monitor;
+pub mod route;
+
+use crate::{
+    config::database::{Database, Role},
+    listen,
+};
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use monitor::{Credentials, ServerState};
+use serde::{Deserialize, Serialize};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+    time::timeout,
+};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Relay buffer per direction: large enough that a result set moves in few system calls.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+/// Error code of the packet refusing a connection no server can take (ProxySQL uses the same).
+const ER_NO_SERVER: u16 = 9001;
+
+/// The routers of every `[[database]]`.
+pub struct DatabaseRouter {
+    clusters: Vec<Arc<Cluster>>,
+    tasks: JoinSet<()>,
+    connections: TaskTracker,
+}
+
+/// One cluster's live routing state.
+struct Cluster {
+    config: Database,
+    credentials: Arc<ArcSwap<Credentials>>,
+    view: watch::Receiver<Vec<ServerState>>,
+    /// The primary the router uses now.
+    primary: Mutex<Option<usize>>,
+    servers: Vec<ServerCounters>,
+    /// Bumped to close every connection of one role to one server: `[server][role]`.
+    closers: Vec<[watch::Sender<u64>; 2]>,
+    /// Connections refused, by role.
+    refused: [AtomicU64; 2],
+}
+
+/// Per-server connection counters.
+#[derive(Default)]
+struct ServerCounters {
+    active: AtomicU32,
+    total: AtomicU64,
+    connect_failures: AtomicU64,
+    closed_by_router: AtomicU64,
+}
+
+/// A cluster's state for `foobar status` and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseStatus {
+    /// The `[[database]]` name.
+    pub name: String,
+    /// The server read-write connections go to now.
+    pub primary: Option<String>,
+    /// Per server, in configuration order.
+    pub servers: Vec<ServerStatus>,
+    /// Read-write connections refused.
+    pub refused_read_write: u64,
+    /// Read-only connections refused.
+    pub refused_read_only: u64,
+}
+
+/// One server's state and counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// `address:port`.
+    pub address: String,
+    /// What the monitor sees.
+    pub state: ServerState,
+    /// Client connections open to it now.
+    pub active: u32,
+    /// Client connections relayed to it so far.
+    pub total: u64,
+    /// Connection attempts that failed or timed out.
+    pub connect_failures: u64,
+    /// Client connections the router closed (server down, or demoted from primary).
+    pub closed_by_router: u64,
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::ReadWrite => 0,
+        Role::ReadOnly => 1,
+    }
+}
+
+impl DatabaseRouter {
+    /// Reads the monitor credentials, binds every listener and starts the monitors; the
+    /// servers need not be reachable yet.
+    pub fn start(databases: &[Database]) -> Result<Self> {
+        let mut clusters = Vec::new();
+        let mut tasks = JoinSet::new();
+        let connections = TaskTracker::new();
+        for db in databases {
+            let name = db.name.get_ref();
+            let credentials =
+                Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {name}"))?;
+            let servers = db.servers.get_ref();
+            let (view_tx, view) = watch::channel(vec![ServerState::default(); servers.len()]);
+            let cluster = Arc::new(Cluster {
+                config: db.clone(),
+                credentials: Arc::new(ArcSwap::from_pointee(credentials)),
+                view,
+                primary: Mutex::new(None),
+                servers: servers.iter().map(|_| ServerCounters::default()).collect(),
+                closers: servers
+                    .iter()
+                    .map(|_| [watch::channel(0).0, watch::channel(0).0])
+                    .collect(),
+                refused: Default::default(),
+            });
+            for (role, addr) in db.listeners() {
+                let listener = TcpListener::from_std(listen::bind(addr)?)?;
+                tasks.spawn(accept(listener, role, cluster.clone(), connections.clone()));
+            }
+            let monitors = monitor::spawn(db, cluster.credentials.clone(), &view_tx);
+            tasks.spawn(follow(cluster.clone(), view_tx, monitors));
+            info!(database = name, listeners = ?db.listeners(), "database routing started");
+            clusters.push(cluster);
+        }
+        Ok(Self {
+            clusters,
+            tasks,
+            connections,
+        })
+    }
+
+    /// Re-reads the monitor credentials (the next login uses them); a bad file changes nothing.
+    pub fn reload_credentials(&self, databases: &[Database]) -> Result<()> {
+        let mut fresh = Vec::new();
+        for db in databases {
+            let name = db.name.get_ref();
+            fresh.push(Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {name}"))?);
+        }
+        for (cluster, credentials) in self.clusters.iter().zip(fresh) {
+            cluster.credentials.store(Arc::new(credentials));
+        }
+        Ok(())
+    }
+
+    /// A function returning every cluster's status, for the control socket.
+    pub fn status_source(&self) -> Arc<dyn Fn() -> Vec<DatabaseStatus> + Send + Sync> {
+        let clusters = self.clusters.clone();
+        Arc::new(move || clusters.iter().map(|c| c.status()).collect())
+    }
+
+    /// Stops accepting, lets open connections finish within each cluster's drain timeout,
+    /// then closes the rest.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.connections.close();
+        let drain = self
+            .clusters
+            .iter()
+            .map(|c| c.config.drain_timeout_ms)
+            .max()
+            .unwrap_or(0);
+        if timeout(Duration::from_millis(drain), self.connections.wait())
+            .await
+            .is_err()
+        {
+            let open = self.connections.len();
+            warn!(
+                open,
+                "database connections still open after the drain timeout: closing them"
+            );
+            for cluster in &self.clusters {
+                for closers in &cluster.closers {
+                    for closer in closers {
+                        closer.send_modify(|generation| *generation += 1);
+                    }
+                }
+            }
+            self.connections.wait().await;
+        }
+    }
+}
+
+impl Cluster {
+    fn status(&self) -> DatabaseStatus {
+        let view = self.view.borrow().clone();
+        let primary = self.primary.lock().ok().and_then(|p| *p);
+        let addresses = self.config.servers.get_ref();
+        DatabaseStatus {
+            name: self.config.name.get_ref().clone(),
+            primary: primary.and_then(|p| addresses.get(p)).map(|a| a.to_string()),
+            servers: addresses
+                .iter()
+                .zip(view)
+                .zip(&self.servers)
+                .map(|((addr, state), c)| ServerStatus {
+                    address: addr.to_string(),
+                    state,
+                    active: c.active.load(Ordering::Relaxed),
+                    total: c.total.load(Ordering::Relaxed),
+                    connect_failures: c.connect_failures.load(Ordering::Relaxed),
+                    closed_by_router: c.closed_by_router.load(Ordering::Relaxed),
+                })
+                .collect(),
+            refused_read_write: self.refused[0].load(Ordering::Relaxed),
+            refused_read_only: self.refused[1].load(Ordering::Relaxed),
+        }
+    }
+
+    fn rules(&self) -> route::Rules {
+        route::Rules {
+            max_lag_s: self.config.max_lag_s,
+            unknown_lag_s: self.config.unknown_lag_s,
+            when_no_replica: self.config.when_no_replica,
+            max_connections: self.config.max_connections_per_server,
+        }
+    }
+
+    /// Picks a server for a new connection and takes a place on it (counted until the lease
+    /// drops), with a receiver that changes when the router closes that server's connections.
+    fn lease(self: &Arc<Self>, role: Role, tried: &[usize]) -> Result<Lease, String> {
+        let view = self.view.borrow();
+        let primary = self.primary.lock().map_err(|_| String::from("router state poisoned"))?;
+        let active: Vec<u32> = self.servers.iter().map(|s| s.active.load(Ordering::Relaxed)).collect();
+        let server = route::pick(
+            role,
+            &view,
+            self.config.servers.get_ref(),
+            *primary,
+            &active,
+            tried,
+            &self.rules(),
+        )?;
+        // Subscribing under the lock: a close decided after this pick reaches this connection.
+        let closed = self.closers[server][role_index(role)].subscribe();
+        self.servers[server].active.fetch_add(1, Ordering::Relaxed);
+        self.servers[server].total.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            cluster: self.clone(),
+            server,
+            closed,
+        })
+    }
+
+    /// Closes every open connection of `role` to `server`.
+    fn close(&self, server: usize, role: Role, why: &str) {
+        let Some(closer) = self.closers.get(server).map(|c| &c[role_index(role)]) else {
+            return;
+        };
+        if closer.receiver_count() > 0 {
+            info!(
+                database = self.config.name.get_ref(),
+                server = %self.config.servers.get_ref()[server],
+                ?role,
+                open = closer.receiver_count(),
+                why,
+                "closing client connections"
+            );
+        }
+        closer.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// A connection's place on a server.
+struct Lease {
+    cluster: Arc<Cluster>,
+    server: usize,
+    closed: watch::Receiver<u64>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.cluster.servers[self.server].active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Follows the monitors' view: keeps the primary current, and closes the connections that
+/// must not stay (to a server that went down; read-write ones to a demoted primary).
+async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>, _monitors: JoinSet<()>) {
+    let mut view = view_tx.subscribe();
+    let mut before = view.borrow().clone();
+    let mut writable_before = 0;
+    loop {
+        let now = view.borrow_and_update().clone();
+        let name = cluster.config.name.get_ref();
+        let addresses = cluster.config.servers.get_ref();
+        for (i, (was, is)) in before.iter().zip(&now).enumerate() {
+            if was.up && !is.up {
+                cluster.close(i, Role::ReadWrite, "server down");
+                cluster.close(i, Role::ReadOnly, "server down");
+            }
+        }
+        let writable = now.iter().filter(|s| s.up && !s.read_only).count();
+        if writable > 1 && writable != writable_before {
+            warn!(
+                database = name,
+                writable, "more than one server is writable: writes stay with the current primary"
+            );
+        }
+        let changed = match cluster.primary.lock() {
+            Ok(mut primary) => {
+                let old = *primary;
+                *primary = route::primary(&now, old);
+                (old != *primary).then_some((old, *primary))
+            }
+            Err(_) => None,
+        };
+        if let Some((old, new)) = changed {
+            let show = |p: Option<usize>| {
+                p.and_then(|i| addresses.get(i))
+                    .map_or("none".into(), |a| a.to_string())
+            };
+            info!(database = name, from = show(old), to = show(new), "primary changed");
+            if let Some(old) = old {
+                cluster.close(old, Role::ReadWrite, "no longer the primary");
+            }
+        }
+        before = now;
+        writable_before = writable;
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept(listener: TcpListener, role: Role, cluster: Arc<Cluster>, connections: TaskTracker) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                connections.spawn(serve(client, peer, role, cluster.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                warn!("accepting a database connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Relays one client connection to the server chosen for it, or refuses it.
+async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc<Cluster>) {
+    let _ = client.set_nodelay(true);
+    let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
+    let mut tried = Vec::new();
+    let (mut server, mut lease) = loop {
+        let lease = match cluster.lease(role, &tried) {
+            Ok(lease) => lease,
+            Err(why) => {
+                cluster.refused[role_index(role)].fetch_add(1, Ordering::Relaxed);
+                let name = cluster.config.name.get_ref();
+                let message = format!("foobar: database {name} ({}): {why}", role_name(role));
+                warn!(database = name, client = %peer, reason = why, "refusing a database connection");
+                refuse(&mut client, &message).await;
+                return;
+            }
+        };
+        let addr = cluster.config.servers.get_ref()[lease.server];
+        match timeout(connect_limit, TcpStream::connect(addr)).await {
+            Ok(Ok(server)) => break (server, lease),
+            Ok(Err(e)) => warn!(server = %addr, "connecting to a database server failed: {e}"),
+            Err(_) => warn!(server = %addr, "connecting to a database server timed out"),
+        }
+        cluster.servers[lease.server]
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tried.push(lease.server);
+    };
+    let _ = server.set_nodelay(true);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {
+            if let Err(e) = result {
+                debug!(client = %peer, "database connection ended: {e}");
+            }
+        }
+        _ = lease.closed.changed() => {
+            cluster.servers[lease.server].closed_by_router.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::ReadWrite => "read-write",
+        Role::ReadOnly => "read-only",
+    }
+}
+
+/// Sends the MySQL error packet a server sends instead of its greeting, then closes. Before
+/// the handshake the client knows no capabilities, so the packet carries no SQL state.
+async fn refuse(client: &mut TcpStream, message: &str) {
+    let packet = error_packet(ER_NO_SERVER, message);
+    let _ = timeout(Duration::from_secs(1), async {
+        let _ = client.write_all(&packet).await;
+        let _ = client.shutdown().await;
+    })
+    .await;
+}
+
+/// An ERR packet with sequence number 0: header, 0xff, the code, the message (at most 511
+/// bytes, the clients' limit, cut at a character boundary).
+fn error_packet(code: u16, message: &str) -> Vec<u8> {
+    let mut end = message.len().min(511);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &message.as_bytes()[..end];
+    let length = 3 + text.len();
+    let mut packet = Vec::with_capacity(4 + length);
+    packet.extend_from_slice(&(length as u32).to_le_bytes()[..3]);
+    packet.push(0);
+    packet.push(0xff);
+    packet.extend_from_slice(&code.to_le_bytes());
+    packet.extend_from_slice(text);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_packet_layout() {
+        let p = error_packet(9001, "no primary");
+        assert_eq!(&p[..4], &[13, 0, 0, 0]);
+        assert_eq!(p[4], 0xff);
+        assert_eq!(u16::from_le_bytes([p[5], p[6]]), 9001);
+        assert_eq!(&p[7..], b"no primary");
+        let long = "é".repeat(400);
+        let p = error_packet(9001, &long);
+        assert!(p.len() - 7 <= 511 && std::str::from_utf8(&p[7..]).is_ok());
+    }
+}

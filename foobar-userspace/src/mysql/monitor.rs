@@ -1,0 +1,333 @@
+//! The database monitor: one task per server keeps a logged-in connection as the monitor user
+//! and asks, every interval, `SELECT 1, @@global.read_only` and the replication status. It
+//! never probes with a bare handshake: MySQL counts those as aborted connects and ends up
+//! blocking the router's host, while each full login resets that count.
+
+use crate::config::database::{Database, Monitor};
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use mysql_async::{prelude::Queryable, Conn, OptsBuilder, Row};
+use serde::{Deserialize, Serialize};
+use std::{
+    fmt,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::{sync::watch, time::timeout};
+use tracing::{info, warn};
+
+/// The monitor logs in anew this often: the login itself is checked, and each successful login
+/// from this host resets the server's count of aborted connects from it (clients of the router
+/// that give up mid-handshake count against the router's address).
+const RELOGIN: Duration = Duration::from_secs(30);
+
+/// The monitor user's login, read from the `credentials` file.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password; never logged.
+    password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads a credentials file, refusing one that group or others could read or write.
+    pub fn load(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{}: monitor credentials must not be accessible to group or others (mode {mode:03o}); chmod 600 it",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        // The parser's message may quote the offending line: keep only its position.
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            anyhow::anyhow!(
+                "{}: line {}: expected `user = \"...\"` and `password = \"...\"`",
+                path.display(),
+                at.unwrap_or(0)
+            )
+        })
+    }
+}
+
+/// What the monitor knows about one server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerState {
+    /// Passing checks (after rise / fall).
+    pub up: bool,
+    /// `@@global.read_only` at the last passed check.
+    pub read_only: bool,
+    /// Replication state at the last passed check.
+    pub lag: Lag,
+    /// Why the last check failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// A server's replication lag as its replication status tells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lag {
+    /// The server replicates from nobody.
+    #[default]
+    NotReplica,
+    /// `Seconds_Behind_Master`.
+    Seconds(u64),
+    /// The SQL (applier) thread is stopped: the data gets staler and nobody says how stale.
+    Stopped,
+    /// The applier runs but the receiver is not connected to the primary (it is down, or the
+    /// link is): the replica holds everything it was sent. The lag last measured, if any.
+    Disconnected(Option<u64>),
+}
+
+impl ServerState {
+    /// The lag the router compares with the limit. An unknown lag counts as `unknown_lag_s`,
+    /// except for a replica cut off from a primary that is down itself: nothing fresher
+    /// exists, so its last measured lag counts.
+    pub fn effective_lag(&self, unknown_lag_s: u64, primary_up: bool) -> u64 {
+        match self.lag {
+            Lag::NotReplica => 0,
+            Lag::Seconds(s) => s,
+            Lag::Stopped => unknown_lag_s,
+            Lag::Disconnected(last) if !primary_up => last.unwrap_or(unknown_lag_s),
+            Lag::Disconnected(_) => unknown_lag_s,
+        }
+    }
+}
+
+/// One passed check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reading {
+    read_only: bool,
+    lag: Lag,
+}
+
+/// Starts one monitor task per server of `db`; they publish into `view` (one entry per server,
+/// in configuration order). The tasks end when `view`'s receivers are all gone or when aborted.
+pub fn spawn(
+    db: &Database,
+    credentials: Arc<ArcSwap<Credentials>>,
+    view: &watch::Sender<Vec<ServerState>>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, addr) in db.servers.get_ref().iter().enumerate() {
+        tasks.spawn(watch_server(
+            db.name.get_ref().clone(),
+            index,
+            *addr,
+            db.monitor.clone(),
+            credentials.clone(),
+            view.clone(),
+        ));
+    }
+    tasks
+}
+
+async fn watch_server(
+    database: String,
+    index: usize,
+    addr: SocketAddr,
+    monitor: Monitor,
+    credentials: Arc<ArcSwap<Credentials>>,
+    view: watch::Sender<Vec<ServerState>>,
+) {
+    let mut probe = Probe {
+        addr,
+        conn: None,
+        legacy_status: false,
+        last_lag_s: None,
+    };
+    let limit = Duration::from_millis(monitor.timeout_ms);
+    let mut ticker = tokio::time::interval(Duration::from_millis(monitor.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first check decides at once; later ones go through rise / fall.
+    let mut first = true;
+    let mut streak = 0u32;
+    loop {
+        ticker.tick().await;
+        if view.is_closed() {
+            return;
+        }
+        let creds = credentials.load_full();
+        let result = match timeout(limit, probe.check(&creds)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", monitor.timeout_ms)),
+        };
+        if result.is_err() {
+            // A half-done exchange leaves the connection in an unknown state: log in anew.
+            probe.conn = None;
+        }
+        let was_up = view.borrow().get(index).is_some_and(|s| s.up);
+        let ok = result.is_ok();
+        streak = if ok == was_up { 0 } else { streak + 1 };
+        let up = if first || streak >= if was_up { monitor.fall } else { monitor.rise } {
+            streak = 0;
+            ok
+        } else {
+            was_up
+        };
+        if up != was_up || first {
+            match &result {
+                Ok(r) => info!(database, server = %addr, read_only = r.read_only, "database server is up"),
+                Err(reason) => warn!(database, server = %addr, reason, "database server is down"),
+            }
+        }
+        first = false;
+        view.send_if_modified(|servers| {
+            let Some(state) = servers.get_mut(index) else {
+                return false;
+            };
+            let mut next = state.clone();
+            next.up = up;
+            match &result {
+                Ok(r) => {
+                    next.read_only = r.read_only;
+                    next.lag = r.lag;
+                    next.last_error = None;
+                }
+                Err(reason) => next.last_error = Some(reason.clone()),
+            }
+            let changed = next != *state;
+            *state = next;
+            changed
+        });
+    }
+}
+
+/// A server's monitor connection.
+struct Probe {
+    addr: SocketAddr,
+    /// The logged-in connection and when it logged in.
+    conn: Option<(Conn, Instant)>,
+    /// The server does not know `SHOW REPLICA STATUS` (MySQL before 8.0.22): use the old name.
+    legacy_status: bool,
+    /// The lag last measured, for [`Lag::Disconnected`].
+    last_lag_s: Option<u64>,
+}
+
+impl Probe {
+    async fn check(&mut self, creds: &Credentials) -> Result<Reading, String> {
+        let (mut conn, since) = match self.conn.take() {
+            Some((conn, since)) if since.elapsed() < RELOGIN => (conn, since),
+            stale => {
+                if let Some((old, _)) = stale {
+                    // A clean quit: the server counts nothing against this host.
+                    let _ = old.disconnect().await;
+                }
+                (login(self.addr, creds).await?, Instant::now())
+            }
+        };
+        let reading = self.ask(&mut conn).await?;
+        self.conn = Some((conn, since));
+        Ok(reading)
+    }
+
+    async fn ask(&mut self, conn: &mut Conn) -> Result<Reading, String> {
+        let row: Option<(i64, i64)> = conn
+            .query_first("SELECT 1, @@global.read_only")
+            .await
+            .map_err(|e| format!("SELECT @@global.read_only: {e}"))?;
+        let read_only = row.is_some_and(|(_, ro)| ro != 0);
+        let rows: Vec<Row> = loop {
+            let statement = if self.legacy_status {
+                "SHOW SLAVE STATUS"
+            } else {
+                "SHOW REPLICA STATUS"
+            };
+            match conn.query(statement).await {
+                Ok(rows) => break rows,
+                Err(mysql_async::Error::Server(e)) if e.code == 1064 && !self.legacy_status => {
+                    self.legacy_status = true;
+                }
+                Err(e) => return Err(format!("{statement}: {e}")),
+            }
+        };
+        // Several rows with multi-source replication: the worst one counts.
+        let mut lag = Lag::NotReplica;
+        for row in &rows {
+            let this = match (
+                column(row, &["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|v| v.parse().ok()),
+                column(row, &["Slave_SQL_Running", "Replica_SQL_Running"]).as_deref() == Some("Yes"),
+            ) {
+                (Some(seconds), _) => Lag::Seconds(seconds),
+                (None, false) => Lag::Stopped,
+                (None, true) => Lag::Disconnected(self.last_lag_s),
+            };
+            lag = worst(lag, this);
+        }
+        if let Lag::Seconds(seconds) = lag {
+            self.last_lag_s = Some(seconds);
+        }
+        Ok(Reading { read_only, lag })
+    }
+}
+
+/// Logs in to `addr` as the monitor user.
+async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, String> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some(creds.user.clone()))
+        .pass(Some(creds.password.clone()))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    Conn::new(opts).await.map_err(|e| format!("login: {}", io_cause(&e)))
+}
+
+/// A health check through a MySQL endpoint: log in, `SELECT 1`, quit cleanly.
+pub async fn login_check(addr: SocketAddr, creds: &Credentials) -> Result<(), String> {
+    let mut conn = login(addr, creds).await?;
+    conn.query_drop("SELECT 1")
+        .await
+        .map_err(|e| format!("SELECT 1: {e}"))?;
+    conn.disconnect().await.map_err(|e| format!("quit: {e}"))
+}
+
+/// An error's message without mysql_async's repeated "Input/output error:" wrappers.
+fn io_cause(e: &mysql_async::Error) -> String {
+    let text = e.to_string();
+    text.rsplit("Input/output error: ").next().unwrap_or(&text).to_owned()
+}
+
+/// A text column of a status row by any of its names (MariaDB and MySQL spell some apart);
+/// None when absent or NULL.
+fn column(row: &Row, names: &[&str]) -> Option<String> {
+    let index = row
+        .columns_ref()
+        .iter()
+        .position(|c| names.contains(&c.name_str().as_ref()))?;
+    row.get_opt::<Option<String>, _>(index)?.ok().flatten()
+}
+
+/// The staler of two replication channels' lags.
+fn worst(a: Lag, b: Lag) -> Lag {
+    let rank = |l: &Lag| match l {
+        Lag::NotReplica => (0, 0),
+        Lag::Seconds(s) => (1, *s),
+        Lag::Disconnected(_) => (2, 0),
+        Lag::Stopped => (3, 0),
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}

@@ -1,0 +1,235 @@
+//! Real MariaDB servers (Debian's mariadb-server) inside namespaces: a data directory made by
+//! `mariadb-install-db`, `mariadbd` with binary logs and GTIDs, and SQL run as root over the
+//! server's Unix socket (which lives in the file system, so the host reaches every namespace).
+
+use crate::{ChildGuard, Netns};
+use anyhow::{bail, Context, Result};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+/// Password of the lab's replication user `repl`.
+pub const REPL_PASSWORD: &str = "repl-secret";
+/// The application's user and password (all rights on `appdb`).
+pub const APP_USER: (&str, &str) = ("app", "app-secret");
+/// The router's monitor user and password.
+pub const MONITOR_USER: (&str, &str) = ("monitor", "monitor-secret");
+
+/// One MariaDB server.
+pub struct MariaDb {
+    /// Its address (it listens on port 3306).
+    pub addr: String,
+    /// `@@server_id`.
+    pub server_id: u32,
+    dir: PathBuf,
+    /// Started with `--read-only` (a replica's setting survives restarts).
+    read_only: bool,
+    process: Option<ChildGuard>,
+}
+
+impl MariaDb {
+    /// Copies the data directory `template` (made by [`install`]) under `dir` and starts the
+    /// server in `ns` on `addr:3306`.
+    pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let data = dir.join("data");
+        crate::sh(&["cp", "-a", &template.display().to_string(), &data.display().to_string()])?;
+        let mut server = Self {
+            addr: addr.to_owned(),
+            server_id,
+            dir: dir.to_owned(),
+            read_only: false,
+            process: None,
+        };
+        server.run(ns)?;
+        Ok(server)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
+    /// Starts `mariadbd` (again) and waits until it answers.
+    pub fn run(&mut self, ns: &Netns) -> Result<()> {
+        let log = self.dir.join("mariadbd.log");
+        let args = [
+            "mariadbd".to_string(),
+            "--no-defaults".into(),
+            format!("--datadir={}", self.data_dir().display()),
+            format!("--socket={}", self.socket().display()),
+            format!("--pid-file={}", self.dir.join("mysqld.pid").display()),
+            format!("--bind-address={}", self.addr),
+            "--port=3306".into(),
+            "--user=root".into(),
+            format!("--server-id={}", self.server_id),
+            format!("--log-bin={}", self.data_dir().join("binlog").display()),
+            "--binlog-format=ROW".into(),
+            "--log-slave-updates".into(),
+            "--gtid-strict-mode=1".into(),
+            "--skip-name-resolve".into(),
+            "--innodb-buffer-pool-size=32M".into(),
+            "--innodb-log-file-size=8M".into(),
+            "--performance-schema=0".into(),
+            "--max-connect-errors=10".into(),
+            format!("--read-only={}", u8::from(self.read_only)),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = ns.spawn_system(&args, &log)?;
+        let socket = self.socket();
+        let answered = crate::wait_until(Duration::from_secs(20), "mariadbd to answer", || {
+            Command::new("mariadb-admin")
+                .arg(format!("--socket={}", socket.display()))
+                .arg("ping")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if let Err(e) = answered {
+            bail!("{e}: {}", process.log_text());
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(process) = self.process.take() {
+            process.signal(nix::sys::signal::Signal::SIGKILL)?;
+            drop(process);
+        }
+        Ok(())
+    }
+
+    /// Runs SQL as root over the Unix socket; the rows as tab-separated lines.
+    pub fn sql(&self, statements: &str) -> Result<String> {
+        let out = Command::new("mariadb")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "-N", "-B", "-e", statements])
+            .output()
+            .context("running mariadb")?;
+        if !out.status.success() {
+            bail!(
+                "{} on server {}: {}",
+                statements,
+                self.server_id,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Makes this server the primary of a fresh cluster: the replication, monitor and
+    /// application users and the `appdb.t` table.
+    pub fn init_primary(&self) -> Result<()> {
+        let (app, app_pw) = APP_USER;
+        let (mon, mon_pw) = MONITOR_USER;
+        self.sql(&format!(
+            "CREATE USER 'repl'@'%' IDENTIFIED BY '{REPL_PASSWORD}';
+             GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
+             CREATE USER '{mon}'@'%' IDENTIFIED BY '{mon_pw}';
+             GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{mon}'@'%';
+             CREATE DATABASE appdb;
+             CREATE TABLE appdb.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
+             CREATE USER '{app}'@'%' IDENTIFIED BY '{app_pw}';
+             GRANT ALL ON appdb.* TO '{app}'@'%';"
+        ))
+        .map(|_| ())
+    }
+
+    /// Makes this server a read-only GTID replica of `primary` (read-only after restarts too).
+    pub fn replicate_from(&mut self, primary: &MariaDb) -> Result<()> {
+        self.read_only = true;
+        self.sql(&format!(
+            "SET GLOBAL read_only = 1;
+             CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = 3306, MASTER_USER = 'repl',
+               MASTER_PASSWORD = '{REPL_PASSWORD}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;
+             START SLAVE;",
+            primary.addr
+        ))
+        .map(|_| ())
+    }
+}
+
+/// `mariadb-install-db` into `data`, with root reachable over the socket without a password.
+pub fn install(data: &Path) -> Result<()> {
+    crate::sh(&[
+        "mariadb-install-db",
+        "--no-defaults",
+        &format!("--datadir={}", data.display()),
+        "--user=root",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+    ])
+    .map(|_| ())
+}
+
+/// Starts a primary in `namespaces[0]` and GTID replicas of it in the others (server ids 1, 2,
+/// ...; data directories under `dir`), with the lab's users, and waits until the replicas
+/// have copied the primary.
+pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)]) -> Result<Vec<MariaDb>> {
+    let template = dir.join("mariadb-template");
+    install(&template)?;
+    let mut servers = Vec::new();
+    for (i, (ns, addr)) in namespaces.iter().enumerate() {
+        let data = dir.join(format!("db{}", i + 1));
+        servers.push(MariaDb::start(ns, &data, addr, i as u32 + 1, &template)?);
+    }
+    let (primary, replicas) = servers.split_first_mut().context("a cluster needs a server")?;
+    primary.init_primary()?;
+    for replica in replicas.iter_mut() {
+        replica.replicate_from(primary)?;
+        crate::wait_until(Duration::from_secs(20), "a replica to copy the primary", || {
+            replica
+                .sql("SELECT COUNT(*) FROM mysql.user WHERE user = 'app'")
+                .is_ok_and(|n| n == "1")
+        })?;
+    }
+    Ok(servers)
+}
+
+/// Writes a monitor credentials file for [`MONITOR_USER`] with `password`, file mode `mode`.
+pub fn write_credentials(path: &Path, password: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        path,
+        format!("user = \"{}\"\npassword = \"{password}\"\n", MONITOR_USER.0),
+    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// A `[[database]]` section routing `address`'s `ports` (read-write, read-only) to `servers`
+/// (port 3306 each), checked every 200 ms (fall 2).
+pub fn database_section(
+    name: &str,
+    address: &str,
+    (rw, ro): (u16, u16),
+    servers: &[String],
+    credentials: &Path,
+    when_no_replica: &str,
+) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}:3306\"")).collect();
+    format!(
+        r#"
+[[database]]
+name = "{name}"
+address = "{address}"
+read_write_port = {rw}
+read_only_port = {ro}
+servers = [{servers}]
+credentials = "{credentials}"
+max_lag_s = 5
+when_no_replica = "{when_no_replica}"
+drain_timeout_ms = 1000
+monitor = {{ interval_ms = 200, timeout_ms = 1000, rise = 1, fall = 2 }}
+"#,
+        servers = servers.join(", "),
+        credentials = credentials.display()
+    )
+}

@@ -1,0 +1,285 @@
+//! Database routing against real MariaDB: a GTID primary and replica in namespaces, foobar
+//! routing read-write connections to the primary and read-only ones to the fresh replica, and
+//! what happens when replication stops, servers die, a replica is promoted by hand, the
+//! cluster is unreachable at startup, and the monitor's password is wrong.
+
+use anyhow::{ensure, Result};
+use foobar_tests::{
+    dblab::{DbLab, MAIN, NOTICE, STRICT},
+    mariadb::{APP_USER, MONITOR_USER},
+    wait_until,
+};
+use mysql_async::prelude::Queryable;
+use std::time::Duration;
+
+#[test]
+fn writes_reach_the_primary_and_reads_the_fresh_replica() -> Result<()> {
+    let lab = DbLab::start("rw")?;
+    lab.must_query(MAIN.0, "INSERT INTO appdb.t (v) VALUES ('through the router')")?;
+    ensure!(lab.servers[0].sql("SELECT v FROM appdb.t")? == "through the router");
+    lab.wait_for(MAIN.1, "SELECT v FROM appdb.t", "through the router")?;
+    ensure!(
+        lab.must_query(MAIN.1, "SELECT @@server_id")? == "2",
+        "reads go to the replica"
+    );
+    ensure!(lab.must_query(STRICT.1, "SELECT @@server_id")? == "2");
+    let (ok, out) = lab.query(MAIN.1, "INSERT INTO appdb.t (v) VALUES ('nope')")?;
+    ensure!(
+        !ok && out.contains("read-only"),
+        "the replica refuses writes itself: {out}"
+    );
+
+    // Replication stops applying: the lag is unknown, reads leave the replica.
+    lab.servers[1].sql("STOP SLAVE SQL_THREAD")?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "1")?;
+    let refusal = lab.wait_for_refusal(STRICT.1, "no replica qualifies")?;
+    for part in [
+        "9001 - foobar: database strict (read-only)",
+        "10.20.0.12:3306 has its replication SQL thread stopped",
+        "when_no_replica = refuse",
+    ] {
+        ensure!(refusal.contains(part), "{part:?} missing from: {refusal}");
+    }
+    ensure!(
+        lab.must_query(STRICT.0, "SELECT @@server_id")? == "1",
+        "writes are unaffected"
+    );
+
+    // Applying again: the replica catches up and gets the reads back.
+    lab.servers[1].sql("START SLAVE SQL_THREAD")?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "2")?;
+    lab.wait_for(STRICT.1, "SELECT @@server_id", "2")?;
+
+    let status = lab.status_text()?;
+    for part in [
+        "database main: primary 10.20.0.11:3306",
+        "10.20.0.12:3306 read-only, lag 0 s",
+        "refused read-write 0",
+    ] {
+        ensure!(status.contains(part), "{part:?} missing from status:\n{status}");
+    }
+    let log = lab.router_log();
+    ensure!(
+        !log.contains(MONITOR_USER.1),
+        "the monitor password leaked into the log"
+    );
+    Ok(())
+}
+
+#[test]
+fn dead_servers_move_reads_and_refuse_writes_with_the_reason() -> Result<()> {
+    let mut lab = DbLab::start("dead")?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "2")?;
+
+    lab.servers[1].kill()?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "1")?;
+    let refusal = lab.wait_for_refusal(STRICT.1, "10.20.0.12:3306 is down")?;
+    ensure!(refusal.contains("no replica qualifies"), "{refusal}");
+    ensure!(lab.must_query(MAIN.0, "SELECT @@server_id")? == "1");
+
+    let ns = &lab.server_ns[1];
+    lab.servers[1].run(ns)?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "2")?;
+
+    // The primary dies: writes are refused and say why; the replica keeps serving reads (it
+    // holds everything the dead primary sent it).
+    lab.servers[0].kill()?;
+    let refusal = lab.wait_for_refusal(MAIN.0, "no primary")?;
+    for part in ["9001 - foobar: database main (read-write)", "10.20.0.11:3306 is down"] {
+        ensure!(refusal.contains(part), "{part:?} missing from: {refusal}");
+    }
+    ensure!(lab.must_query(MAIN.1, "SELECT @@server_id")? == "2");
+    ensure!(lab.must_query(STRICT.1, "SELECT @@server_id")? == "2");
+    let status = lab.status_text()?;
+    ensure!(status.contains("10.20.0.11:3306 DOWN"), "status:\n{status}");
+    Ok(())
+}
+
+/// Opens a connection as the application user through the router's `port`, from the client
+/// namespace's point of view (the test thread has entered it).
+async fn connect(port: u16) -> Result<mysql_async::Conn> {
+    let (user, password) = APP_USER;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(foobar_tests::dblab::ROUTER.to_string())
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false);
+    Ok(mysql_async::Conn::new(opts).await?)
+}
+
+async fn server_id(conn: &mut mysql_async::Conn) -> Result<u32> {
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await?;
+    id.ok_or_else(|| anyhow::anyhow!("no row"))
+}
+
+#[test]
+fn promoting_the_replica_moves_writes_and_closes_old_write_connections() -> Result<()> {
+    let lab = DbLab::start("promote")?;
+    lab.wait_for(MAIN.1, "SELECT @@server_id", "2")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Sockets belong to the namespace they were made in: connect from inside the client's.
+    let (runtime, mut writer, mut reader) = lab.client.run(move || {
+        let conns = runtime.block_on(async {
+            let mut writer = connect(MAIN.0).await?;
+            let mut reader = connect(MAIN.1).await?;
+            ensure!(server_id(&mut writer).await? == 1 && server_id(&mut reader).await? == 2);
+            Ok::<_, anyhow::Error>((writer, reader))
+        });
+        conns.map(|(w, r)| (runtime, w, r))
+    })??;
+
+    // An operator's failover: the old primary goes read-only, the replica stops replicating
+    // and becomes writable.
+    lab.servers[0].sql("SET GLOBAL read_only = 1")?;
+    lab.servers[1].sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")?;
+    lab.wait_for(MAIN.0, "SELECT @@server_id", "2")?;
+    lab.must_query(MAIN.0, "INSERT INTO appdb.t (v) VALUES ('after the promotion')")?;
+    ensure!(lab.servers[1].sql("SELECT v FROM appdb.t")? == "after the promotion");
+
+    runtime.block_on(async {
+        let old = server_id(&mut writer).await;
+        ensure!(
+            old.is_err(),
+            "the write connection to the demoted server is still open: {old:?}"
+        );
+        ensure!(server_id(&mut reader).await? == 2, "read connections stay");
+        drop((writer, reader));
+        Ok(())
+    })?;
+    let status = lab.status()?;
+    let main = status
+        .databases
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no database in {status:?}"))?;
+    ensure!(main.primary.as_deref() == Some("10.20.0.12:3306"), "{main:?}");
+    let old = &main.servers[0];
+    ensure!(
+        old.closed_by_router >= 1 && old.active == 0 && old.state.read_only,
+        "{old:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()> {
+    let mut lab = DbLab::build("start")?;
+    // Credentials others could read are refused before anything starts.
+    lab.write_credentials(MONITOR_USER.1, 0o644)?;
+    let config = lab.config().display().to_string();
+    let (ok, out) = lab.router_ns.exec_any(&[
+        foobar_tests::foobar_bin().to_str().unwrap_or("foobar"),
+        "run",
+        "--config",
+        &config,
+    ])?;
+    ensure!(
+        !ok && out.contains("must not be accessible to group or others (mode 644)"),
+        "{out}"
+    );
+
+    // Nothing reachable at startup: foobar starts, refuses with the reason, and routes as soon
+    // as the servers answer.
+    lab.write_credentials(MONITOR_USER.1, 0o600)?;
+    lab.servers[0].kill()?;
+    lab.servers[1].kill()?;
+    lab.start_router()?;
+    let refusal = lab.wait_for_refusal(MAIN.0, "10.20.0.11:3306 is down")?;
+    ensure!(
+        refusal.contains("Connection refused") || refusal.contains("login"),
+        "{refusal}"
+    );
+    let ns = &lab.server_ns[0];
+    lab.servers[0].run(ns)?;
+    lab.wait_for(MAIN.0, "SELECT @@server_id", "1")?;
+
+    // A wrong monitor password: every server is down for the router, and the reason is the
+    // server's own refusal; the password itself appears nowhere.
+    if let Some(mut router) = lab.router.take() {
+        router.signal(nix::sys::signal::Signal::SIGTERM)?;
+        router.wait(Duration::from_secs(10))?;
+    }
+    let wrong = "not-the-password";
+    lab.write_credentials(wrong, 0o600)?;
+    lab.start_router()?;
+    let refusal = lab.wait_for_refusal(MAIN.0, "Access denied for user 'monitor'")?;
+    ensure!(refusal.contains("no primary"), "{refusal}");
+    wait_until(NOTICE, "the status to show the refusal", || {
+        lab.status_text().is_ok_and(|s| s.contains("Access denied"))
+    })?;
+    let status = lab.status_text()?;
+    ensure!(
+        !status.contains(wrong) && !lab.router_log().contains(wrong),
+        "the password leaked"
+    );
+    Ok(())
+}
+
+/// Through the VIP: both edges run the database router as backends of the read-write and
+/// read-only services (the master serves some connections itself and sends the others to the
+/// backup by IPIP); when one edge stops, the other carries every new connection.
+#[test]
+fn database_services_on_the_vip_are_routed_by_both_edges() -> Result<()> {
+    use foobar_tests::lab::{edge_addr, LabSpec, LbLab, MYSQL_PORTS, VIP};
+    let mut lab = LbLab::build(LabSpec::pair(1, true, false).with_database())?;
+    let (user, password) = APP_USER;
+    let query = |port: u16, sql: &str| -> Result<String> {
+        let args = [
+            "mariadb",
+            "-h",
+            &VIP.to_string(),
+            "-P",
+            &port.to_string(),
+            "-u",
+            user,
+            &format!("-p{password}"),
+            "--connect-timeout=5",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ];
+        Ok(lab.client.exec(&args)?.trim().to_owned())
+    };
+    // The servers see the routing edge's address as the client's.
+    let mut routed_by = Vec::new();
+    wait_until(
+        Duration::from_secs(15),
+        "both edges to route database connections",
+        || {
+            match query(MYSQL_PORTS.0, "SELECT SUBSTRING_INDEX(USER(), '@', -1), @@server_id") {
+                Ok(who) => routed_by.push(who),
+                Err(e) => routed_by.push(e.to_string()),
+            }
+            let seen = |i: usize| routed_by.iter().any(|w| *w == format!("{}\t1", edge_addr(i)));
+            seen(0) && seen(1)
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: {routed_by:?}"))?;
+    query(MYSQL_PORTS.0, "INSERT INTO appdb.t (v) VALUES ('via the VIP')")?;
+    let mut last = String::new();
+    wait_until(NOTICE, "the read-only service to read from the replica", || {
+        last = query(MYSQL_PORTS.1, "SELECT @@server_id, v FROM appdb.t").unwrap_or_else(|e| e.to_string());
+        last == "2\tvia the VIP"
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+
+    // The backup edge stops: the master's health check takes it out of both services.
+    let backup = 1 - lab.wait_for_master(Duration::from_secs(5))?;
+    if let Some(mut edge) = lab.edges[backup].foobar.take() {
+        edge.signal(nix::sys::signal::Signal::SIGTERM)?;
+        edge.wait(Duration::from_secs(10))?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..10 {
+        let who = query(MYSQL_PORTS.0, "SELECT SUBSTRING_INDEX(USER(), '@', -1)")?;
+        ensure!(who == edge_addr(1 - backup).to_string(), "routed by {who}");
+    }
+    // No health check or router connection ever aborted a handshake (the servers run with
+    // max_connect_errors = 10 and would block the edges).
+    for db in &lab.databases {
+        let aborted = db.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'")?;
+        ensure!(aborted.ends_with("\t0"), "server {}: {aborted}", db.server_id);
+    }
+    Ok(())
+}
