@@ -15,3 +15,4 @@ pub mod mysql;
 pub mod stats;
 pub mod vrrp;
 pub mod web;
+pub mod workers;

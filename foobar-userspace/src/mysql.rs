@@ -10,6 +10,7 @@ pub mod route;
 use crate::{
     config::database::{Database, Role},
     listen,
+    workers::Workers,
 };
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -30,7 +31,6 @@ use tokio::{
     task::JoinSet,
     time::timeout,
 };
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// Relay buffer per direction: large enough that a result set moves in few system calls.
@@ -42,8 +42,10 @@ const ER_NO_SERVER: u16 = 9001;
 /// The routers of every `[[database]]`.
 pub struct DatabaseRouter {
     clusters: Vec<Arc<Cluster>>,
+    /// Accept loops and monitors.
     tasks: JoinSet<()>,
-    connections: TaskTracker,
+    /// The threads relaying client connections.
+    pool: Arc<Workers>,
 }
 
 /// One cluster's live routing state.
@@ -114,7 +116,8 @@ impl DatabaseRouter {
     pub fn start(databases: &[Database]) -> Result<Self> {
         let mut clusters = Vec::new();
         let mut tasks = JoinSet::new();
-        let connections = TaskTracker::new();
+        let drain = databases.iter().map(|d| d.drain_timeout_ms).max().unwrap_or(0);
+        let pool = Arc::new(Workers::start("db", 0, Duration::from_millis(drain))?);
         for db in databases {
             let name = db.name.get_ref();
             let credentials =
@@ -135,18 +138,14 @@ impl DatabaseRouter {
             });
             for (role, addr) in db.listeners() {
                 let listener = TcpListener::from_std(listen::bind(addr)?)?;
-                tasks.spawn(accept(listener, role, cluster.clone(), connections.clone()));
+                tasks.spawn(accept(listener, role, cluster.clone(), pool.clone()));
             }
             let monitors = monitor::spawn(db, cluster.credentials.clone(), &view_tx);
             tasks.spawn(follow(cluster.clone(), view_tx, monitors));
             info!(database = name, listeners = ?db.listeners(), "database routing started");
             clusters.push(cluster);
         }
-        Ok(Self {
-            clusters,
-            tasks,
-            connections,
-        })
+        Ok(Self { clusters, tasks, pool })
     }
 
     /// Re-reads the monitor credentials (the next login uses them); a bad file changes nothing.
@@ -168,35 +167,14 @@ impl DatabaseRouter {
         Arc::new(move || clusters.iter().map(|c| c.status()).collect())
     }
 
-    /// Stops accepting, lets open connections finish within each cluster's drain timeout,
-    /// then closes the rest.
+    /// Stops accepting, lets open connections finish within the longest drain timeout, then
+    /// closes the rest.
     pub async fn shutdown(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        self.connections.close();
-        let drain = self
-            .clusters
-            .iter()
-            .map(|c| c.config.drain_timeout_ms)
-            .max()
-            .unwrap_or(0);
-        if timeout(Duration::from_millis(drain), self.connections.wait())
-            .await
-            .is_err()
-        {
-            let open = self.connections.len();
-            warn!(
-                open,
-                "database connections still open after the drain timeout: closing them"
-            );
-            for cluster in &self.clusters {
-                for closers in &cluster.closers {
-                    for closer in closers {
-                        closer.send_modify(|generation| *generation += 1);
-                    }
-                }
-            }
-            self.connections.wait().await;
+        match Arc::try_unwrap(self.pool) {
+            Ok(pool) => pool.stop().await,
+            Err(_) => warn!("database workers still referenced at shutdown"),
         }
     }
 }
@@ -343,11 +321,19 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>,
     }
 }
 
-async fn accept(listener: TcpListener, role: Role, cluster: Arc<Cluster>, connections: TaskTracker) {
+async fn accept(listener: TcpListener, role: Role, cluster: Arc<Cluster>, pool: Arc<Workers>) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                connections.spawn(serve(client, peer, role, cluster.clone()));
+                let Ok(client) = client.into_std() else {
+                    continue;
+                };
+                let cluster = cluster.clone();
+                pool.spawn(move || async move {
+                    if let Ok(client) = TcpStream::from_std(client) {
+                        serve(client, peer, role, cluster).await;
+                    }
+                });
             }
             Err(e) => {
                 // Out of descriptors and the like: wait instead of spinning.

@@ -8,7 +8,10 @@ pub mod proxy;
 pub mod stats;
 pub mod tls;
 
-use crate::config::web::{Certificate, Limits, Listener, Site, Web};
+use crate::{
+    config::web::{Certificate, Limits, Listener, Site, Web},
+    workers::Workers,
+};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,17 +28,13 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
-    task::JoinSet,
+    sync::watch,
 };
 use tracing::{error, info, warn};
 
@@ -219,15 +218,13 @@ struct Shared {
 }
 
 /// The running web tier: an acceptor per listener hands each connection to the worker thread
-/// with the fewest open connections; a worker is a single-threaded runtime (like nginx's worker
-/// processes: a connection lives on one thread, with no cross-thread wake-ups). Plus the
-/// certificate watcher.
+/// with the fewest open connections ([`Workers`]). Plus the certificate watcher.
 pub struct WebTier {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     workers: usize,
     shutdown: watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    pool: Arc<Workers>,
     acceptors: Vec<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -248,10 +245,9 @@ impl WebTier {
             limits,
         });
         let (shutdown, _) = watch::channel(false);
-        let workers = match web.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let drain = Duration::from_millis(shared.limits.drain_timeout_ms);
+        let pool = Arc::new(Workers::start("web", web.workers, drain)?);
+        let workers = pool.len();
         // Bind everything first, so a taken port fails the start with its address.
         let listeners: Vec<(TcpListener, Listener)> = web
             .listeners
@@ -264,21 +260,6 @@ impl WebTier {
         for l in &web.listeners {
             info!(address = %l.address.get_ref(), tls = l.tls, workers, "web listener up");
         }
-        let load: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
-        let mut threads = Vec::new();
-        let mut queues = Vec::new();
-        for i in 0..workers {
-            let (queue, incoming) = mpsc::unbounded_channel();
-            queues.push(queue);
-            let (shared, shutdown) = (shared.clone(), shutdown.subscribe());
-            let load = load.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("web-{i}"))
-                .spawn(move || worker(i, incoming, load, shared, shutdown))
-                .context("starting a web worker thread")?;
-            threads.push(thread);
-        }
-        let balancer = Arc::new(Balancer { queues, load });
         let acceptors = listeners
             .into_iter()
             .map(|(listener, config)| {
@@ -286,7 +267,7 @@ impl WebTier {
                     listener,
                     config,
                     shared.clone(),
-                    balancer.clone(),
+                    pool.clone(),
                     shutdown.subscribe(),
                 ))
             })
@@ -298,7 +279,7 @@ impl WebTier {
             listeners: web.listeners.clone(),
             workers: web.workers,
             shutdown,
-            threads,
+            pool,
             acceptors,
             watcher,
         })
@@ -338,14 +319,9 @@ impl WebTier {
             let _ = acceptor.await;
         }
         // Each worker drains its own connections up to the deadline, then closes the rest.
-        let threads = self.threads;
-        let joined = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        if joined.await.is_err() {
-            warn!("a web worker thread ended abnormally");
+        match Arc::try_unwrap(self.pool) {
+            Ok(pool) => pool.stop().await,
+            Err(_) => warn!("web workers still referenced at shutdown"),
         }
     }
 }
@@ -381,89 +357,12 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
     }
 }
 
-/// An accepted connection on its way to a worker.
-struct Handoff {
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    config: Listener,
-    admitted: Admitted,
-}
-
-/// Hands connections to the least-loaded worker.
-struct Balancer {
-    queues: Vec<mpsc::UnboundedSender<Handoff>>,
-    /// Open connections per worker.
-    load: Arc<[AtomicUsize]>,
-}
-
-impl Balancer {
-    fn hand_off(&self, handoff: Handoff) {
-        let (i, _) = self
-            .load
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
-            .unwrap_or((0, &self.load[0]));
-        self.load[i].fetch_add(1, Ordering::Relaxed);
-        if self.queues[i].send(handoff).is_err() {
-            self.load[i].fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// One worker thread: a single-threaded runtime serving the connections handed to it until
-/// shutdown, then draining them up to the deadline.
-fn worker(
-    index: usize,
-    mut incoming: mpsc::UnboundedReceiver<Handoff>,
-    load: Arc<[AtomicUsize]>,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            error!("a web worker could not start its runtime: {e}");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                handoff = incoming.recv() => {
-                    let Some(h) = handoff else { break };
-                    let Ok(stream) = TcpStream::from_std(h.stream) else {
-                        load[index].fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let (shared, shutdown, load) = (shared.clone(), shutdown.clone(), load.clone());
-                    connections.spawn(async move {
-                        connection(stream, h.peer, h.config, shared, shutdown, h.admitted).await;
-                        load[index].fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                _ = shutdown.changed() => break,
-            }
-        }
-        let deadline = Duration::from_millis(shared.limits.drain_timeout_ms);
-        if tokio::time::timeout(deadline, async { while connections.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            warn!("web connections still open after the drain deadline; closing them");
-            connections.abort_all();
-        }
-    });
-}
-
 /// Accepts on one listener until shutdown, admitting connections within the limits.
 async fn accept_loop(
     listener: TcpListener,
     config: Listener,
     shared: Arc<Shared>,
-    balancer: Arc<Balancer>,
+    pool: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -484,7 +383,12 @@ async fn accept_loop(
                 let Ok(stream) = stream.into_std() else {
                     continue;
                 };
-                balancer.hand_off(Handoff { stream, peer, config: config.clone(), admitted });
+                let (config, shared, stopping) = (config.clone(), shared.clone(), shutdown.clone());
+                pool.spawn(move || async move {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        connection(stream, peer, config, shared, stopping, admitted).await;
+                    }
+                });
             }
             _ = shutdown.changed() => break,
         }

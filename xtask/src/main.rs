@@ -41,8 +41,9 @@ enum Task {
     },
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: xdp (per-packet cost, map memory) or failover (takeover time and
-        /// surviving connections against keepalived + HAProxy) or web (the web tier against nginx).
+        /// Which benchmark: xdp (per-packet cost, map memory), failover (takeover time and
+        /// surviving connections against keepalived + HAProxy), web (the web tier against
+        /// nginx) or mysql (database routing against direct and HAProxy, with sysbench).
         name: String,
     },
 }
@@ -180,7 +181,8 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         "xdp" => {}
         "failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "keepalived", "haproxy"])?,
         "web" => toolchain::ensure_os_packages(&["ip", "curl", "openssl", "wrk", "nginx"])?,
-        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web)"),
+        "mysql" => toolchain::ensure_os_packages(&["ip", "ethtool", "mariadbd", "sysbench", "haproxy"])?,
+        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql)"),
     }
     cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
     cargo(

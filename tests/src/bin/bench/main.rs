@@ -1,8 +1,9 @@
-//! `cargo xtask bench xdp|failover|web`: each benchmark measures foobar against a baseline measured
+//! `cargo xtask bench xdp|failover|web|mysql`: each benchmark measures foobar against a baseline measured
 //! the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json` with the same table
 //! as Markdown in `NAME.md`.
 
 mod failover;
+mod mysql;
 mod web;
 mod xdp;
 
@@ -34,7 +35,8 @@ fn main() -> Result<()> {
         "xdp" => xdp::run()?,
         "failover" => failover::run()?,
         "web" => web::run()?,
-        _ => bail!("usage: foobar-bench xdp|failover|web"),
+        "mysql" => mysql::run()?,
+        _ => bail!("usage: foobar-bench xdp|failover|web|mysql"),
     };
     let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     write(&out_dir, &name, &rows)
