@@ -30,12 +30,14 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    /// Copies the data directory `template` (made by [`install`]) under `dir` and starts the
-    /// server in `ns` on `addr:3306`.
+    /// Copies the data directory `template` (made by [`install`]) under `dir`, makes a TLS
+    /// certificate, and starts the server in `ns` on `addr:3306`.
     pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let data = dir.join("data");
         crate::sh(&["cp", "-a", &template.display().to_string(), &data.display().to_string()])?;
+        // TLS for clients that ask (the router passes it through untouched).
+        crate::weblab::self_signed(dir, "tls", "ec", &[addr])?;
         let mut server = Self {
             addr: addr.to_owned(),
             server_id,
@@ -79,6 +81,8 @@ impl MariaDb {
             "--performance-schema=0".into(),
             "--max-connect-errors=10".into(),
             format!("--read-only={}", u8::from(self.read_only)),
+            format!("--ssl-cert={}", self.dir.join("tls.crt").display()),
+            format!("--ssl-key={}", self.dir.join("tls.key").display()),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = ns.spawn_system(&args, &log)?;

@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Result};
 use foobar_tests::{
-    dblab::{DbLab, MAIN, NOTICE, STRICT},
+    dblab::{DbLab, MAIN, NOTICE, ROUTER, STRICT},
     mariadb::{APP_USER, MONITOR_USER},
     wait_until,
 };
@@ -23,6 +23,23 @@ fn writes_reach_the_primary_and_reads_the_fresh_replica() -> Result<()> {
         "reads go to the replica"
     );
     ensure!(lab.must_query(STRICT.1, "SELECT @@server_id")? == "2");
+    // TLS is the client's and the server's business: it passes through the router.
+    let tls = lab.client.exec(&[
+        "mariadb",
+        "-h",
+        &ROUTER.to_string(),
+        "-P",
+        &MAIN.0.to_string(),
+        "-u",
+        APP_USER.0,
+        &format!("-p{}", APP_USER.1),
+        "--ssl",
+        "-N",
+        "-B",
+        "-e",
+        "SHOW SESSION STATUS LIKE 'Ssl_version'",
+    ])?;
+    ensure!(tls.trim() == "Ssl_version\tTLSv1.3", "TLS through the router: {tls}");
     let (ok, out) = lab.query(MAIN.1, "INSERT INTO appdb.t (v) VALUES ('nope')")?;
     ensure!(
         !ok && out.contains("read-only"),
@@ -193,12 +210,36 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
     lab.servers[0].run(ns)?;
     lab.wait_for(MAIN.0, "SELECT @@server_id", "1")?;
 
+    // A graceful stop: listeners close at once, open connections get the drain time (1 s).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (runtime, mut open) = lab.client.run(move || {
+        let conn = runtime.block_on(connect(MAIN.0));
+        conn.map(|c| (runtime, c))
+    })??;
+    let mut router = lab.router.take().ok_or_else(|| anyhow::anyhow!("no router"))?;
+    router.signal(nix::sys::signal::Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        runtime.block_on(server_id(&mut open))? == 1,
+        "an open connection is served while draining"
+    );
+    let (ok, out) = lab.query(MAIN.0, "SELECT 1")?;
+    ensure!(
+        !ok && out.contains("Can't connect"),
+        "new connections are not taken while draining: {out}"
+    );
+    ensure!(
+        router.wait(Duration::from_secs(5))?,
+        "foobar exits cleanly after the drain"
+    );
+    ensure!(
+        runtime.block_on(server_id(&mut open)).is_err(),
+        "closed after the drain time"
+    );
+    drop(runtime);
+
     // A wrong monitor password: every server is down for the router, and the reason is the
     // server's own refusal; the password itself appears nowhere.
-    if let Some(mut router) = lab.router.take() {
-        router.signal(nix::sys::signal::Signal::SIGTERM)?;
-        router.wait(Duration::from_secs(10))?;
-    }
     let wrong = "not-the-password";
     lab.write_credentials(wrong, 0o600)?;
     lab.start_router()?;
