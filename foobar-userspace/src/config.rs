@@ -3,6 +3,7 @@
 //! problem is refused as a whole.
 
 pub mod database;
+pub mod monitoring;
 pub mod web;
 
 use crate::maglev;
@@ -36,6 +37,8 @@ pub struct Config {
     /// Database clusters routed by this node.
     #[serde(default, rename = "database")]
     pub databases: Vec<database::Database>,
+    /// Metrics, the status page and the push exporter; none means no management listener.
+    pub monitoring: Option<monitoring::Monitoring>,
 }
 
 /// The `[node]` section.
@@ -537,6 +540,9 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
         web::validate(w, report);
     }
     database::validate(c, report);
+    if let Some(m) = &c.monitoring {
+        monitoring::validate(m, report);
+    }
     for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
         if let Some(s) = source {
             if s.get_ref().is_ipv4() != v4 {

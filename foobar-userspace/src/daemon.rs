@@ -7,7 +7,9 @@ use crate::{
     ctl,
     dataplane::Dataplane,
     health::{self, Health},
+    metrics,
     mysql::DatabaseRouter,
+    push,
     vrrp::{
         election::Reason,
         instance::{Claim, Handle, Spec},
@@ -20,7 +22,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{
@@ -115,16 +117,36 @@ pub async fn run(path: &Path) -> Result<()> {
         None => None,
     };
     let databases = DatabaseRouter::start(&config.databases).context("starting database routing")?;
-    let _control = ctl::serve(
-        &config.node.control_socket,
-        ctl::source(
-            config.node.name.clone(),
-            ownership.shared.clone(),
-            instances.iter().map(|h| h.status.clone()).collect(),
-            web.as_ref().map(WebTier::summary_source),
-            databases.status_source(),
-        ),
-    )?;
+    let status = ctl::source(
+        config.node.name.clone(),
+        ownership.shared.clone(),
+        instances.iter().map(|h| h.status.clone()).collect(),
+        web.as_ref().map(WebTier::summary_source),
+        databases.status_source(),
+    );
+    let _control = ctl::serve(&config.node.control_socket, status.clone())?;
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let exporter: Arc<OnceLock<Arc<push::Exporter>>> = Arc::default();
+    let sources = metrics::Sources {
+        status,
+        config: config_rx,
+        health: health_tx.subscribe(),
+        extra: {
+            let exporter = exporter.clone();
+            Arc::new(move || exporter.get().map(|e| e.families()).unwrap_or_default())
+        },
+    };
+    let mut management = Vec::new();
+    if let Some(m) = &config.monitoring {
+        management.push(metrics::serve(*m.listen.get_ref(), sources.clone()).await?);
+        if let Some(p) = &m.push {
+            let gather = sources.clone();
+            let (started, task) =
+                push::start(p, &config.node.name, move || gather.families()).context("starting the push exporter")?;
+            let _ = exporter.set(started);
+            management.push(task);
+        }
+    }
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -143,6 +165,7 @@ pub async fn run(path: &Path) -> Result<()> {
                 match reload(path, &config, &mut dataplane, &health_tx, web.as_ref(), &databases) {
                     Ok(new) => {
                         config = new;
+                        config_tx.send_replace(Arc::new(config.clone()));
                         checks.abort_all();
                         checks = health::spawn_checks(&config, &health_tx);
                         info!("configuration reloaded");
@@ -276,6 +299,7 @@ fn reload(
         ),
         (running.web.is_some() != new.web.is_some(), "[web] presence"),
         (running.databases != new.databases, "[[database]] sections"),
+        (running.monitoring != new.monitoring, "[monitoring]"),
     ];
     if let Some((_, what)) = restart_only.iter().find(|(changed, _)| *changed) {
         anyhow::bail!(

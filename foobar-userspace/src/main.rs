@@ -111,15 +111,16 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-/// Human-readable logs on a terminal, JSON lines otherwise; `RUST_LOG` filters.
+/// Human-readable logs on a terminal, JSON lines otherwise; `RUST_LOG` filters. The access
+/// and event logs also go to the push exporter when one runs.
 fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(foobar::push::LogLayer);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
-        builder.init();
+        registry.with(fmt).init();
     } else {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     }
 }

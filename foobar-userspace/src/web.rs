@@ -74,16 +74,24 @@ struct SiteHandle {
     name: String,
     files: Files,
     hsts: Option<HeaderValue>,
-    /// (prefix, pool), longest prefix first.
-    proxies: Vec<(String, Arc<proxy::Pool>)>,
+    /// Proxy rules, longest prefix first.
+    proxies: Vec<ProxyRoute>,
+    /// Requests served from files, redirected to HTTPS, and refused, by status class.
+    served: Arc<stats::ClassCounters>,
+    redirected: Arc<stats::ClassCounters>,
+    refused: Arc<stats::ClassCounters>,
+}
+
+/// A path prefix proxied to an upstream pool, with its request counters.
+struct ProxyRoute {
+    prefix: String,
+    pool: Arc<proxy::Pool>,
+    requests: Arc<stats::ClassCounters>,
 }
 
 impl SiteHandle {
-    fn proxy_for(&self, path: &str) -> Option<&Arc<proxy::Pool>> {
-        self.proxies
-            .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(_, pool)| pool)
+    fn proxy_for(&self, path: &str) -> Option<&ProxyRoute> {
+        self.proxies.iter().find(|r| path.starts_with(r.prefix.as_str()))
     }
 }
 
@@ -96,24 +104,33 @@ fn pools(web: &Web) -> HashMap<String, Arc<proxy::Pool>> {
 }
 
 impl Sites {
-    fn new(sites: &[Site], pools: &HashMap<String, Arc<proxy::Pool>>) -> Result<Self> {
+    fn new(sites: &[Site], pools: &HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
         let mut names = names::NameTable::default();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
         for (i, site) in sites.iter().enumerate() {
-            let mut proxies: Vec<(String, Arc<proxy::Pool>)> = site
+            let name = site.names.get_ref().first().cloned().unwrap_or_default();
+            let mut proxies: Vec<ProxyRoute> = site
                 .proxy_rules
                 .iter()
                 .map(|r| {
+                    let prefix = r.prefix.get_ref().clone();
                     pools
                         .get(r.upstream.get_ref())
-                        .map(|p| (r.prefix.get_ref().clone(), p.clone()))
+                        .map(|p| ProxyRoute {
+                            requests: counters.get(&name, &prefix),
+                            prefix,
+                            pool: p.clone(),
+                        })
                         .with_context(|| format!("upstream {:?} is not configured", r.upstream.get_ref()))
                 })
                 .collect::<Result<_>>()?;
-            proxies.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            proxies.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             let handle = Arc::new(SiteHandle {
-                name: site.names.get_ref().first().cloned().unwrap_or_default(),
+                served: counters.get(&name, "static"),
+                redirected: counters.get(&name, "redirect"),
+                refused: counters.get(&name, "refused"),
+                name,
                 proxies,
                 files: Files::new(site)?,
                 hsts: (site.hsts_max_age_s > 0)
@@ -233,11 +250,13 @@ impl WebTier {
     /// Loads certificates and sites, binds every listener and starts serving.
     pub async fn start(web: &Web) -> Result<Self> {
         let limits = web.limits.get_ref().clone();
+        let stats = stats::WebStats::default();
+        let sites = Sites::new(web.sites.get_ref(), &pools(web), &stats.routes)?;
         let shared = Arc::new(Shared {
-            stats: stats::WebStats::default(),
+            stats,
             tls: tls::Tls::new(&web.certificates)?,
             certificates: ArcSwap::from_pointee(web.certificates.clone()),
-            sites: ArcSwap::from_pointee(Sites::new(web.sites.get_ref(), &pools(web))?),
+            sites: ArcSwap::from_pointee(sites),
             connections: Arc::new(Connections {
                 limits: limits.clone(),
                 open: Mutex::new(OpenConnections::default()),
@@ -292,7 +311,7 @@ impl WebTier {
         {
             anyhow::bail!("[web] listeners, workers or limits changed: that takes a restart");
         }
-        let sites = Sites::new(web.sites.get_ref(), &pools(web))?;
+        let sites = Sites::new(web.sites.get_ref(), &pools(web), &self.shared.stats.routes)?;
         self.shared.tls.reload(&web.certificates)?;
         self.shared.certificates.store(Arc::new(web.certificates.clone()));
         self.shared.sites.store(Arc::new(sites));
@@ -515,22 +534,29 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     let sites = shared.sites.load();
     let site = sites.route(host.as_deref());
     let mut upstream = None;
+    let mut route = &site.served;
     let mut response = if let Some(why) = smuggling_shape(req.headers()) {
         warn!(client = %conn.peer.ip(), why, "request refused");
+        route = &site.refused;
         let mut r = status_page(StatusCode::BAD_REQUEST);
         // The framing is in doubt: never read another request from this connection.
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
     } else if conn.redirect {
+        route = &site.redirected;
         redirect_to_https(host.as_deref(), &req)
-    } else if let Some(pool) = site.proxy_for(&path) {
+    } else if let Some(proxied) = site.proxy_for(&path) {
+        route = &proxied.requests;
         let origin = proxy::Origin {
             client: conn.peer.ip(),
             https: conn.tls.is_some(),
             host: host.as_deref(),
         };
-        let outcome = pool.forward(req, &origin, shared.limits.max_request_body_bytes).await;
+        let outcome = proxied
+            .pool
+            .forward(req, &origin, shared.limits.max_request_body_bytes)
+            .await;
         if let Some(kind) = outcome.error {
             shared.stats.upstream_error(kind);
         }
@@ -552,6 +578,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         .and_then(|v| v.parse::<u64>().ok());
     let took = started.elapsed();
     shared.stats.request(response.status().as_u16(), took);
+    stats::count(route, response.status().as_u16());
     info!(
         target: "foobar::access",
         client = %conn.peer.ip(),

@@ -31,22 +31,29 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-/// A running application server; stopping it (or dropping it) closes every connection at once.
-pub struct AppServer {
+/// A request handler of an [`HttpServer`].
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A small HTTP/1.1 server (keep-alive, upgrades) on its own thread inside a namespace;
+/// stopping it (or dropping it) closes every connection at once.
+pub struct HttpServer {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<Result<()>>>>,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicUsize>,
 }
 
-impl AppServer {
-    /// Listens on `addr` inside `ns`, answering as `name`.
-    pub fn start(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Self> {
+impl HttpServer {
+    /// Listens on `addr` inside `ns`, answering every request with `handler`.
+    pub fn start(ns: &Netns, addr: SocketAddr, handler: Handler) -> Result<Self> {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
-        let name: Arc<str> = name.into();
         let thread = ns.thread(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
@@ -58,17 +65,11 @@ impl AppServer {
                             continue;
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        let name = name.clone();
+                        let handler = handler.clone();
                         tokio::spawn(async move {
                             let service = service_fn(move |req| {
-                                let name = name.clone();
-                                async move {
-                                    let mut response = respond(req, name.clone()).await?;
-                                    if let Ok(v) = header::HeaderValue::from_str(&name) {
-                                        response.headers_mut().insert("x-served-by", v);
-                                    }
-                                    Ok::<_, Infallible>(response)
-                                }
+                                let answer = handler(req);
+                                async move { Ok::<_, Infallible>(answer.await) }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
@@ -86,7 +87,7 @@ impl AppServer {
         });
         ready_rx
             .recv_timeout(Duration::from_secs(5))
-            .context("the app server did not start")?;
+            .context("the HTTP server did not start")?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
@@ -105,9 +106,33 @@ impl AppServer {
     }
 }
 
-impl Drop for AppServer {
+impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl HttpServer {
+    /// The application server on `addr` inside `ns`, answering as `name`.
+    pub fn app(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Self> {
+        let name: Arc<str> = name.into();
+        Self::start(
+            ns,
+            addr,
+            Arc::new(move |req| {
+                let name = name.clone();
+                Box::pin(async move {
+                    let mut response = match respond(req, name.clone()).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    };
+                    if let Ok(v) = header::HeaderValue::from_str(&name) {
+                        response.headers_mut().insert("x-served-by", v);
+                    }
+                    response
+                })
+            }),
+        )
     }
 }
 

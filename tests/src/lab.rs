@@ -115,6 +115,9 @@ impl LabSpec {
     }
 }
 
+/// Port of the edges' management listener (metrics and status page), on every address.
+pub const METRICS_PORT: u16 = 9180;
+
 /// The database services' ports on the VIP: read-write, read-only.
 pub const MYSQL_PORTS: (u16, u16) = (3306, 3307);
 
@@ -374,6 +377,7 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
         if self.spec.database {
             text += &self.edge_database_config();
         }
+        text += &format!("\n[monitoring]\nlisten = \"0.0.0.0:{METRICS_PORT}\"\n");
         if let Some(v) = &self.spec.vrrp {
             let peers: Vec<String> = (0..self.edges.len())
                 .filter(|j| *j != i && v.unicast)

@@ -6,10 +6,12 @@
 
 pub mod app;
 pub mod classic;
+pub mod collector;
 pub mod dblab;
 pub mod lab;
 pub mod mariadb;
 pub mod packet;
+pub mod scrape;
 pub mod testrun;
 pub mod transfer;
 pub mod weblab;

@@ -67,6 +67,7 @@ impl MariaDb {
             format!("--datadir={}", self.data_dir().display()),
             format!("--socket={}", self.socket().display()),
             format!("--pid-file={}", self.dir.join("mysqld.pid").display()),
+            format!("--tmpdir={}", self.dir.display()),
             format!("--bind-address={}", self.addr),
             "--port=3306".into(),
             "--user=root".into(),
@@ -162,10 +163,14 @@ impl MariaDb {
 
 /// `mariadb-install-db` into `data`, with root reachable over the socket without a password.
 pub fn install(data: &Path) -> Result<()> {
+    // Its own temporary directory: bootstraps running at once in /tmp trip over each other.
+    let tmp = data.with_extension("tmp");
+    std::fs::create_dir_all(&tmp)?;
     crate::sh(&[
         "mariadb-install-db",
         "--no-defaults",
         &format!("--datadir={}", data.display()),
+        &format!("--tmpdir={}", tmp.display()),
         "--user=root",
         "--auth-root-authentication-method=normal",
         "--skip-test-db",

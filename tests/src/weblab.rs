@@ -3,7 +3,7 @@
 //! default), a document root and two application servers behind `/api/`, with curl, openssl
 //! and wrk as clients in the same namespace.
 
-use crate::{app::AppServer, ChildGuard, Netns, PinDir, Scratch};
+use crate::{app::HttpServer, ChildGuard, Netns, PinDir, Scratch};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub struct WebLab {
     /// foobar (None once stopped).
     pub foobar: Option<ChildGuard>,
     /// The application servers `app1` and `app2` behind `/api/` (None once stopped).
-    pub apps: Vec<Option<AppServer>>,
+    pub apps: Vec<Option<HttpServer>>,
     pins: PinDir,
     /// The namespace.
     pub ns: Netns,
@@ -78,6 +78,11 @@ pub fn documents() -> Vec<(&'static str, Vec<u8>)> {
 impl WebLab {
     /// Generates certificates and files, writes the configuration and starts foobar.
     pub fn start(tag: &str) -> Result<Self> {
+        Self::start_with(tag, "")
+    }
+
+    /// [`WebLab::start`] with `extra` appended to the configuration.
+    pub fn start_with(tag: &str, extra: &str) -> Result<Self> {
         let scratch = Scratch::new(&format!("web-{tag}"))?;
         let ns = Netns::new(&format!("web{tag}"))?;
         ns.exec(&["ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1"])?;
@@ -102,12 +107,12 @@ impl WebLab {
             std::fs::write(&file, contents)?;
         }
         std::os::unix::fs::symlink("/etc/passwd", root.join("escape"))?;
-        std::fs::write(lab.config(), lab.config_text())?;
+        std::fs::write(lab.config(), lab.config_text() + extra)?;
         let mut lab = lab;
         for (i, port) in [APP1, APP2].into_iter().enumerate() {
             let addr: std::net::SocketAddr = format!("{ADDR}:{port}").parse()?;
             lab.apps
-                .push(Some(AppServer::start(&lab.ns, addr, &format!("app{}", i + 1))?));
+                .push(Some(HttpServer::app(&lab.ns, addr, &format!("app{}", i + 1))?));
         }
         lab.start_foobar()?;
         Ok(lab)

@@ -324,7 +324,7 @@ fn active_checks_take_a_dead_server_out_and_bring_it_back() -> Result<()> {
     }
     // Back up: the checks (rise 1) return it to the rotation.
     let addr: std::net::SocketAddr = format!("{ADDR}:{}", foobar_tests::weblab::APP2).parse()?;
-    lab.apps[1] = Some(foobar_tests::app::AppServer::start(&lab.ns, addr, "app2")?);
+    lab.apps[1] = Some(foobar_tests::app::HttpServer::app(&lab.ns, addr, "app2")?);
     wait_until(Duration::from_secs(3), "app2 back in rotation", || {
         served_by(&lab).is_ok_and(|s| s == "app2")
     })?;

@@ -1,12 +1,74 @@
 //! The web tier's counters, kept with relaxed atomics on the request path and read as a
-//! [`WebSummary`] by `foobar status`: requests by status class,
-//! a latency histogram, TLS handshakes by version, open connections, upstream errors.
+//! [`WebSummary`] by `foobar status` and the metrics: requests by status class (in all, and by
+//! site and route), a latency histogram, TLS handshakes by version, open connections, upstream
+//! errors.
 
 use serde::{Deserialize, Serialize};
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
+
+/// Requests by status class (1xx..5xx at indexes 0..4) for one site and route.
+pub type ClassCounters = [AtomicU64; 5];
+
+/// The status classes, by index.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_index(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+/// Counts one request of `status` on a site's route counters.
+pub fn count(counters: &ClassCounters, status: u16) {
+    counters[class_index(status)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The per (site, route) counters, kept across reloads: a reloaded site finds its counters
+/// again by name, so the series never reset.
+#[derive(Default)]
+pub struct RouteCounters {
+    by_route: Mutex<BTreeMap<(String, String), Arc<ClassCounters>>>,
+}
+
+impl RouteCounters {
+    /// The counters of `route` on `site` (created on first use).
+    pub fn get(&self, site: &str, route: &str) -> Arc<ClassCounters> {
+        let mut map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((site.to_owned(), route.to_owned())).or_default().clone()
+    }
+
+    fn snapshot(&self) -> Vec<RouteRequests> {
+        let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .flat_map(|((site, route), counters)| {
+                CLASSES.iter().zip(counters.iter()).map(|(class, n)| RouteRequests {
+                    site: site.clone(),
+                    route: route.clone(),
+                    class: (*class).to_owned(),
+                    requests: n.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Requests of one status class on one site's route.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RouteRequests {
+    /// The site's first name.
+    pub site: String,
+    /// `static`, a proxy prefix, `redirect` (HTTP→HTTPS) or `refused` (smuggling shapes).
+    pub route: String,
+    /// `1xx` .. `5xx`.
+    pub class: String,
+    /// Requests answered.
+    pub requests: u64,
+}
 
 /// Upper bounds of the latency histogram's buckets, seconds (Prometheus-style, cumulative when
 /// read); a last bucket takes the rest.
@@ -38,6 +100,8 @@ pub struct WebStats {
     tls13: AtomicU64,
     tls_failed: AtomicU64,
     upstream: [AtomicU64; 3],
+    /// By site and route.
+    pub routes: RouteCounters,
 }
 
 /// A snapshot of the counters.
@@ -62,13 +126,15 @@ pub struct WebSummary {
     pub open_connections: u64,
     /// Proxied requests that failed: no server, failed, timed out.
     pub upstream_errors: Vec<(String, u64)>,
+    /// Requests by site, route and status class.
+    #[serde(default)]
+    pub by_route: Vec<RouteRequests>,
 }
 
 impl WebStats {
     /// Counts one answered request.
     pub fn request(&self, status: u16, took: Duration) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        count(&self.by_class, status);
         let s = took.as_secs_f64();
         let bucket = LATENCY_BOUNDS_S
             .iter()
@@ -108,7 +174,7 @@ impl WebStats {
             .collect();
         let latency_count = cumulative + get(&self.latency[LATENCY_BOUNDS_S.len()]);
         WebSummary {
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            requests: CLASSES
                 .iter()
                 .zip(&self.by_class)
                 .map(|(k, n)| (k.to_string(), get(n)))
@@ -125,6 +191,7 @@ impl WebStats {
                 .zip(&self.upstream)
                 .map(|(k, n)| (k.to_string(), get(n)))
                 .collect(),
+            by_route: self.routes.snapshot(),
         }
     }
 }

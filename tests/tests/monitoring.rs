@@ -1,0 +1,321 @@
+//! Monitoring: both edges of the full lab (VRRP, XDP services, web tier, database routing)
+//! expose metrics that the reference parser accepts in both formats, with Prometheus names and
+//! bounded labels, values that move with traffic, and a status page that headless Chromium
+//! renders with its key elements.
+
+use anyhow::{ensure, Context, Result};
+use foobar_tests::{
+    lab::{edge_addr, LabSpec, LbLab, HTTPS_PORT, METRICS_PORT, MYSQL_PORTS, VIP, WEB_HOST},
+    mariadb::APP_USER,
+    scrape::{self, Sample},
+    Netns,
+};
+
+/// Label names foobar may use: each takes values from the configuration or a fixed set.
+const LABELS: &[&str] = &[
+    "version", "vip", "outcome", "reason", "service", "backend", "instance", "state", "site", "route", "class", "kind",
+    "database", "server", "role", "cpu", "mode", "device", "le",
+];
+
+fn metrics_url(edge: usize) -> String {
+    format!("http://{}:{METRICS_PORT}/metrics", edge_addr(edge))
+}
+
+fn scrape_both(lab: &LbLab) -> Result<Vec<Sample>> {
+    let mut all = Vec::new();
+    for edge in 0..2 {
+        let (_, text) = scrape::fetch(&lab.client, &metrics_url(edge), false)?;
+        all.extend(scrape::parse(&text, false)?);
+    }
+    Ok(all)
+}
+
+fn traffic(lab: &LbLab) -> Result<()> {
+    let resolve = format!("{WEB_HOST}:{HTTPS_PORT}:{VIP}");
+    let ca = lab.web_certificate().display().to_string();
+    for _ in 0..6 {
+        lab.client.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            &ca,
+            &format!("https://{WEB_HOST}/"),
+        ])?;
+    }
+    let (user, password) = APP_USER;
+    for _ in 0..4 {
+        lab.client.exec(&[
+            "mariadb",
+            "-h",
+            &VIP.to_string(),
+            "-P",
+            &MYSQL_PORTS.0.to_string(),
+            "-u",
+            user,
+            &format!("-p{password}"),
+            "-e",
+            "SELECT 1",
+        ])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn metrics_parse_in_both_formats_and_move_with_traffic() -> Result<()> {
+    let lab = LbLab::build(LabSpec::pair(1, true, true).with_database())?;
+    let master = lab.wait_for_master(std::time::Duration::from_secs(5))?;
+
+    for edge in 0..2 {
+        let (content_type, text) = scrape::fetch(&lab.client, &metrics_url(edge), true)?;
+        ensure!(
+            content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{content_type}"
+        );
+        let samples = scrape::parse(&text, true).with_context(|| text.clone())?;
+        let (content_type, text) = scrape::fetch(&lab.client, &metrics_url(edge), false)?;
+        ensure!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        let plain = scrape::parse(&text, false)?;
+        ensure!(samples.len() == plain.len(), "both formats carry the same samples");
+        for s in &samples {
+            ensure!(
+                ["foobar_", "node_", "process_"].iter().any(|p| s.name.starts_with(p)),
+                "unprefixed metric {}",
+                s.name
+            );
+            ensure!(
+                s.kind != "counter" || s.name.ends_with("_total"),
+                "counter sample {} lacks _total",
+                s.name
+            );
+            for label in s.labels.keys() {
+                ensure!(
+                    LABELS.contains(&label.as_str()),
+                    "unexpected label {label} on {}",
+                    s.name
+                );
+            }
+        }
+        let has = |name: &str| samples.iter().any(|s| s.name == name);
+        for name in [
+            "foobar_build_info",
+            "foobar_forwarding",
+            "foobar_vip_claimed",
+            "foobar_dataplane_packets_total",
+            "foobar_backend_up",
+            "foobar_service_packets_total",
+            "foobar_vrrp_state",
+            "foobar_vrrp_adverts_sent_total",
+            "foobar_web_requests_total",
+            "foobar_web_request_duration_seconds_bucket",
+            "foobar_web_tls_handshakes_total",
+            "foobar_database_server_up",
+            "foobar_database_server_primary",
+            "foobar_database_replication_lag_seconds",
+            "node_cpu_seconds_total",
+            "node_memory_MemAvailable_bytes",
+            "node_network_receive_bytes_total",
+            "node_load1",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+        ] {
+            ensure!(has(name), "edge {edge} does not export {name}");
+        }
+        let master_state = scrape::sum(&samples, "foobar_vrrp_state", &[("state", "master")]);
+        ensure!(
+            master_state == f64::from(u8::from(edge == master)),
+            "edge {edge}: master state {master_state}"
+        );
+        let primary = scrape::sum(
+            &samples,
+            "foobar_database_server_primary",
+            &[("server", "10.10.0.31:3306")],
+        );
+        ensure!(primary == 1.0, "edge {edge} does not see db1 as the primary");
+    }
+
+    let before = scrape_both(&lab)?;
+    traffic(&lab)?;
+    let after = scrape_both(&lab)?;
+    let grew =
+        |name: &str, labels: &[(&str, &str)]| scrape::sum(&after, name, labels) - scrape::sum(&before, name, labels);
+    let static_2xx = grew(
+        "foobar_web_requests_total",
+        &[("site", WEB_HOST), ("route", "static"), ("class", "2xx")],
+    );
+    ensure!(static_2xx >= 6.0, "web requests grew by {static_2xx}");
+    let https = grew("foobar_service_packets_total", &[("service", "https")]);
+    ensure!(https > 0.0, "the master counted no https packets");
+    let db = grew(
+        "foobar_database_connections_total",
+        &[("database", "main"), ("server", "10.10.0.31:3306")],
+    );
+    ensure!(db >= 4.0, "database connections grew by {db}");
+    let handshakes = grew("foobar_web_tls_handshakes_total", &[("version", "1.3")]);
+    ensure!(handshakes >= 6.0, "TLS 1.3 handshakes grew by {handshakes}");
+    Ok(())
+}
+
+/// Runs headless Chromium in `ns` and returns the DOM of `url` after it loaded.
+fn chromium_dom(ns: &Netns, url: &str, profile: &std::path::Path) -> Result<String> {
+    let profile = format!("--user-data-dir={}", profile.display());
+    ns.exec(&[
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        &profile,
+        "--dump-dom",
+        url,
+    ])
+}
+
+#[test]
+fn the_status_page_renders_in_chromium() -> Result<()> {
+    let lab = LbLab::build(LabSpec::pair(1, true, true).with_database())?;
+    let master = lab.wait_for_master(std::time::Duration::from_secs(5))?;
+    traffic(&lab)?;
+    let url = format!("http://{}:{METRICS_PORT}/", edge_addr(master));
+    let dom = chromium_dom(&lab.client, &url, &lab.scratch.file("chromium"))?;
+    for part in [
+        "<section id=\"vrrp\">",
+        "<td class=\"master\">MASTER</td>",
+        "<section id=\"services\">",
+        "https — 192.0.2.10:443",
+        "<tr class=\"backend\"><td>10.10.0.1</td><td class=\"up\">up</td>",
+        "<section id=\"web\">",
+        "<section id=\"databases\">",
+        "main — primary 10.10.0.31:3306",
+        "<td>10.10.0.32:3306</td><td class=\"up\">read-only</td>",
+        "http-equiv=\"refresh\"",
+    ] {
+        ensure!(dom.contains(part), "{part:?} missing from the rendered page:\n{dom}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_push_exporter_sends_gzip_batches_retries_and_bounds_its_buffer() -> Result<()> {
+    use foobar_tests::{
+        collector::Collector,
+        wait_until,
+        weblab::{WebLab, ADDR, HOST},
+    };
+    use std::time::Duration;
+    let extra = format!(
+        r#"
+[monitoring]
+listen = "{ADDR}:9180"
+
+[monitoring.push]
+url = "http://{ADDR}:9300/receiver/v1/http/TOKEN"
+interval_ms = 300
+category = "foobar/edge"
+max_buffer_bytes = 262144
+timeout_ms = 1000
+"#
+    );
+    let lab = WebLab::start_with("push", &extra)?;
+    // The collector refuses the first two requests (429, then 500): they are retried.
+    let collector = Collector::start(&lab.ns, format!("{ADDR}:9300").parse()?, &[429, 500])?;
+    let url = format!("https://{HOST}/index.html");
+    for _ in 0..5 {
+        lab.curl(&[&url])?;
+    }
+    let accepted = |kind: &str| {
+        collector
+            .received()
+            .into_iter()
+            .filter(|r| r.status == 200 && r.header("x-sumo-category") == Some(&format!("foobar/edge/{kind}")))
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(20), "metrics, access and event batches", || {
+        ["metrics", "access", "events"].iter().all(|k| !accepted(k).is_empty())
+            && accepted("access").iter().any(|r| r.body.contains("/index.html"))
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {:?}",
+            collector
+                .received()
+                .iter()
+                .map(|r| (r.status, r.header("x-sumo-category").map(str::to_owned)))
+                .collect::<Vec<_>>()
+        )
+    })?;
+    let all = collector.received();
+    ensure!(all.first().map(|r| r.status) == Some(429) && all.get(1).map(|r| r.status) == Some(500));
+    for r in &all {
+        ensure!(r.path == "/receiver/v1/http/TOKEN", "{}", r.path);
+        ensure!(
+            r.header("content-encoding") == Some("gzip"),
+            "not gzip: {:?}",
+            r.headers
+        );
+        ensure!(r.header("x-sumo-host") == Some("web") && r.header("x-sumo-name") == Some("foobar"));
+        ensure!(
+            r.body.len() <= 1_000_000 && r.wire_bytes < r.body.len(),
+            "batch of {} bytes",
+            r.body.len()
+        );
+    }
+    let metrics = &accepted("metrics")[0];
+    ensure!(metrics.header("content-type") == Some("application/vnd.sumologic.prometheus"));
+    let line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("foobar_web_requests_total{"))
+        .ok_or_else(|| anyhow::anyhow!("no web request counter in {}", metrics.body))?;
+    let fields: Vec<&str> = line.rsplitn(3, ' ').collect();
+    ensure!(
+        fields.len() == 3 && fields[0].len() == 13 && fields[1].parse::<f64>().is_ok(),
+        "{line}"
+    );
+    let access = &accepted("access")[0];
+    let record: serde_json::Value = serde_json::from_str(access.body.lines().next().unwrap_or(""))?;
+    ensure!(
+        record["target"] == "foobar::access" && record["status"].is_u64(),
+        "{record}"
+    );
+
+    // The collector is down: records pile up to the bound, the oldest are dropped and
+    // counted, and serving goes on.
+    collector.answer_always(Some(503));
+    let flood = format!("https://{ADDR}/index.html");
+    let report = lab.ns.exec(&["wrk", "-t1", "-c4", "-d2s", &flood])?;
+    ensure!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "{report}"
+    );
+    let dropped = || -> Result<f64> {
+        let (_, text) = foobar_tests::scrape::fetch(&lab.ns, &format!("http://{ADDR}:9180/metrics"), false)?;
+        let samples = foobar_tests::scrape::parse(&text, false)?;
+        Ok(foobar_tests::scrape::sum(
+            &samples,
+            "foobar_push_dropped_records_total",
+            &[],
+        ))
+    };
+    wait_until(Duration::from_secs(10), "records to be dropped", || {
+        dropped().is_ok_and(|d| d > 0.0)
+    })?;
+    let (_, text) = foobar_tests::scrape::fetch(&lab.ns, &format!("http://{ADDR}:9180/metrics"), false)?;
+    let samples = foobar_tests::scrape::parse(&text, false)?;
+    ensure!(foobar_tests::scrape::sum(&samples, "foobar_push_retries_total", &[]) >= 2.0);
+
+    // Back up: sending resumes.
+    collector.answer_always(None);
+    let before = accepted("metrics").len();
+    wait_until(Duration::from_secs(30), "sending to resume", || {
+        accepted("metrics").len() > before
+    })?;
+    Ok(())
+}
