@@ -1,6 +1,6 @@
 //! Reading a node's metrics as a monitoring system does: fetched over HTTP with curl and parsed
 //! by the reference parser (the Python `prometheus_client` library's Prometheus-text parser, or
-//! its strict OpenMetrics parser).
+//! its strict OpenMetrics parser; Debian's python3-prometheus-client).
 
 use crate::Netns;
 use anyhow::{bail, Context, Result};
@@ -62,7 +62,8 @@ pub fn fetch(ns: &Netns, url: &str, openmetrics: bool) -> Result<(String, String
 
 /// Parses an exposition with the reference parser; fails with the parser's complaint.
 pub fn parse(text: &str, openmetrics: bool) -> Result<Vec<Sample>> {
-    let mut child = Command::new("python3")
+    // Debian's python3, which python3-prometheus-client installs into.
+    let mut child = Command::new("/usr/bin/python3")
         .args(["-c", PARSER, if openmetrics { "openmetrics" } else { "prometheus" }])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

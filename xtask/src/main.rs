@@ -101,6 +101,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "nft",
         "wrk",
         "mariadbd",
+        "chromium",
+        toolchain::PROMETHEUS_PARSER,
     ])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;

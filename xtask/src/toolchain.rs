@@ -103,14 +103,18 @@ fn llvm_prefix(libllvm: &Path, soname: &str) -> Result<PathBuf> {
     Ok(prefix)
 }
 
-/// Installs the Debian packages providing `tools` that are missing.
+/// Path whose presence shows Debian's python3-prometheus-client is installed (the tests parse
+/// metrics with it).
+pub const PROMETHEUS_PARSER: &str = "/usr/lib/python3/dist-packages/prometheus_client";
+
+/// Installs the Debian packages providing `tools` (commands, or paths) that are missing.
 pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
         .filter(|t| {
             !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
+                .args(["-c", &format!("command -v {t} || test -e {t}")])
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
@@ -125,6 +129,7 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
             "sysctl" => "procps",
             "nft" => "nftables",
             "mariadbd" => "mariadb-server",
+            PROMETHEUS_PARSER => "python3-prometheus-client",
             other => other,
         })
         .collect();
