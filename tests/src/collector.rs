@@ -51,8 +51,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Listens on `addr` inside `ns`; the first requests get `script`'s statuses.
-    pub fn start(ns: &Netns, addr: SocketAddr, script: &[u16]) -> Result<Self> {
+    /// Listens on `addr` inside `ns`; the first requests get `script`'s statuses. With `log`,
+    /// each request also appends a line there: time, status, category, records, bytes.
+    pub fn start(ns: &Netns, addr: SocketAddr, script: &[u16], log: Option<&std::path::Path>) -> Result<Self> {
+        let log = log.map(std::path::Path::to_path_buf);
         let state = Arc::new(Mutex::new(State {
             script: script.iter().copied().collect(),
             ..State::default()
@@ -63,6 +65,7 @@ impl Collector {
             addr,
             Arc::new(move |req| {
                 let state = shared.clone();
+                let log = log.clone();
                 Box::pin(async move {
                     let path = req.uri().to_string();
                     let headers: Vec<(String, String)> = req
@@ -87,6 +90,25 @@ impl Collector {
                     let status = match state.lock() {
                         Ok(mut s) => {
                             let status = s.script.pop_front().or(s.otherwise).unwrap_or(200);
+                            if let Some(log) = &log {
+                                let category = headers
+                                    .iter()
+                                    .find(|(k, _)| k == "x-sumo-category")
+                                    .map_or("-", |(_, v)| v.as_str());
+                                let line = format!(
+                                    "{} {status} {category} {} records {} bytes\n",
+                                    std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0, |d| d.as_secs()),
+                                    body.lines().count(),
+                                    raw.len()
+                                );
+                                let _ = std::fs::OpenOptions::new()
+                                    .create(true)
+                                    .append(true)
+                                    .open(log)
+                                    .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+                            }
                             s.received.push(Received {
                                 path,
                                 headers,

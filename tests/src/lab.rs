@@ -8,7 +8,9 @@
 //!  edge1  10.10.0.1   ──┤
 //!  edge2  10.10.0.2   ──┤ br0 (namespace "sw")     VIP 192.0.2.10:80, on-link: the owner
 //!  b1..bN 10.10.0.11+ ──┤                          answers ARP for it from XDP
-//!  db1,db2 10.10.0.31+ ─┘ (with a database: MariaDB primary and replica)
+//!  db1,db2 10.10.0.31+ ─┤ (with a database: MariaDB primary and replica)
+//!  app    10.10.0.41   ──┤ (with the app: the demo app behind the web tier's /api/)
+//!  mon    10.10.0.51   ──┘ (with monitoring: a collector the edges push to)
 //! ```
 
 use crate::{
@@ -82,6 +84,11 @@ pub struct LabSpec {
     /// A MariaDB primary and replica behind the edges' database routing: read-write and
     /// read-only services on the VIP (ports [`MYSQL_PORTS`]) whose backends are the edges.
     pub database: bool,
+    /// The demo application server ([`crate::demo`]) behind the web tier's `/api/`, using the
+    /// database through the VIP (needs `web` and `database`).
+    pub app: bool,
+    /// A monitoring namespace with a collector the edges push metrics and logs to.
+    pub monitoring: bool,
 }
 
 /// Advertisement interval of [`LabSpec::pair`], ms.
@@ -105,6 +112,19 @@ impl LabSpec {
             }),
             web,
             database: false,
+            app: false,
+            monitoring: false,
+        }
+    }
+
+    /// The whole foobar.com stack: two edges with VRRP, the web tier and database routing,
+    /// `backends` L4 backends, the demo app, MariaDB primary and replica, and monitoring.
+    pub fn foobar_com(backends: usize) -> Self {
+        Self {
+            database: true,
+            app: true,
+            monitoring: true,
+            ..Self::pair(backends, true, true)
         }
     }
 
@@ -120,6 +140,11 @@ pub const METRICS_PORT: u16 = 9180;
 
 /// The database services' ports on the VIP: read-write, read-only.
 pub const MYSQL_PORTS: (u16, u16) = (3306, 3307);
+
+/// The demo app's address and port.
+pub const APP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 10, 0, 41), 8080);
+/// The collector's address and port.
+pub const COLLECTOR: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 10, 0, 51), 9300);
 
 /// Address of database server `i` (0-based; the first is the primary).
 pub fn database_addr(i: usize) -> Ipv4Addr {
@@ -160,6 +185,10 @@ pub struct LbLab {
     pub servers: Vec<Option<EchoServer>>,
     /// The database servers, primary first (with [`LabSpec::database`]).
     pub databases: Vec<MariaDb>,
+    /// The demo app (with [`LabSpec::app`]).
+    pub app: Option<crate::app::HttpServer>,
+    /// The collector (with [`LabSpec::monitoring`]).
+    pub collector: Option<crate::collector::Collector>,
     _other_pins: Vec<PinDir>,
     /// The client namespace.
     pub client: Netns,
@@ -167,6 +196,8 @@ pub struct LbLab {
     pub backends: Vec<Netns>,
     /// Database server namespaces.
     pub database_ns: Vec<Netns>,
+    /// The app's and the collector's namespaces, when present.
+    pub service_ns: Vec<Netns>,
     _switch: Netns,
     /// Logs and configuration files.
     pub scratch: Scratch,
@@ -183,6 +214,8 @@ impl LbLab {
             vrrp: None,
             web: false,
             database: false,
+            app: false,
+            monitoring: false,
         })
     }
 
@@ -221,6 +254,15 @@ impl LbLab {
         }
         for (i, ns) in database_ns.iter().enumerate() {
             hosts.push((ns, format!("db{}", i + 1), database_addr(i)));
+        }
+        let mut service_ns = Vec::new();
+        for (wanted, short, addr) in [(spec.app, "app", APP.0), (spec.monitoring, "mon", COLLECTOR.0)] {
+            if wanted {
+                service_ns.push((Netns::new(&name(short))?, short, addr));
+            }
+        }
+        for (ns, short, addr) in &service_ns {
+            hosts.push((ns, (*short).into(), *addr));
         }
         wire(&switch, &hosts)?;
         // Frames an edge's XDP program transmits reach the bridge only if the peer has XDP.
@@ -295,15 +337,42 @@ impl LbLab {
             databases = mariadb::cluster(&scratch.path, &hosts)?;
             mariadb::write_credentials(&scratch.file("monitor.toml"), mariadb::MONITOR_USER.1, 0o600)?;
         }
+        let mut app = None;
+        let mut collector = None;
+        for (ns, short, addr) in &service_ns {
+            if *short == "app" {
+                // The app reaches the VIP through the edges' XDP, as the client does.
+                ns.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+                ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+                let vip = |port| SocketAddr::new(IpAddr::V4(VIP), port);
+                app = Some(crate::demo::start(
+                    ns,
+                    SocketAddr::new(IpAddr::V4(*addr), APP.1),
+                    vip(MYSQL_PORTS.0),
+                    vip(MYSQL_PORTS.1),
+                )?);
+            } else {
+                collector = Some(crate::collector::Collector::start(
+                    ns,
+                    SocketAddr::new(IpAddr::V4(*addr), COLLECTOR.1),
+                    &[],
+                    Some(&scratch.file("collector.log")),
+                )?);
+            }
+        }
+        let service_ns = service_ns.into_iter().map(|(ns, _, _)| ns).collect();
         let mut lab = Self {
             edges,
             _backend_foobar: backend_foobar,
             servers,
             databases,
+            app,
+            collector,
             _other_pins: other_pins,
             client,
             backends,
             database_ns,
+            service_ns,
             _switch: switch,
             scratch,
             spec,
@@ -378,6 +447,12 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
             text += &self.edge_database_config();
         }
         text += &format!("\n[monitoring]\nlisten = \"0.0.0.0:{METRICS_PORT}\"\n");
+        if self.spec.monitoring {
+            text += &format!(
+                "\n[monitoring.push]\nurl = \"http://{}:{}/receiver/v1/http/foobar-lab\"\ninterval_ms = 5000\ncategory = \"foobar/lab\"\n",
+                COLLECTOR.0, COLLECTOR.1
+            );
+        }
         if let Some(v) = &self.spec.vrrp {
             let peers: Vec<String> = (0..self.edges.len())
                 .filter(|j| *j != i && v.unicast)
@@ -428,7 +503,7 @@ notify = "{notify}"
 name = "https"
 vip = "{VIP}"
 port = {HTTPS_PORT}
-health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }}
+health = {{ kind = "https", interval_ms = 200, timeout_ms = 500, rise = 2, fall = 2 }}
 "#
         );
         for j in 0..self.edges.len() {
@@ -451,6 +526,20 @@ root = "{dir}/www-edge{n}"
             dir = self.scratch.path.display(),
             n = i + 1,
         );
+        if self.spec.app {
+            text += &format!(
+                r#"
+[[web.site.proxy]]
+prefix = "/api/"
+upstream = "app"
+
+[[web.upstream]]
+name = "app"
+servers = ["{}:{}"]
+"#,
+                APP.0, APP.1
+            );
+        }
         text
     }
 

@@ -8,6 +8,7 @@ pub mod app;
 pub mod classic;
 pub mod collector;
 pub mod dblab;
+pub mod demo;
 pub mod lab;
 pub mod mariadb;
 pub mod packet;

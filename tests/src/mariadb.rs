@@ -141,6 +141,7 @@ impl MariaDb {
              GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{mon}'@'%';
              CREATE DATABASE appdb;
              CREATE TABLE appdb.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
+             CREATE TABLE appdb.visits (id INT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
              CREATE USER '{app}'@'%' IDENTIFIED BY '{app_pw}';
              GRANT ALL ON appdb.* TO '{app}'@'%';"
         ))

@@ -225,7 +225,7 @@ timeout_ms = 1000
     );
     let lab = WebLab::start_with("push", &extra)?;
     // The collector refuses the first two requests (429, then 500): they are retried.
-    let collector = Collector::start(&lab.ns, format!("{ADDR}:9300").parse()?, &[429, 500])?;
+    let collector = Collector::start(&lab.ns, format!("{ADDR}:9300").parse()?, &[429, 500], None)?;
     let url = format!("https://{HOST}/index.html");
     for _ in 0..5 {
         lab.curl(&[&url])?;

@@ -39,6 +39,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The same lab for scripts: `up` starts it in the background, `status` shows it, `down`
+    /// removes everything it made.
+    Lab {
+        /// up, status or down.
+        #[arg(value_enum)]
+        action: LabAction,
+    },
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
         /// Which benchmark: xdp (per-packet cost, map memory), failover (takeover time and
@@ -54,9 +61,24 @@ fn main() -> Result<()> {
         Task::Build { release } => build(&root, release),
         Task::Test { args } => test(&root, &args),
         Task::Run { args } => run(&root, &args),
+        Task::Lab { action } => lab(&root, action),
         Task::Bench { name } => bench(&root, &name),
     }
 }
+
+/// What `cargo xtask lab` does.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabAction {
+    /// Bring the lab up in the background.
+    Up,
+    /// Show the lab and each edge's live status.
+    Status,
+    /// Take the lab down, removing everything it made.
+    Down,
+}
+
+/// Where a background lab keeps its pid, banner, edge sockets and log.
+const LAB_STATE: &str = "/run/foobar-lab";
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -141,24 +163,29 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     cargo(root, &args, &envs)
 }
 
-fn run(root: &Path, args: &[String]) -> Result<()> {
+/// Builds foobar and the lab binary (release) with the packages the lab uses; the lab binary.
+fn lab_binary(root: &Path) -> Result<PathBuf> {
     build(root, true)?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "mariadbd"])?;
+    cargo(
+        root,
+        &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
+        &[],
+    )?;
+    Ok(root.join("target/release/foobar-lab"))
+}
+
+fn run(root: &Path, args: &[String]) -> Result<()> {
     if args.is_empty() {
-        toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl"])?;
-        cargo(
-            root,
-            &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
-            &[],
-        )?;
-        let bin = root.join("target/release/foobar");
+        let lab = lab_binary(root)?;
         // Ctrl-C goes to the whole process group: let the lab take it and clean up while this
         // process waits for it (the lab resets the disposition for itself).
         // SAFETY: installs SIG_IGN, no handler code runs.
         unsafe {
             nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)?;
         }
-        let status = Command::new(root.join("target/release/foobar-lab"))
-            .env("FOOBAR_BIN", bin)
+        let status = Command::new(lab)
+            .env("FOOBAR_BIN", root.join("target/release/foobar"))
             .status()
             .context("starting the lab")?;
         if !status.success() {
@@ -166,6 +193,7 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         return Ok(());
     }
+    build(root, true)?;
     let status = Command::new(root.join("target/release/foobar"))
         .arg("run")
         .args(args)
@@ -175,6 +203,89 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("foobar exited with {status}");
     }
     Ok(())
+}
+
+/// The pid of the background lab, when it runs.
+fn lab_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
+    Some(pid)
+}
+
+fn lab(root: &Path, action: LabAction) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let dir = PathBuf::from(LAB_STATE);
+    let log = dir.join("lab.log");
+    let tail = |log: &Path| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    match action {
+        LabAction::Up => {
+            if let Some(pid) = lab_pid(&dir) {
+                bail!("the lab is already up (process {pid}): cargo xtask lab status");
+            }
+            let bin = lab_binary(root)?;
+            std::fs::create_dir_all(&dir)?;
+            let _ = std::fs::remove_file(dir.join("banner"));
+            let out = std::fs::File::create(&log)?;
+            // Its own process group: a Ctrl-C in this terminal does not reach it.
+            let mut child = Command::new(bin)
+                .arg("serve")
+                .arg(&dir)
+                .env("FOOBAR_BIN", root.join("target/release/foobar"))
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .process_group(0)
+                .spawn()
+                .context("starting the lab")?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            while !dir.join("banner").exists() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the lab exited with {status}:\n{}", tail(&log));
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("the lab did not come up within 180 s:\n{}", tail(&log));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            print!("{}", std::fs::read_to_string(dir.join("banner"))?);
+            println!(
+                "cargo xtask lab status shows it; cargo xtask lab down removes it (log: {})",
+                log.display()
+            );
+            Ok(())
+        }
+        LabAction::Status => {
+            let status = Command::new(root.join("target/release/foobar-lab"))
+                .arg("status")
+                .arg(&dir)
+                .status()
+                .context("running foobar-lab status (is the lab built? cargo xtask lab up)")?;
+            if !status.success() {
+                bail!("the lab is not up");
+            }
+            Ok(())
+        }
+        LabAction::Down => {
+            let Some(pid) = lab_pid(&dir) else {
+                println!("the lab is not up");
+                return Ok(());
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while lab_pid(&dir) == Some(pid) {
+                if std::time::Instant::now() > deadline {
+                    bail!("the lab (process {pid}) did not stop within 60 s:\n{}", tail(&log));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            println!("{}", tail(&log));
+            Ok(())
+        }
+    }
 }
 
 fn bench(root: &Path, name: &str) -> Result<()> {

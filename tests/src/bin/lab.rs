@@ -1,12 +1,38 @@
-//! `cargo xtask run`: the demo lab in network namespaces, in the foreground until Ctrl-C.
+//! The foobar.com lab in network namespaces: a client, two edges running the whole appliance
+//! (XDP load balancer, VRRP, web tier, database routing, metrics and push), three L4 backends,
+//! the demo app, a MariaDB primary and replica, and a monitoring namespace.
+//!
+//! - `foobar-lab`: brings the lab up, prints how to use it, stays until Ctrl-C or SIGTERM,
+//!   then removes everything it made (`cargo xtask run`).
+//! - `foobar-lab serve STATE_DIR`: the same, and writes `STATE_DIR/pid`, `STATE_DIR/banner`
+//!   and `STATE_DIR/sockets` for `status` (`cargo xtask lab up` runs this detached).
+//! - `foobar-lab status STATE_DIR`: the banner and each edge's live status.
 
-use anyhow::Result;
-use foobar_tests::lab::{backend_addr, backend_name, LabSpec, LbLab, CLIENT, HTTPS_PORT, VIP, WEB_HOST};
+use anyhow::{bail, Context, Result};
+use foobar_tests::lab::{
+    backend_addr, backend_name, database_addr, edge_addr, LabSpec, LbLab, APP, CLIENT, COLLECTOR, HTTPS_PORT,
+    METRICS_PORT, MYSQL_PORTS, VIP, WEB_HOST,
+};
 use nix::sys::signal::{SigSet, Signal};
+use std::{fmt::Write, path::PathBuf};
 
 const BACKENDS: usize = 3;
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => run(None),
+        Some("serve") => run(Some(PathBuf::from(
+            args.get(1).context("usage: foobar-lab serve STATE_DIR")?,
+        ))),
+        Some("status") => status(&PathBuf::from(
+            args.get(1).context("usage: foobar-lab status STATE_DIR")?,
+        )),
+        Some(other) => bail!("unknown command {other:?}: foobar-lab [serve STATE_DIR | status STATE_DIR]"),
+    }
+}
+
+fn run(state: Option<PathBuf>) -> Result<()> {
     // Block the stop signals in every thread so the main thread can wait for them (and undo an
     // inherited "ignore", under which they would be discarded rather than wait).
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
@@ -17,52 +43,151 @@ fn main() -> Result<()> {
     stop.add(Signal::SIGINT);
     stop.add(Signal::SIGTERM);
     stop.thread_block()?;
-    std::env::set_var("FOOBAR_NS_PREFIX", "fblab");
-    let lab = LbLab::build(LabSpec::pair(BACKENDS, true, true))?;
-    println!("foobar lab is up: VIP {} (namespace prefix fblab-)", lab.vip());
-    for (i, edge) in lab.edges.iter().enumerate() {
-        println!(
-            "  {} {} VRRP {} (XDP: Maglev + conntrack + IPIP, direct server return)",
-            edge.name,
-            edge.addr,
-            lab.vrrp_state(i).to_uppercase()
-        );
+    if std::env::var_os("FOOBAR_NS_PREFIX").is_none() {
+        std::env::set_var("FOOBAR_NS_PREFIX", "fblab");
     }
-    println!("  client {CLIENT} reaches the VIP on the link: the master answers ARP for it");
-    for i in 0..BACKENDS {
-        println!(
-            "  backend {} at {} (VIP on lo, foobar decapsulates)",
-            backend_name(i),
-            backend_addr(i)
-        );
+    let lab = LbLab::build(LabSpec::foobar_com(BACKENDS))?;
+    let banner = banner(&lab)?;
+    print!("{banner}");
+    if let Some(dir) = &state {
+        std::fs::create_dir_all(dir)?;
+        let sockets: Vec<String> = (0..lab.edges.len())
+            .map(|i| lab.edge_socket(i).display().to_string())
+            .collect();
+        std::fs::write(dir.join("sockets"), sockets.join("\n"))?;
+        std::fs::write(dir.join("banner"), &banner)?;
+        std::fs::write(dir.join("pid"), std::process::id().to_string())?;
     }
-    println!();
-    println!("try:   ip netns exec {} curl -s http://{}/", lab.client.name, lab.vip());
-    println!(
-        "       ip netns exec {} curl -s --cacert {} --resolve {WEB_HOST}:{HTTPS_PORT}:{VIP} https://{WEB_HOST}/",
-        lab.client.name,
-        lab.web_certificate().display()
-    );
-    println!("       (HTTPS is served by the edges' own web tier: the master locally, the backup by IPIP)");
-    let foobar = foobar_tests::foobar_bin();
-    for (i, edge) in lab.edges.iter().enumerate() {
-        println!(
-            "{}: {} status --socket {}   |   {} stats --pin-dir {}",
-            edge.name,
-            foobar.display(),
-            lab.edge_socket(i).display(),
-            foobar.display(),
-            edge.pins.path.display()
-        );
+    if state.is_none() {
+        println!("Ctrl-C stops the lab and removes everything it made.");
     }
-    println!(
-        "failover: kill the master's foobar (pkill -f {}) and watch the other edge take over",
-        lab.edge_config(0).display()
-    );
-    println!("logs:  {}", lab.scratch.path.display());
-    println!("Ctrl-C stops the lab and removes everything it made.");
     stop.wait()?;
     println!("stopping the lab");
     drop(lab);
+    if let Some(dir) = &state {
+        for file in ["sockets", "banner", "pid"] {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
+    }
+    println!("the lab is down: namespaces, links, processes and pins removed");
+    Ok(())
+}
+
+fn banner(lab: &LbLab) -> Result<String> {
+    let mut b = String::new();
+    writeln!(
+        b,
+        "foobar.com lab is up: VIP {VIP} (namespaces {}-*)",
+        foobar_tests::prefix()
+    )?;
+    for (i, edge) in lab.edges.iter().enumerate() {
+        writeln!(
+            b,
+            "  {} {} VRRP {}: XDP load balancer, web tier (HTTPS {HTTPS_PORT}), database routing (read-write {}, read-only {}), metrics",
+            edge.name,
+            edge.addr,
+            lab.vrrp_state(i).to_uppercase(),
+            MYSQL_PORTS.0,
+            MYSQL_PORTS.1
+        )?;
+    }
+    writeln!(
+        b,
+        "  client {CLIENT} (namespace {}): the master edge answers ARP for the VIP",
+        lab.client.name
+    )?;
+    for i in 0..BACKENDS {
+        writeln!(
+            b,
+            "  backend {} {} serves http://{VIP}:80 (L4, IPIP, direct return)",
+            backend_name(i),
+            backend_addr(i)
+        )?;
+    }
+    writeln!(
+        b,
+        "  app {}:{}: the demo app behind https://{WEB_HOST}/api/, using the database through the VIP",
+        APP.0, APP.1
+    )?;
+    writeln!(
+        b,
+        "  db1 {} MariaDB primary, db2 {} its GTID replica",
+        database_addr(0),
+        database_addr(1)
+    )?;
+    writeln!(
+        b,
+        "  monitoring {}:{}: receives the edges' metric and log pushes ({})",
+        COLLECTOR.0,
+        COLLECTOR.1,
+        lab.scratch.file("collector.log").display()
+    )?;
+    writeln!(b)?;
+    let client = &lab.client.name;
+    let ca = lab.web_certificate().display().to_string();
+    writeln!(
+        b,
+        "the whole stack, client → VIP → edge web tier → app → VIP → database router → MariaDB:"
+    )?;
+    writeln!(
+        b,
+        "  ip netns exec {client} curl -s --cacert {ca} --resolve {WEB_HOST}:{HTTPS_PORT}:{VIP} https://{WEB_HOST}/api/visit"
+    )?;
+    writeln!(b, "static files from the edges, and L4 balancing to the backends:")?;
+    writeln!(
+        b,
+        "  ip netns exec {client} curl -s --cacert {ca} --resolve {WEB_HOST}:{HTTPS_PORT}:{VIP} https://{WEB_HOST}/"
+    )?;
+    writeln!(b, "  ip netns exec {client} curl -s http://{VIP}/")?;
+    writeln!(b, "the database endpoints (user app, password app-secret):")?;
+    writeln!(
+        b,
+        "  ip netns exec {client} mariadb -h {VIP} -P {} -u app -papp-secret -e 'SELECT @@server_id'",
+        MYSQL_PORTS.1
+    )?;
+    writeln!(b, "status page and metrics of each edge (from the client namespace):")?;
+    for i in 0..lab.edges.len() {
+        writeln!(
+            b,
+            "  ip netns exec {client} curl -s http://{}:{METRICS_PORT}/metrics   (page: http://{}:{METRICS_PORT}/)",
+            edge_addr(i),
+            edge_addr(i)
+        )?;
+    }
+    let foobar = foobar_tests::foobar_bin();
+    for i in 0..lab.edges.len() {
+        writeln!(
+            b,
+            "  {} status --socket {}",
+            foobar.display(),
+            lab.edge_socket(i).display()
+        )?;
+    }
+    writeln!(
+        b,
+        "failover: ip netns exec {} ip link set eth0 down   (the other edge takes over in ~300 ms)",
+        lab.edges[0].ns.name
+    )?;
+    writeln!(b, "logs and configuration: {}", lab.scratch.path.display())?;
+    Ok(b)
+}
+
+fn status(dir: &std::path::Path) -> Result<()> {
+    let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+        .context("the lab is not up (no pid file)")?
+        .trim()
+        .parse()?;
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        bail!("the lab is not up (process {pid} is gone)");
+    }
+    print!("{}", std::fs::read_to_string(dir.join("banner"))?);
+    println!();
+    for socket in std::fs::read_to_string(dir.join("sockets"))?.lines() {
+        match foobar::ctl::query(std::path::Path::new(socket)) {
+            Ok(s) => foobar::ctl::print(&s),
+            Err(e) => println!("{socket}: {e:#}"),
+        }
+        println!();
+    }
     Ok(())
 }
