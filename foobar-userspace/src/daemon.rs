@@ -166,8 +166,9 @@ pub async fn run(path: &Path) -> Result<()> {
                     Ok(new) => {
                         config = new;
                         config_tx.send_replace(Arc::new(config.clone()));
-                        checks.abort_all();
-                        checks = health::spawn_checks(&config, &health_tx);
+                        // The old checks finish what they are doing in the background.
+                        let old = std::mem::replace(&mut checks, health::spawn_checks(&config, &health_tx));
+                        tokio::spawn(old.stop());
                         info!("configuration reloaded");
                     }
                     Err(e) => error!("reload refused, keeping the running configuration: {e:#}"),
@@ -206,6 +207,8 @@ pub async fn run(path: &Path) -> Result<()> {
     if !names.is_empty() {
         info!(instances = ?names, "vrrp instances stopped");
     }
+    // Checks in flight finish first: one cut off mid-login would count against this host.
+    checks.stop().await;
     if let Some(web) = web {
         web.shutdown().await;
     }

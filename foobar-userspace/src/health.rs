@@ -64,10 +64,35 @@ impl Health {
     }
 }
 
+/// The running check tasks.
+pub struct Checks {
+    tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    /// The longest check timeout: how long a check in flight may still take.
+    longest: Duration,
+}
+
+impl Checks {
+    /// Stops the checks without cutting one in flight short (a MySQL login cut off mid-way
+    /// counts against this host on the server), then drops whatever is left.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let finished = timeout(self.longest + Duration::from_millis(100), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}
+
 /// Starts one check task per backend of every service whose check is not `none`; they publish
-/// transitions into `health`. Dropping (or `abort_all` on) the returned set stops them.
-pub fn spawn_checks(c: &Config, health: &watch::Sender<Health>) -> JoinSet<()> {
+/// transitions into `health` until stopped ([`Checks::stop`]) or dropped.
+pub fn spawn_checks(c: &Config, health: &watch::Sender<Health>) -> Checks {
     let mut tasks = JoinSet::new();
+    let (stop, stopping) = watch::channel(false);
+    let mut longest = Duration::ZERO;
     for svc in &c.services {
         if svc.health.kind == CheckKind::None {
             continue;
@@ -78,19 +103,29 @@ pub fn spawn_checks(c: &Config, health: &watch::Sender<Health>) -> JoinSet<()> {
             let check = svc.health.clone();
             let service = svc.name.get_ref().clone();
             let health = health.clone();
-            tasks.spawn(check_loop(service, target, check, health));
+            longest = longest.max(Duration::from_millis(check.timeout_ms));
+            tasks.spawn(check_loop(service, target, check, health, stopping.clone()));
         }
     }
-    tasks
+    Checks { tasks, stop, longest }
 }
 
-async fn check_loop(service: String, target: SocketAddr, check: HealthCheck, health: watch::Sender<Health>) {
+async fn check_loop(
+    service: String,
+    target: SocketAddr,
+    check: HealthCheck,
+    health: watch::Sender<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut up = health.borrow().is_up(&service, target.ip());
     let mut streak = 0u32;
     let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
         let result = timeout(Duration::from_millis(check.timeout_ms), probe(target, &check))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", check.timeout_ms)));

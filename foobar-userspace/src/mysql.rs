@@ -42,8 +42,11 @@ const ER_NO_SERVER: u16 = 9001;
 /// The routers of every `[[database]]`.
 pub struct DatabaseRouter {
     clusters: Vec<Arc<Cluster>>,
-    /// Accept loops and monitors.
+    /// Accept loops and the tasks following the monitors.
     tasks: JoinSet<()>,
+    /// The monitors, and what stops them.
+    monitors: JoinSet<()>,
+    stop_monitors: watch::Sender<bool>,
     /// The threads relaying client connections.
     pool: Arc<Workers>,
 }
@@ -116,6 +119,8 @@ impl DatabaseRouter {
     pub fn start(databases: &[Database]) -> Result<Self> {
         let mut clusters = Vec::new();
         let mut tasks = JoinSet::new();
+        let mut monitors = JoinSet::new();
+        let (stop_monitors, stopping) = watch::channel(false);
         let drain = databases.iter().map(|d| d.drain_timeout_ms).max().unwrap_or(0);
         let pool = Arc::new(Workers::start("db", 0, Duration::from_millis(drain))?);
         for db in databases {
@@ -140,12 +145,18 @@ impl DatabaseRouter {
                 let listener = TcpListener::from_std(listen::bind(addr)?)?;
                 tasks.spawn(accept(listener, role, cluster.clone(), pool.clone()));
             }
-            let monitors = monitor::spawn(db, cluster.credentials.clone(), &view_tx);
-            tasks.spawn(follow(cluster.clone(), view_tx, monitors));
+            monitor::spawn(&mut monitors, db, cluster.credentials.clone(), &view_tx, &stopping);
+            tasks.spawn(follow(cluster.clone(), view_tx));
             info!(database = name, listeners = ?db.listeners(), "database routing started");
             clusters.push(cluster);
         }
-        Ok(Self { clusters, tasks, pool })
+        Ok(Self {
+            clusters,
+            tasks,
+            monitors,
+            stop_monitors,
+            pool,
+        })
     }
 
     /// Re-reads the monitor credentials (the next login uses them); a bad file changes nothing.
@@ -172,6 +183,23 @@ impl DatabaseRouter {
     pub async fn shutdown(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Monitors finish the check in flight and quit their connections cleanly.
+        let _ = self.stop_monitors.send(true);
+        let limit = self
+            .clusters
+            .iter()
+            .map(|c| c.config.monitor.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let monitors = &mut self.monitors;
+        if timeout(Duration::from_millis(2 * limit + 100), async {
+            while monitors.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            self.monitors.abort_all();
+        }
         match Arc::try_unwrap(self.pool) {
             Ok(pool) => pool.stop().await,
             Err(_) => warn!("database workers still referenced at shutdown"),
@@ -274,7 +302,7 @@ impl Drop for Lease {
 
 /// Follows the monitors' view: keeps the primary current, and closes the connections that
 /// must not stay (to a server that went down; read-write ones to a demoted primary).
-async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>, _monitors: JoinSet<()>) {
+async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>) {
     let mut view = view_tx.subscribe();
     let mut before = view.borrow().clone();
     let mut writable_before = 0;

@@ -555,7 +555,7 @@ servers = ["{}:{}"]
 name = "{name}"
 vip = "{VIP}"
 port = {port}
-health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, timeout_ms = 1000, rise = 2, fall = 2 }}
+health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, timeout_ms = 2000, rise = 2, fall = 2 }}
 "#,
                 credentials = credentials.display()
             );

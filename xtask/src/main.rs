@@ -2,6 +2,7 @@
 //! is there first (nightly rust-src, bpf-linker built against the nightly's own LLVM).
 
 mod toolchain;
+mod vm;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -46,6 +47,19 @@ enum Task {
         #[arg(value_enum)]
         action: LabAction,
     },
+    /// Boot a stock Debian kernel under QEMU and run the data-plane suite inside (or, with
+    /// --shell, an interactive shell where `cargo xtask run` works with the host's artefacts).
+    Vm {
+        /// An interactive shell instead of the suite.
+        #[arg(long)]
+        shell: bool,
+        /// The Debian kernel package (default: what linux-image-amd64 depends on).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Guest memory, MiB.
+        #[arg(long, default_value_t = 4096)]
+        memory: u32,
+    },
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
         /// Which benchmark: xdp (per-packet cost, map memory), failover (takeover time and
@@ -62,6 +76,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Run { args } => run(&root, &args),
         Task::Lab { action } => lab(&root, action),
+        Task::Vm { shell, kernel, memory } => vm_task(&root, shell, kernel, memory),
         Task::Bench { name } => bench(&root, &name),
     }
 }
@@ -203,6 +218,79 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("foobar exited with {status}");
     }
     Ok(())
+}
+
+fn vm_task(root: &Path, shell: bool, kernel: Option<String>, memory: u32) -> Result<()> {
+    toolchain::ensure_os_packages(&["qemu-system-x86_64", "busybox", "depmod", "dpkg-deb", "ip"])?;
+    let package = match kernel {
+        Some(k) => k,
+        None => vm::default_kernel_package()?,
+    };
+    let guest = if shell {
+        build(root, true)?;
+        cargo(
+            root,
+            &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
+            &[],
+        )?;
+        vm::Guest::Shell
+    } else {
+        vm::Guest::Commands(suite_commands(root)?)
+    };
+    let code = vm::run(root, &package, &guest, memory)?;
+    if code != 0 {
+        bail!("the guest's commands exited with {code}");
+    }
+    Ok(())
+}
+
+/// The data-plane suite the VM runs: the XDP program under BPF_PROG_TEST_RUN, load balancing
+/// through real namespaces, health checks, configuration refusal.
+const VM_SUITE: &[&str] = &[
+    "xdp_program",
+    "load_balancing",
+    "health_checks",
+    "bad_config_is_refused",
+];
+
+/// Builds the suite's test binaries and `foobar` here; the guest's commands that run them.
+fn suite_commands(root: &Path) -> Result<String> {
+    toolchain::ensure()?;
+    cargo(root, &["build", "--package", "foobar-userspace"], &[])?;
+    let mut args = vec!["test", "--package", "foobar-tests", "--no-run", "--message-format=json"];
+    for t in VM_SUITE {
+        args.extend(["--test", t]);
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the VM suite")?;
+    if !out.status.success() {
+        bail!("building the VM suite failed");
+    }
+    // Each compiler-artifact line of a test target names its executable.
+    let executables: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("\"executable\":\"").nth(1)?;
+            Some(rest.split('"').next()?.to_owned())
+        })
+        .collect();
+    if executables.len() != VM_SUITE.len() {
+        bail!("expected {} test binaries, cargo built {executables:?}", VM_SUITE.len());
+    }
+    let foobar = root.join("target/debug/foobar");
+    let mut script = String::from("failed=0\n");
+    for exe in executables {
+        script += &format!(
+            "echo \"== {exe}\"; FOOBAR_BIN={} {exe} --test-threads=1 || failed=1\n",
+            foobar.display()
+        );
+    }
+    script += "exit $failed\n";
+    Ok(script)
 }
 
 /// The pid of the background lab, when it runs.

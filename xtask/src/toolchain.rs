@@ -20,7 +20,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -129,6 +129,9 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
             "sysctl" => "procps",
             "nft" => "nftables",
             "mariadbd" => "mariadb-server",
+            "qemu-system-x86_64" => "qemu-system-x86",
+            "busybox" => "busybox-static",
+            "depmod" => "kmod",
             PROMETHEUS_PARSER => "python3-prometheus-client",
             other => other,
         })

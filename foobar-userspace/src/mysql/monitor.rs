@@ -120,14 +120,16 @@ struct Reading {
     lag: Lag,
 }
 
-/// Starts one monitor task per server of `db`; they publish into `view` (one entry per server,
-/// in configuration order). The tasks end when `view`'s receivers are all gone or when aborted.
+/// Starts one monitor task per server of `db` in `tasks`; they publish into `view` (one entry
+/// per server, in configuration order). A task ends when `stop` turns true: after the check in
+/// flight, with a clean quit of its connection.
 pub fn spawn(
+    tasks: &mut tokio::task::JoinSet<()>,
     db: &Database,
     credentials: Arc<ArcSwap<Credentials>>,
     view: &watch::Sender<Vec<ServerState>>,
-) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
+    stop: &watch::Receiver<bool>,
+) {
     for (index, addr) in db.servers.get_ref().iter().enumerate() {
         tasks.spawn(watch_server(
             db.name.get_ref().clone(),
@@ -136,9 +138,9 @@ pub fn spawn(
             db.monitor.clone(),
             credentials.clone(),
             view.clone(),
+            stop.clone(),
         ));
     }
-    tasks
 }
 
 async fn watch_server(
@@ -148,6 +150,7 @@ async fn watch_server(
     monitor: Monitor,
     credentials: Arc<ArcSwap<Credentials>>,
     view: watch::Sender<Vec<ServerState>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut probe = Probe {
         addr,
@@ -162,9 +165,14 @@ async fn watch_server(
     let mut first = true;
     let mut streak = 0u32;
     loop {
-        ticker.tick().await;
-        if view.is_closed() {
-            return;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => {
+                if let Some((conn, _)) = probe.conn.take() {
+                    let _ = timeout(limit, conn.disconnect()).await;
+                }
+                return;
+            }
         }
         let creds = credentials.load_full();
         let result = match timeout(limit, probe.check(&creds)).await {

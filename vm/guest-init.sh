@@ -1,0 +1,33 @@
+#!/bin/sh
+# Stage 2 of the test VM, run as PID 1 on the host's root (read-only 9p under a tmpfs overlay:
+# writes stay in the guest's memory). Mounts what the suite needs, points /lib/modules at the
+# Debian kernel's unpacked modules, runs the host's commands from /vm-out/cmd and leaves their
+# exit status in /vm-out/status, then powers off.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t bpf bpf /sys/fs/bpf
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        foobar.root=*) root="${arg#*=}" ;;
+        foobar.modules=*) modules="${arg#*=}" ;;
+    esac
+done
+mkdir -p /lib/modules
+ln -sfn "$modules" "/lib/modules/$(uname -r)"
+echo /usr/sbin/modprobe > /proc/sys/kernel/modprobe
+hostname foobar-vm
+ip link set lo up
+export HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export TERM="${TERM:-vt100}"
+cd "$root" || exit 1
+echo "foobar-vm: kernel $(uname -r), running /vm-out/cmd in $root"
+sh /vm-out/cmd
+echo $? > /vm-out/status
+sync
+echo o > /proc/sysrq-trigger
+sleep 10
