@@ -135,6 +135,15 @@ impl LabSpec {
     }
 }
 
+/// Timeout of the backends' health checks, ms: 150, or `$FOOBAR_LAB_CHECK_TIMEOUT_MS` (the
+/// test VM emulates the CPU ten times slower than the host runs it).
+fn check_timeout_ms() -> u64 {
+    std::env::var("FOOBAR_LAB_CHECK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
 /// Port of the edges' management listener (metrics and status page), on every address.
 pub const METRICS_PORT: u16 = 9180;
 
@@ -425,13 +434,14 @@ name = "web"
 vip = "{VIP}"
 port = {PORT}
 forwarding = "{forwarding}"
-health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }}
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = {check_timeout}, rise = 2, fall = 2 }}
 "#,
             name = edge.name,
             addr = edge.addr,
             pins = edge.pins.path.display(),
             socket = self.edge_socket(i).display(),
             forwarding = self.spec.forwarding,
+            check_timeout = check_timeout_ms(),
         );
         for (b, setting) in backends.iter().enumerate().filter(|(_, s)| s.present) {
             text += &format!(

@@ -328,6 +328,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // FOOBAR_KEEP_SCRATCH=1 keeps logs and configurations for a post-mortem.
+        if std::env::var_os("FOOBAR_KEEP_SCRATCH").is_some() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

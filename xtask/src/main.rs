@@ -59,6 +59,13 @@ enum Task {
         /// Guest memory, MiB.
         #[arg(long, default_value_t = 4096)]
         memory: u32,
+        /// Use KVM (default: TCG emulation, which works everywhere).
+        #[arg(long)]
+        kvm: bool,
+        /// Run this shell command in the guest instead of the suite (the suite is still
+        /// built; its binaries are under target/debug/deps).
+        #[arg(long)]
+        run: Option<String>,
     },
     /// Benchmarks; writes target/bench/NAME.json.
     Bench {
@@ -76,7 +83,13 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Run { args } => run(&root, &args),
         Task::Lab { action } => lab(&root, action),
-        Task::Vm { shell, kernel, memory } => vm_task(&root, shell, kernel, memory),
+        Task::Vm {
+            shell,
+            kernel,
+            memory,
+            kvm,
+            run,
+        } => vm_task(&root, shell, kernel, memory, kvm, run),
         Task::Bench { name } => bench(&root, &name),
     }
 }
@@ -220,7 +233,14 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn vm_task(root: &Path, shell: bool, kernel: Option<String>, memory: u32) -> Result<()> {
+fn vm_task(
+    root: &Path,
+    shell: bool,
+    kernel: Option<String>,
+    memory: u32,
+    kvm: bool,
+    run: Option<String>,
+) -> Result<()> {
     toolchain::ensure_os_packages(&["qemu-system-x86_64", "busybox", "depmod", "dpkg-deb", "ip"])?;
     let package = match kernel {
         Some(k) => k,
@@ -235,9 +255,10 @@ fn vm_task(root: &Path, shell: bool, kernel: Option<String>, memory: u32) -> Res
         )?;
         vm::Guest::Shell
     } else {
-        vm::Guest::Commands(suite_commands(root)?)
+        let suite = suite_commands(root)?;
+        vm::Guest::Commands(run.unwrap_or(suite))
     };
-    let code = vm::run(root, &package, &guest, memory)?;
+    let code = vm::run(root, &package, &guest, memory, kvm)?;
     if code != 0 {
         bail!("the guest's commands exited with {code}");
     }
@@ -277,6 +298,8 @@ fn suite_commands(root: &Path) -> Result<String> {
             let rest = l.split("\"executable\":\"").nth(1)?;
             Some(rest.split('"').next()?.to_owned())
         })
+        // The package's binaries are built too; test executables live in deps/.
+        .filter(|exe| exe.contains("/deps/"))
         .collect();
     if executables.len() != VM_SUITE.len() {
         bail!("expected {} test binaries, cargo built {executables:?}", VM_SUITE.len());
@@ -285,7 +308,7 @@ fn suite_commands(root: &Path) -> Result<String> {
     let mut script = String::from("failed=0\n");
     for exe in executables {
         script += &format!(
-            "echo \"== {exe}\"; FOOBAR_BIN={} {exe} --test-threads=1 || failed=1\n",
+            "echo \"== {exe}\"; FOOBAR_LAB_CHECK_TIMEOUT_MS=1000 FOOBAR_BIN={} {exe} --test-threads=1 || failed=1\n",
             foobar.display()
         );
     }

@@ -42,8 +42,9 @@ pub fn default_kernel_package() -> Result<String> {
         .context("linux-image-amd64 names no kernel package (apt-get update?)")
 }
 
-/// Boots `package`'s kernel and runs `guest`; Ok(exit status of the guest's commands).
-pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32) -> Result<i32> {
+/// Boots `package`'s kernel and runs `guest` (under KVM when `kvm`, else TCG); Ok(exit status
+/// of the guest's commands).
+pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, kvm: bool) -> Result<i32> {
     let work = root.join("target/vm");
     let kernel = prepare_kernel(&work, package)?;
     let initrd = build_initrd(&work, &kernel)?;
@@ -64,7 +65,8 @@ pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32) -> Result
     );
     let status = Command::new("qemu-system-x86_64")
         .args(["-nographic", "-no-reboot", "-nic", "none", "-cpu", "max", "-smp", "2"])
-        .args(["-accel", "kvm", "-accel", "tcg"])
+        // KVM can be present and still fail at the first vCPU (nested setups): opt in.
+        .args(["-accel", if kvm { "kvm" } else { "tcg" }])
         .args(["-m", &memory_mib.to_string()])
         .arg("-kernel")
         .arg(&kernel.image)

@@ -203,6 +203,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, ParseError> {
     }
 }
 
+/// Whether `len` bytes from `off` are inside the frame. Compared as lengths, not as
+/// `data + off + len > data_end`: older verifiers (Debian bookworm's 6.1 among them) keep no
+/// bounds for a byte-swapped value and refuse to add an unbounded value to a packet pointer,
+/// while comparing scalars is fine (`data_end - data` is allowed to root). Found by the VM.
+#[inline(always)]
+fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
+    len <= ctx.data_end() - ctx.data() - off
+}
+
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
@@ -212,7 +221,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
         return Err(ParseError::Malformed);
     }
     let ip_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
-    if ip_len < hdr_len || ctx.data() + l3_off + ip_len > ctx.data_end() {
+    if ip_len < hdr_len || !fits(ctx, l3_off, ip_len) {
         return Err(ParseError::Malformed);
     }
     let frag = u16::from_be(unsafe { (*ip).frag_off });
@@ -237,7 +246,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
         return Err(ParseError::Malformed);
     }
     let ip_len = u16::from_be(unsafe { (*ip).payload_len }) as usize + IPV6_LEN;
-    if ctx.data() + l3_off + ip_len > ctx.data_end() {
+    if !fits(ctx, l3_off, ip_len) {
         return Err(ParseError::Malformed);
     }
     let next = unsafe { (*ip).next_hdr };
