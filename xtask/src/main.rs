@@ -71,7 +71,9 @@ enum Task {
     Bench {
         /// Which benchmark: xdp (per-packet cost, map memory), failover (takeover time and
         /// surviving connections against keepalived + HAProxy), web (the web tier against
-        /// nginx) or mysql (database routing against direct and HAProxy, with sysbench).
+        /// nginx), mysql (database routing against direct and HAProxy, with sysbench) or pktgen
+        /// (packets/s offered by the kernel's pktgen and forwarded by XDP; where the kernel has
+        /// the module, e.g. in the test VM).
         name: String,
     },
 }
@@ -406,7 +408,8 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         "failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "keepalived", "haproxy"])?,
         "web" => toolchain::ensure_os_packages(&["ip", "curl", "openssl", "wrk", "nginx"])?,
         "mysql" => toolchain::ensure_os_packages(&["ip", "ethtool", "mariadbd", "sysbench", "haproxy"])?,
-        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql)"),
+        "pktgen" => toolchain::ensure_os_packages(&["ip", "modprobe"])?,
+        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql, pktgen)"),
     }
     cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
     cargo(

@@ -1,9 +1,10 @@
-//! `cargo xtask bench xdp|failover|web|mysql`: each benchmark measures foobar against a baseline measured
+//! `cargo xtask bench xdp|failover|web|mysql|pktgen`: each benchmark measures foobar against a baseline measured
 //! the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json` with the same table
 //! as Markdown in `NAME.md`.
 
 mod failover;
 mod mysql;
+mod pktgen;
 mod web;
 mod xdp;
 
@@ -36,7 +37,8 @@ fn main() -> Result<()> {
         "failover" => failover::run()?,
         "web" => web::run()?,
         "mysql" => mysql::run()?,
-        _ => bail!("usage: foobar-bench xdp|failover|web|mysql"),
+        "pktgen" => pktgen::run()?,
+        _ => bail!("usage: foobar-bench xdp|failover|web|mysql|pktgen"),
     };
     let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     write(&out_dir, &name, &rows)
