@@ -118,8 +118,43 @@ fn workspace_root() -> Result<PathBuf> {
         .context("xtask lives inside the workspace")
 }
 
-/// Runs `cargo` with `args` in the workspace, failing on a non-zero exit.
+/// Whether this runs in the test VM on the host's artefacts (`FOOBAR_PREBUILT`): nothing is
+/// built there (under emulation a build would take an hour), binaries are run as they are.
+fn prebuilt() -> bool {
+    std::env::var_os("FOOBAR_PREBUILT").is_some()
+}
+
+/// Runs `cargo` with `args` in the workspace, failing on a non-zero exit. With prebuilt
+/// artefacts, `build` does nothing and `run --bin NAME -- ARGS` runs the built binary.
 fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    if prebuilt() {
+        match args.first() {
+            Some(&"build") => return Ok(()),
+            Some(&"run") => {
+                let bin = args
+                    .iter()
+                    .position(|a| *a == "--bin")
+                    .and_then(|i| args.get(i + 1))
+                    .context("cargo run without --bin")?;
+                let profile = if args.contains(&"--release") {
+                    "release"
+                } else {
+                    "debug"
+                };
+                let rest = args.iter().position(|a| *a == "--").map_or(&[][..], |i| &args[i + 1..]);
+                let status = Command::new(root.join("target").join(profile).join(bin))
+                    .args(rest)
+                    .envs(envs.iter().copied())
+                    .status()
+                    .with_context(|| format!("running the prebuilt {bin}"))?;
+                if !status.success() {
+                    bail!("{bin} failed ({status})");
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     let status = Command::new(env!("CARGO"))
         .args(args)
         .envs(envs.iter().copied())
@@ -190,7 +225,13 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         vec!["test", "--workspace", "--no-fail-fast"]
     };
     args.extend(extra.iter().map(String::as_str));
-    cargo(root, &args, &envs)
+    cargo(root, &args, &envs)?;
+    // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
+    if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {
+        eprintln!("xtask: the data-plane suite in the test VM (FOOBAR_SKIP_VM=1 skips it)");
+        vm_task(root, false, None, 4096, false, None)?;
+    }
+    Ok(())
 }
 
 /// Builds foobar and the lab binary (release) with the packages the lab uses; the lab binary.
@@ -248,17 +289,20 @@ fn vm_task(
         Some(k) => k,
         None => vm::default_kernel_package()?,
     };
-    let guest = if shell {
+    // A shell or a command may use the release binaries (foobar, the lab, the benchmarks),
+    // as `cargo xtask run|lab|bench` there do; xtask itself is built already (it is running).
+    if shell || run.is_some() {
         build(root, true)?;
         cargo(
             root,
-            &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
+            &["build", "--release", "--package", "foobar-tests", "--bins"],
             &[],
         )?;
-        vm::Guest::Shell
-    } else {
-        let suite = suite_commands(root)?;
-        vm::Guest::Commands(run.unwrap_or(suite))
+    }
+    let guest = match (shell, run) {
+        (true, _) => vm::Guest::Shell,
+        (false, Some(command)) => vm::Guest::Commands(command),
+        (false, None) => vm::Guest::Commands(suite_commands(root)?),
     };
     let code = vm::run(root, &package, &guest, memory, kvm)?;
     if code != 0 {

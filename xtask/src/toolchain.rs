@@ -30,6 +30,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Ensures nightly + rust-src and a matching bpf-linker.
 pub fn ensure() -> Result<()> {
+    if std::env::var_os("FOOBAR_PREBUILT").is_some() {
+        return Ok(());
+    }
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
