@@ -8,8 +8,9 @@ mount -t sysfs sys /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# /run fresh (the host's network namespaces must not show); /tmp stays the overlay's, since
+# the checkout may live there.
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -34,11 +35,14 @@ if [ "\$1" = xtask ]; then shift; exec "$root/target/debug/xtask" "\$@"; fi
 exec /root/.cargo/bin/cargo "\$@"
 WRAPPER
 chmod +x /run/foobar-vm/bin/cargo
-cd "$root" || exit 1
+finish() {
+    echo "$1" > /vm-out/status
+    sync
+    echo o > /proc/sysrq-trigger
+    # PID 1 must not exit (the kernel would panic) while the power-off completes.
+    while :; do sleep 1; done
+}
+cd "$root" || finish 125
 echo "foobar-vm: kernel $(uname -r), running /vm-out/cmd in $root"
 sh /vm-out/cmd
-echo $? > /vm-out/status
-sync
-echo o > /proc/sysrq-trigger
-# PID 1 must not exit (the kernel would panic) while the power-off completes.
-while :; do sleep 1; done
+finish $?

@@ -6,7 +6,7 @@
 
 use crate::{
     lab::wire,
-    mariadb::{self, MariaDb, APP_USER, MONITOR_USER},
+    mariadb::{self, MariaDb, MONITOR_USER},
     ChildGuard, Netns, PinDir, Scratch,
 };
 use anyhow::{Context, Result};
@@ -141,23 +141,7 @@ impl DbLab {
     /// Runs SQL as the application user through the router's `port` from the client
     /// namespace: whether it succeeded, and its rows (or error message).
     pub fn query(&self, port: u16, sql: &str) -> Result<(bool, String)> {
-        let (user, password) = APP_USER;
-        let (ok, out) = self.client.exec_any(&[
-            "mariadb",
-            "-h",
-            &ROUTER.to_string(),
-            "-P",
-            &port.to_string(),
-            "-u",
-            user,
-            &format!("-p{password}"),
-            "--connect-timeout=5",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])?;
-        Ok((ok, out.trim().to_owned()))
+        mariadb::app_query(&self.client, &ROUTER.to_string(), port, sql, &[])
     }
 
     /// Runs SQL that must succeed through `port`; its rows.

@@ -243,3 +243,29 @@ monitor = {{ interval_ms = 200, timeout_ms = 1000, rise = 1, fall = 2 }}
         credentials = credentials.display()
     )
 }
+
+/// Runs `sql` with the `mariadb` client as the application user against `host:port` from
+/// inside `ns` (`extra` adds client options, e.g. `--ssl`): whether it succeeded, and its rows
+/// (tab-separated) or its error message.
+pub fn app_query(ns: &Netns, host: &str, port: u16, sql: &str, extra: &[&str]) -> Result<(bool, String)> {
+    let (user, password) = APP_USER;
+    let password = format!("-p{password}");
+    let port = port.to_string();
+    let mut args = vec![
+        "mariadb",
+        "-h",
+        host,
+        "-P",
+        &port,
+        "-u",
+        user,
+        &password,
+        "--connect-timeout=5",
+        "-N",
+        "-B",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-e", sql]);
+    let (ok, out) = ns.exec_any(&args)?;
+    Ok((ok, out.trim().to_owned()))
+}

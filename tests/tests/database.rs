@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 use foobar_tests::{
     dblab::{DbLab, MAIN, NOTICE, ROUTER, STRICT},
-    mariadb::{APP_USER, MONITOR_USER},
+    mariadb::{app_query, APP_USER, MONITOR_USER},
     wait_until,
 };
 use mysql_async::prelude::Queryable;
@@ -24,21 +24,13 @@ fn writes_reach_the_primary_and_reads_the_fresh_replica() -> Result<()> {
     );
     ensure!(lab.must_query(STRICT.1, "SELECT @@server_id")? == "2");
     // TLS is the client's and the server's business: it passes through the router.
-    let tls = lab.client.exec(&[
-        "mariadb",
-        "-h",
+    let (_, tls) = app_query(
+        &lab.client,
         &ROUTER.to_string(),
-        "-P",
-        &MAIN.0.to_string(),
-        "-u",
-        APP_USER.0,
-        &format!("-p{}", APP_USER.1),
-        "--ssl",
-        "-N",
-        "-B",
-        "-e",
+        MAIN.0,
         "SHOW SESSION STATUS LIKE 'Ssl_version'",
-    ])?;
+        &["--ssl"],
+    )?;
     ensure!(tls.trim() == "Ssl_version\tTLSv1.3", "TLS through the router: {tls}");
     let (ok, out) = lab.query(MAIN.1, "INSERT INTO appdb.t (v) VALUES ('nope')")?;
     ensure!(
@@ -263,24 +255,11 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
 fn database_services_on_the_vip_are_routed_by_both_edges() -> Result<()> {
     use foobar_tests::lab::{edge_addr, LabSpec, LbLab, MYSQL_PORTS, VIP};
     let mut lab = LbLab::build(LabSpec::pair(1, true, false).with_database())?;
-    let (user, password) = APP_USER;
     let query = |port: u16, sql: &str| -> Result<String> {
-        let args = [
-            "mariadb",
-            "-h",
-            &VIP.to_string(),
-            "-P",
-            &port.to_string(),
-            "-u",
-            user,
-            &format!("-p{password}"),
-            "--connect-timeout=5",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ];
-        Ok(lab.client.exec(&args)?.trim().to_owned())
+        match app_query(&lab.client, &VIP.to_string(), port, sql, &[])? {
+            (true, rows) => Ok(rows),
+            (false, error) => anyhow::bail!("{sql} through {VIP}:{port}: {error}"),
+        }
     };
     // The servers see the routing edge's address as the client's.
     let mut routed_by = Vec::new();

@@ -6,7 +6,7 @@
 use anyhow::{ensure, Context, Result};
 use foobar_tests::{
     lab::{edge_addr, LabSpec, LbLab, HTTPS_PORT, METRICS_PORT, MYSQL_PORTS, VIP, WEB_HOST},
-    mariadb::APP_USER,
+    mariadb::app_query,
     scrape::{self, Sample},
     Netns,
 };
@@ -46,20 +46,9 @@ fn traffic(lab: &LbLab) -> Result<()> {
             &format!("https://{WEB_HOST}/"),
         ])?;
     }
-    let (user, password) = APP_USER;
     for _ in 0..4 {
-        lab.client.exec(&[
-            "mariadb",
-            "-h",
-            &VIP.to_string(),
-            "-P",
-            &MYSQL_PORTS.0.to_string(),
-            "-u",
-            user,
-            &format!("-p{password}"),
-            "-e",
-            "SELECT 1",
-        ])?;
+        let (ok, out) = app_query(&lab.client, &VIP.to_string(), MYSQL_PORTS.0, "SELECT 1", &[])?;
+        ensure!(ok, "a query through the VIP failed: {out}");
     }
     Ok(())
 }
