@@ -59,9 +59,9 @@ enum Task {
         /// Guest memory, MiB.
         #[arg(long, default_value_t = 4096)]
         memory: u32,
-        /// Use KVM (default: TCG emulation, which works everywhere).
-        #[arg(long)]
-        kvm: bool,
+        /// The accelerator: auto (KVM when a probe boot works, else TCG), kvm or tcg.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: vm::Accel,
         /// Run this shell command in the guest instead of the suite (the suite is still
         /// built; its binaries are under target/debug/deps).
         #[arg(long)]
@@ -89,9 +89,9 @@ fn main() -> Result<()> {
             shell,
             kernel,
             memory,
-            kvm,
+            accel,
             run,
-        } => vm_task(&root, shell, kernel, memory, kvm, run),
+        } => vm_task(&root, shell, kernel, memory, accel, run),
         Task::Bench { name } => bench(&root, &name),
     }
 }
@@ -229,7 +229,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
     if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {
         eprintln!("xtask: the data-plane suite in the test VM (FOOBAR_SKIP_VM=1 skips it)");
-        vm_task(root, false, None, 4096, false, None)?;
+        vm_task(root, false, None, 4096, vm::Accel::Auto, None)?;
     }
     Ok(())
 }
@@ -281,7 +281,7 @@ fn vm_task(
     shell: bool,
     kernel: Option<String>,
     memory: u32,
-    kvm: bool,
+    accel: vm::Accel,
     run: Option<String>,
 ) -> Result<()> {
     toolchain::ensure_os_packages(&["qemu-system-x86_64", "busybox", "depmod", "dpkg-deb", "ip"])?;
@@ -304,7 +304,7 @@ fn vm_task(
         (false, Some(command)) => vm::Guest::Commands(command),
         (false, None) => vm::Guest::Commands(suite_commands(root)?),
     };
-    let code = vm::run(root, &package, &guest, memory, kvm)?;
+    let code = vm::run(root, &package, &guest, memory, accel)?;
     if code != 0 {
         bail!("the guest's commands exited with {code}");
     }

@@ -42,11 +42,30 @@ pub fn default_kernel_package() -> Result<String> {
         .context("linux-image-amd64 names no kernel package (apt-get update?)")
 }
 
-/// Boots `package`'s kernel and runs `guest` (under KVM when `kvm`, else TCG); Ok(exit status
-/// of the guest's commands).
-pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, kvm: bool) -> Result<i32> {
+/// How QEMU runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when it works here (a short probe boot), TCG otherwise.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Emulation: slower, works everywhere.
+    Tcg,
+}
+
+/// Boots `package`'s kernel and runs `guest`; Ok(exit status of the guest's commands).
+pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, accel: Accel) -> Result<i32> {
     let work = root.join("target/vm");
     let kernel = prepare_kernel(&work, package)?;
+    let kvm = match accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => kvm_works(&kernel.image),
+    };
+    eprintln!(
+        "xtask vm: {package} under {}",
+        if kvm { "KVM" } else { "TCG emulation" }
+    );
     let initrd = build_initrd(&work, &kernel)?;
     let out = work.join("out");
     let _ = std::fs::remove_dir_all(&out);
@@ -65,7 +84,6 @@ pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, kvm: bool
     );
     let status = Command::new("qemu-system-x86_64")
         .args(["-nographic", "-no-reboot", "-nic", "none", "-cpu", "max", "-smp", "2"])
-        // KVM can be present and still fail at the first vCPU (nested setups): opt in.
         .args(["-accel", if kvm { "kvm" } else { "tcg" }])
         .args(["-m", &memory_mib.to_string()])
         .arg("-kernel")
@@ -90,6 +108,51 @@ pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, kvm: bool
     let code =
         std::fs::read_to_string(out.join("status")).context("the guest wrote no exit status (it did not finish)")?;
     code.trim().parse().context("the guest's exit status")
+}
+
+/// Whether KVM can run this kernel: /dev/kvm can exist and still fail at the first vCPU
+/// (nested setups), so the kernel is booted once without a root (it panics, and QEMU exits
+/// cleanly with -no-reboot); a crash or a hang means no.
+fn kvm_works(image: &Path) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let Ok(mut probe) = Command::new("qemu-system-x86_64")
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .arg("-kernel")
+        .arg(image)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match probe.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            _ => {
+                let _ = probe.kill();
+                let _ = probe.wait();
+                return false;
+            }
+        }
+    }
 }
 
 /// A kernel unpacked from its Debian package.
