@@ -292,12 +292,21 @@ impl Target {
             _ => bail!("push url {url:?} is neither http:// nor https://"),
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h.trim_matches(['[', ']']).to_owned(),
-                p.parse().context("push url port")?,
-            ),
-            _ => (authority.to_owned(), if https { 443 } else { 80 }),
+        let default_port = if https { 443 } else { 80 };
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, rest) = v6.split_once(']').context("push url: unclosed [")?;
+                let port = match rest.strip_prefix(':') {
+                    Some(p) => p.parse().context("push url port")?,
+                    None => default_port,
+                };
+                (host.to_owned(), port)
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().context("push url port")?),
+                None => (authority.to_owned(), default_port),
+            },
         };
         let tls = if https {
             let pem = std::fs::read(&c.ca_file).with_context(|| format!("reading {}", c.ca_file.display()))?;
@@ -500,6 +509,23 @@ mod tests {
         assert!(payload.len() <= MAX_REQUEST_BYTES && n == 1000, "{n} {}", payload.len());
         e.remove(Stream::Access, n);
         assert_eq!(e.peek_batch(Stream::Access).0, 1000);
+    }
+
+    fn target(url: &str) -> Result<Target> {
+        let push: Push = toml::from_str(&format!("url = {url:?}"))?;
+        Target::new(&push, "edge1")
+    }
+
+    #[test]
+    fn collector_urls_of_every_shape() -> Result<()> {
+        let t = target("http://[fd00::5]:9300/receiver/v1/http/T")?;
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("fd00::5", 9300, "/receiver/v1/http/T"));
+        let t = target("http://collector.example")?;
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("collector.example", 80, "/"));
+        let t = target("http://10.0.0.5:8080/x")?;
+        assert_eq!((t.host.as_str(), t.port, t.source_host.as_str()), ("10.0.0.5", 8080, "edge1"));
+        assert!(target("http://[fd00::5/x").is_err() && target("http://h:port/").is_err());
+        Ok(())
     }
 
     #[test]
