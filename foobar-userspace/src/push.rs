@@ -519,11 +519,20 @@ mod tests {
     #[test]
     fn collector_urls_of_every_shape() -> Result<()> {
         let t = target("http://[fd00::5]:9300/receiver/v1/http/T")?;
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("fd00::5", 9300, "/receiver/v1/http/T"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("fd00::5", 9300, "/receiver/v1/http/T")
+        );
         let t = target("http://collector.example")?;
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("collector.example", 80, "/"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("collector.example", 80, "/")
+        );
         let t = target("http://10.0.0.5:8080/x")?;
-        assert_eq!((t.host.as_str(), t.port, t.source_host.as_str()), ("10.0.0.5", 8080, "edge1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.source_host.as_str()),
+            ("10.0.0.5", 8080, "edge1")
+        );
         assert!(target("http://[fd00::5/x").is_err() && target("http://h:port/").is_err());
         Ok(())
     }
