@@ -1,11 +1,7 @@
 //! The control socket: `foobar run` answers `status` on a Unix socket with the node's live
 //! state as JSON; `foobar status` asks and prints it.
 
-use crate::{
-    mysql::{monitor::Lag, DatabaseStatus},
-    vrrp::instance::Status as VrrpStatus,
-    web::stats::WebSummary,
-};
+use crate::{mysql::DatabaseStatus, vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -172,17 +168,13 @@ pub fn print(s: &NodeStatus) {
         );
         for server in &d.servers {
             let st = &server.state;
-            let role = match (st.up, st.read_only) {
-                (false, _) => "DOWN",
-                (true, false) => "writable",
-                (true, true) => "read-only",
+            // A server that is down stands out, as a VRRP state does.
+            let role = if st.up {
+                st.role().to_owned()
+            } else {
+                st.role().to_uppercase()
             };
-            let lag = match st.lag {
-                Lag::NotReplica => String::new(),
-                Lag::Seconds(l) => format!(", lag {l} s"),
-                Lag::Stopped => ", replication stopped".into(),
-                Lag::Disconnected(_) => ", not connected to its primary".into(),
-            };
+            let lag = st.lag_text().map(|l| format!(", {l}")).unwrap_or_default();
             let error = st.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
             println!(
                 "    {} {role}{lag}{error}: {} open, {} total, {} connect failures, {} closed by the router",

@@ -8,7 +8,7 @@ pub mod host;
 pub mod page;
 
 use crate::{
-    config::Config,
+    config::{database::Role, Config},
     ctl::{self, NodeStatus},
     health::Health,
     stats::{self, Snapshot},
@@ -349,11 +349,11 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
             closed.sample(&labels, s.closed_by_router as f64);
         }
         refused.sample(
-            &[("database", &d.name), ("role", "read-write")],
+            &[("database", &d.name), ("role", Role::ReadWrite.name())],
             d.refused_read_write as f64,
         );
         refused.sample(
-            &[("database", &d.name), ("role", "read-only")],
+            &[("database", &d.name), ("role", Role::ReadOnly.name())],
             d.refused_read_only as f64,
         );
     }

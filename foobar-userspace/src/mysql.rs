@@ -106,13 +106,6 @@ pub struct ServerStatus {
     pub closed_by_router: u64,
 }
 
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::ReadWrite => 0,
-        Role::ReadOnly => 1,
-    }
-}
-
 impl DatabaseRouter {
     /// Reads the monitor credentials, binds every listener and starts the monitors; the
     /// servers need not be reachable yet.
@@ -258,7 +251,7 @@ impl Cluster {
             &self.rules(),
         )?;
         // Subscribing under the lock: a close decided after this pick reaches this connection.
-        let closed = self.closers[server][role_index(role)].subscribe();
+        let closed = self.closers[server][role.index()].subscribe();
         self.servers[server].active.fetch_add(1, Ordering::Relaxed);
         self.servers[server].total.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
@@ -270,7 +263,7 @@ impl Cluster {
 
     /// Closes every open connection of `role` to `server`.
     fn close(&self, server: usize, role: Role, why: &str) {
-        let Some(closer) = self.closers.get(server).map(|c| &c[role_index(role)]) else {
+        let Some(closer) = self.closers.get(server).map(|c| &c[role.index()]) else {
             return;
         };
         if closer.receiver_count() > 0 {
@@ -381,9 +374,9 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
         let lease = match cluster.lease(role, &tried) {
             Ok(lease) => lease,
             Err(why) => {
-                cluster.refused[role_index(role)].fetch_add(1, Ordering::Relaxed);
+                cluster.refused[role.index()].fetch_add(1, Ordering::Relaxed);
                 let name = cluster.config.name.get_ref();
-                let message = format!("foobar: database {name} ({}): {why}", role_name(role));
+                let message = format!("foobar: database {name} ({}): {why}", role.name());
                 warn!(database = name, client = %peer, reason = why, "refusing a database connection");
                 refuse(&mut client, &message).await;
                 return;
@@ -410,13 +403,6 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
         _ = lease.closed.changed() => {
             cluster.servers[lease.server].closed_by_router.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::ReadWrite => "read-write",
-        Role::ReadOnly => "read-only",
     }
 }
 

@@ -81,7 +81,6 @@ struct Counters {
 pub struct Exporter {
     buffer: Mutex<Buffer>,
     counters: Counters,
-    logs: bool,
 }
 
 /// The exporter logs are handed to, once `foobar run` has started one.
@@ -198,17 +197,21 @@ pub fn start(
             limit: config.max_buffer_bytes,
         }),
         counters: Counters::default(),
-        logs: config.logs,
     });
     if config.logs && LOG_SINK.set(exporter.clone()).is_err() {
         warn!("a push exporter already takes the logs");
     }
     let interval = Duration::from_millis(config.interval_ms);
-    let task = tokio::spawn(run(exporter.clone(), target, interval, metrics));
+    let task = tokio::spawn(run(exporter.clone(), target, interval, Arc::new(metrics)));
     Ok((exporter, task))
 }
 
-async fn run(exporter: Arc<Exporter>, target: Target, interval: Duration, metrics: impl Fn() -> Vec<Family>) {
+async fn run(
+    exporter: Arc<Exporter>,
+    target: Target,
+    interval: Duration,
+    metrics: Arc<impl Fn() -> Vec<Family> + Send + Sync + 'static>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Duration::ZERO;
@@ -217,7 +220,10 @@ async fn run(exporter: Arc<Exporter>, target: Target, interval: Duration, metric
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        for line in sumo_lines(&metrics(), now_ms) {
+        // Gathering reads maps and /proc: off the runtime's threads, as a scrape does.
+        let gather = metrics.clone();
+        let families = tokio::task::spawn_blocking(move || gather()).await.unwrap_or_default();
+        for line in sumo_lines(&families, now_ms) {
             exporter.add(Stream::Metrics, line);
         }
         for stream in Stream::ALL {
@@ -421,7 +427,7 @@ pub struct LogLayer;
 
 impl<S: Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: LayerContext<'_, S>) {
-        let Some(exporter) = LOG_SINK.get().filter(|e| e.logs) else {
+        let Some(exporter) = LOG_SINK.get() else {
             return;
         };
         let meta = event.metadata();
@@ -482,7 +488,6 @@ mod tests {
                 limit,
             }),
             counters: Counters::default(),
-            logs: true,
         }
     }
 

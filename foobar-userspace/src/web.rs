@@ -577,8 +577,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let took = started.elapsed();
-    shared.stats.request(response.status().as_u16(), took);
-    stats::count(route, response.status().as_u16());
+    shared.stats.request(route, response.status().as_u16(), took);
     info!(
         target: "foobar::access",
         client = %conn.peer.ip(),

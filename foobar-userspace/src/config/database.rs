@@ -76,6 +76,21 @@ pub enum Role {
     ReadOnly,
 }
 
+impl Role {
+    /// `read-write` or `read-only`, as in messages and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ReadWrite => "read-write",
+            Role::ReadOnly => "read-only",
+        }
+    }
+
+    /// 0 or 1, for per-role arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What read-only clients get when no replica qualifies.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -142,17 +142,9 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
         );
         for server in &d.servers {
             let st = &server.state;
-            let (cls, role) = match (st.up, st.read_only) {
-                (false, _) => ("down", "down"),
-                (true, false) => ("up", "writable"),
-                (true, true) => ("up", "read-only"),
-            };
-            let lag = match st.lag {
-                crate::mysql::monitor::Lag::NotReplica => String::new(),
-                crate::mysql::monitor::Lag::Seconds(l) => format!("{l} s"),
-                crate::mysql::monitor::Lag::Stopped => "stopped".into(),
-                crate::mysql::monitor::Lag::Disconnected(_) => "disconnected".into(),
-            };
+            let cls = if st.up { "up" } else { "down" };
+            let role = st.role();
+            let lag = st.lag_text().unwrap_or_default();
             let _ = write!(
                 html,
                 r#"<tr class="db-server"><td>{}</td><td class="{cls}">{role}</td><td>{lag}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td>{}</td></tr>"#,

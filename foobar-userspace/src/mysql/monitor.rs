@@ -99,6 +99,26 @@ pub enum Lag {
 }
 
 impl ServerState {
+    /// `down`, `writable` or `read-only`, for people.
+    pub fn role(&self) -> &'static str {
+        match (self.up, self.read_only) {
+            (false, _) => "down",
+            (true, false) => "writable",
+            (true, true) => "read-only",
+        }
+    }
+
+    /// The replication state for people (`lag 3 s`, `replication stopped`, ...); None for a
+    /// server that replicates from nobody.
+    pub fn lag_text(&self) -> Option<String> {
+        match self.lag {
+            Lag::NotReplica => None,
+            Lag::Seconds(l) => Some(format!("lag {l} s")),
+            Lag::Stopped => Some("replication stopped".into()),
+            Lag::Disconnected(_) => Some("not connected to its primary".into()),
+        }
+    }
+
     /// The lag the router compares with the limit. An unknown lag counts as `unknown_lag_s`,
     /// except for a replica cut off from a primary that is down itself: nothing fresher
     /// exists, so its last measured lag counts.

@@ -23,11 +23,6 @@ fn class_index(status: u16) -> usize {
     (status / 100).clamp(1, 5) as usize - 1
 }
 
-/// Counts one request of `status` on a site's route counters.
-pub fn count(counters: &ClassCounters, status: u16) {
-    counters[class_index(status)].fetch_add(1, Ordering::Relaxed);
-}
-
 /// The per (site, route) counters, kept across reloads: a reloaded site finds its counters
 /// again by name, so the series never reset.
 #[derive(Default)]
@@ -90,8 +85,6 @@ pub enum UpstreamError {
 /// Live counters.
 #[derive(Default)]
 pub struct WebStats {
-    /// Requests by status class: 1xx..5xx at indexes 0..4.
-    by_class: [AtomicU64; 5],
     /// Latency histogram: one count per bound, plus one for the rest.
     latency: [AtomicU64; LATENCY_BOUNDS_S.len() + 1],
     /// Sum of latencies, microseconds.
@@ -100,7 +93,7 @@ pub struct WebStats {
     tls13: AtomicU64,
     tls_failed: AtomicU64,
     upstream: [AtomicU64; 3],
-    /// By site and route.
+    /// Requests by site, route and status class (their sums are the totals by class).
     pub routes: RouteCounters,
 }
 
@@ -132,9 +125,9 @@ pub struct WebSummary {
 }
 
 impl WebStats {
-    /// Counts one answered request.
-    pub fn request(&self, status: u16, took: Duration) {
-        count(&self.by_class, status);
+    /// Counts one answered request of a site's route (counters from [`RouteCounters::get`]).
+    pub fn request(&self, route: &ClassCounters, status: u16, took: Duration) {
+        route[class_index(status)].fetch_add(1, Ordering::Relaxed);
         let s = took.as_secs_f64();
         let bucket = LATENCY_BOUNDS_S
             .iter()
@@ -173,11 +166,14 @@ impl WebStats {
             })
             .collect();
         let latency_count = cumulative + get(&self.latency[LATENCY_BOUNDS_S.len()]);
+        let by_route = self.routes.snapshot();
         WebSummary {
             requests: CLASSES
                 .iter()
-                .zip(&self.by_class)
-                .map(|(k, n)| (k.to_string(), get(n)))
+                .map(|class| {
+                    let n = by_route.iter().filter(|r| r.class == *class).map(|r| r.requests).sum();
+                    (class.to_string(), n)
+                })
                 .collect(),
             latency_buckets,
             latency_count,
@@ -191,7 +187,7 @@ impl WebStats {
                 .zip(&self.upstream)
                 .map(|(k, n)| (k.to_string(), get(n)))
                 .collect(),
-            by_route: self.routes.snapshot(),
+            by_route,
         }
     }
 }
@@ -203,9 +199,10 @@ mod tests {
     #[test]
     fn histogram_is_cumulative_and_classes_count() {
         let s = WebStats::default();
-        s.request(200, Duration::from_micros(300));
-        s.request(404, Duration::from_millis(3));
-        s.request(503, Duration::from_secs(10));
+        let route = s.routes.get("www.foobar.com", "static");
+        s.request(&route, 200, Duration::from_micros(300));
+        s.request(&route, 404, Duration::from_millis(3));
+        s.request(&route, 503, Duration::from_secs(10));
         let sum = s.summary(2);
         assert_eq!(sum.requests[1], ("2xx".into(), 1));
         assert_eq!(sum.requests[3], ("4xx".into(), 1));
