@@ -133,14 +133,12 @@ impl Netns {
             .stderr(Stdio::from(file))
             .spawn()
             .with_context(|| format!("spawning {program:?} {args:?}"))?;
-        Ok(ChildGuard {
-            child: Some(child),
-            log: log.to_owned(),
-        })
+        Ok(ChildGuard::adopt(child, log))
     }
 
     /// Spawns a program that needs no bpffs (keepalived, HAProxy, nginx) through
-    /// `ip netns exec`, its output appended to `log`; killed when the guard drops.
+    /// `ip netns exec`, its output appended to `log`, in a process group of its own: when the
+    /// guard drops the whole group is killed, so no forked worker outlives it.
     pub fn spawn_system(&self, args: &[&str], log: &Path) -> Result<ChildGuard> {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -152,9 +150,12 @@ impl Netns {
             .args(args)
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {args:?}"))?;
-        Ok(ChildGuard::adopt(child, log))
+        let mut guard = ChildGuard::adopt(child, log);
+        guard.group = true;
+        Ok(guard)
     }
 
     /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
@@ -225,6 +226,8 @@ pub fn ifindex_of(ns: &Netns, dev: &str) -> Result<u32> {
 pub struct ChildGuard {
     child: Option<Child>,
     log: PathBuf,
+    /// The child leads a process group, killed as a whole.
+    group: bool,
 }
 
 impl ChildGuard {
@@ -233,6 +236,7 @@ impl ChildGuard {
         Self {
             child: Some(child),
             log: log.to_owned(),
+            group: false,
         }
     }
 
@@ -276,6 +280,12 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
