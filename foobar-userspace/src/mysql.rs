@@ -24,13 +24,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinSet,
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch, task::JoinSet, time::timeout};
 use tracing::{debug, info, warn};
 
 /// Relay buffer per direction: large enough that a result set moves in few system calls.
@@ -48,7 +42,7 @@ pub struct DatabaseRouter {
     monitors: JoinSet<()>,
     stop_monitors: watch::Sender<bool>,
     /// The threads relaying client connections.
-    pool: Arc<Workers>,
+    pool: Workers,
 }
 
 /// One cluster's live routing state.
@@ -115,7 +109,7 @@ impl DatabaseRouter {
         let mut monitors = JoinSet::new();
         let (stop_monitors, stopping) = watch::channel(false);
         let drain = databases.iter().map(|d| d.drain_timeout_ms).max().unwrap_or(0);
-        let pool = Arc::new(Workers::start("db", 0, Duration::from_millis(drain))?);
+        let pool = Workers::start("db", 0, Duration::from_millis(drain))?;
         for db in databases {
             let name = db.name.get_ref();
             let credentials =
@@ -135,8 +129,10 @@ impl DatabaseRouter {
                 refused: Default::default(),
             });
             for (role, addr) in db.listeners() {
-                let listener = TcpListener::from_std(listen::bind(addr)?)?;
-                tasks.spawn(accept(listener, role, cluster.clone(), pool.clone()));
+                let cluster = cluster.clone();
+                pool.accept(&listen::bind(addr)?, move |client, peer| {
+                    serve(client, peer, role, cluster.clone())
+                })?;
             }
             monitor::spawn(&mut monitors, db, cluster.credentials.clone(), &view_tx, &stopping);
             tasks.spawn(follow(cluster.clone(), view_tx));
@@ -174,6 +170,7 @@ impl DatabaseRouter {
     /// Stops accepting, lets open connections finish within the longest drain timeout, then
     /// closes the rest.
     pub async fn shutdown(mut self) {
+        self.pool.stop_accepting();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         // Monitors finish the check in flight and quit their connections cleanly.
@@ -193,10 +190,7 @@ impl DatabaseRouter {
         {
             self.monitors.abort_all();
         }
-        match Arc::try_unwrap(self.pool) {
-            Ok(pool) => pool.stop().await,
-            Err(_) => warn!("database workers still referenced at shutdown"),
-        }
+        self.pool.stop().await;
     }
 }
 
@@ -342,32 +336,8 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
     }
 }
 
-async fn accept(listener: TcpListener, role: Role, cluster: Arc<Cluster>, pool: Arc<Workers>) {
-    loop {
-        match listener.accept().await {
-            Ok((client, peer)) => {
-                let Ok(client) = client.into_std() else {
-                    continue;
-                };
-                let cluster = cluster.clone();
-                pool.spawn(move || async move {
-                    if let Ok(client) = TcpStream::from_std(client) {
-                        serve(client, peer, role, cluster).await;
-                    }
-                });
-            }
-            Err(e) => {
-                // Out of descriptors and the like: wait instead of spinning.
-                warn!("accepting a database connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Relays one client connection to the server chosen for it, or refuses it.
 async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc<Cluster>) {
-    let _ = client.set_nodelay(true);
     let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
     let mut tried = Vec::new();
     let (mut server, mut lease) = loop {

@@ -33,7 +33,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
 };
 use tracing::{error, info, warn};
@@ -234,15 +234,14 @@ struct Shared {
     connections: Arc<Connections>,
 }
 
-/// The running web tier: an acceptor per listener hands each connection to the worker thread
-/// with the fewest open connections ([`Workers`]). Plus the certificate watcher.
+/// The running web tier: every worker thread accepts from every listener and serves what it
+/// accepts ([`Workers`]). Plus the certificate watcher.
 pub struct WebTier {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     workers: usize,
     shutdown: watch::Sender<bool>,
-    pool: Arc<Workers>,
-    acceptors: Vec<tokio::task::JoinHandle<()>>,
+    pool: Workers,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -265,32 +264,27 @@ impl WebTier {
         });
         let (shutdown, _) = watch::channel(false);
         let drain = Duration::from_millis(shared.limits.drain_timeout_ms);
-        let pool = Arc::new(Workers::start("web", web.workers, drain)?);
+        let pool = Workers::start("web", web.workers, drain)?;
         let workers = pool.len();
         // Bind everything first, so a taken port fails the start with its address.
-        let listeners: Vec<(TcpListener, Listener)> = web
+        let listeners: Vec<(std::net::TcpListener, Listener)> = web
             .listeners
             .iter()
-            .map(|l| {
-                let socket = crate::listen::bind(*l.address.get_ref())?;
-                Ok((TcpListener::from_std(socket)?, l.clone()))
-            })
+            .map(|l| Ok((crate::listen::bind(*l.address.get_ref())?, l.clone())))
             .collect::<Result<_>>()?;
-        for l in &web.listeners {
-            info!(address = %l.address.get_ref(), tls = l.tls, workers, "web listener up");
+        for (listener, config) in listeners {
+            let (shared, stopping) = (shared.clone(), shutdown.subscribe());
+            info!(address = %config.address.get_ref(), tls = config.tls, workers, "web listener up");
+            pool.accept(&listener, move |stream, peer: SocketAddr| {
+                let (config, shared, stopping) = (config.clone(), shared.clone(), stopping.clone());
+                async move {
+                    // Over a connection limit: closed at once.
+                    if let Some(admitted) = shared.connections.admit(peer.ip()) {
+                        connection(stream, peer, config, shared, stopping, admitted).await;
+                    }
+                }
+            })?;
         }
-        let acceptors = listeners
-            .into_iter()
-            .map(|(listener, config)| {
-                tokio::spawn(accept_loop(
-                    listener,
-                    config,
-                    shared.clone(),
-                    pool.clone(),
-                    shutdown.subscribe(),
-                ))
-            })
-            .collect();
         let watcher = (!web.certificates.is_empty())
             .then(|| tokio::spawn(watch_certificates(shared.clone(), shutdown.subscribe())));
         Ok(Self {
@@ -299,7 +293,6 @@ impl WebTier {
             workers: web.workers,
             shutdown,
             pool,
-            acceptors,
             watcher,
         })
     }
@@ -334,14 +327,9 @@ impl WebTier {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
-        for acceptor in self.acceptors {
-            let _ = acceptor.await;
-        }
-        // Each worker drains its own connections up to the deadline, then closes the rest.
-        match Arc::try_unwrap(self.pool) {
-            Ok(pool) => pool.stop().await,
-            Err(_) => warn!("web workers still referenced at shutdown"),
-        }
+        // Workers stop accepting, drain their own connections up to the deadline, then close
+        // the rest.
+        self.pool.stop().await;
     }
 }
 
@@ -377,43 +365,6 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
 }
 
 /// Accepts on one listener until shutdown, admitting connections within the limits.
-async fn accept_loop(
-    listener: TcpListener,
-    config: Listener,
-    shared: Arc<Shared>,
-    pool: Arc<Workers>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let Some(admitted) = shared.connections.admit(peer.ip()) else {
-                    continue; // over a connection limit: closed at once
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok(stream) = stream.into_std() else {
-                    continue;
-                };
-                let (config, shared, stopping) = (config.clone(), shared.clone(), shutdown.clone());
-                pool.spawn(move || async move {
-                    if let Ok(stream) = TcpStream::from_std(stream) {
-                        connection(stream, peer, config, shared, stopping, admitted).await;
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-}
-
 /// Serves one connection: TLS handshake (bounded by the header timeout), then HTTP/2 when ALPN
 /// chose it and HTTP/1.1 otherwise.
 async fn connection(
@@ -523,16 +474,17 @@ async fn until_done_or_drained<C: std::future::Future>(
 /// Answers one request and writes its access-log line.
 async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response<Body> {
     let started = std::time::Instant::now();
-    let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-    });
+    // Cheap clones (shared buffers): the request itself moves on to its handler.
+    let uri = req.uri().clone();
+    let host_header = req.headers().get(header::HOST).cloned();
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()));
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = uri.path();
     let sites = shared.sites.load();
-    let site = sites.route(host.as_deref());
+    let site = sites.route(host);
     let mut upstream = None;
     let mut route = &site.served;
     let mut response = if let Some(why) = smuggling_shape(req.headers()) {
@@ -545,13 +497,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         r
     } else if conn.redirect {
         route = &site.redirected;
-        redirect_to_https(host.as_deref(), &req)
-    } else if let Some(proxied) = site.proxy_for(&path) {
+        redirect_to_https(host, &req)
+    } else if let Some(proxied) = site.proxy_for(path) {
         route = &proxied.requests;
         let origin = proxy::Origin {
             client: conn.peer.ip(),
             https: conn.tls.is_some(),
-            host: host.as_deref(),
+            host,
         };
         let outcome = proxied
             .pool
@@ -563,7 +515,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         upstream = outcome.upstream;
         outcome.response
     } else {
-        site.files.serve(&method, &path, req.headers()).await
+        site.files.serve(&method, path, req.headers()).await
     };
     let h = response.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("foobar"));

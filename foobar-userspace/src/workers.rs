@@ -1,10 +1,14 @@
 //! Worker threads for connections, each a single-threaded tokio runtime (as nginx's worker
-//! processes are): a connection handed to a worker lives on that thread, with no cross-thread
-//! wake-ups and no work stealing. The next connection goes to the least-loaded worker.
+//! processes are): a connection lives on the thread that accepted it, with no cross-thread
+//! wake-ups and no work stealing. Every worker accepts from every listener itself (the
+//! listening socket is shared, as nginx's workers share it), so a new connection costs no
+//! hand-over between threads; a worker that already has more open connections than another
+//! passes the new one to the least-loaded worker, which keeps long-lived connections even.
 
 use anyhow::{Context, Result};
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -12,18 +16,150 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
-/// A connection's work, started on the worker thread (so its sockets register there).
-type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// Work started on a worker thread (so its sockets register there), given that worker.
+type Job = Box<dyn FnOnce(Worker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// A pool of worker threads.
-pub struct Workers {
+/// What serves one accepted connection, on the worker that runs it.
+pub trait Handler: Fn(TcpStream, SocketAddr) -> Self::Serving + Send + Sync + 'static {
+    /// The connection's future.
+    type Serving: Future<Output = ()> + Send + 'static;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    type Serving = Fut;
+}
+
+/// What the workers of a pool share.
+struct Shared {
     name: &'static str,
     queues: Vec<mpsc::UnboundedSender<Job>>,
     /// Open connections per worker.
-    load: Arc<[AtomicUsize]>,
+    load: Vec<AtomicUsize>,
+    /// Cancelled when the pool stops accepting.
+    accepting: CancellationToken,
+}
+
+impl Shared {
+    /// The worker with the fewest open connections.
+    fn least_loaded(&self) -> usize {
+        self.load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
+            .map_or(0, |(i, _)| i)
+    }
+
+    /// Runs `job` on worker `i`.
+    fn send(&self, i: usize, job: Job) {
+        if let Some(queue) = self.queues.get(i) {
+            // Fails only once the worker has stopped: the job (and its connection) is dropped.
+            let _ = queue.send(job);
+        }
+    }
+}
+
+/// One worker thread as seen by the work running on it.
+#[derive(Clone)]
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    /// Everything running on this worker, waited for when the pool stops.
+    tracker: TaskTracker,
+    /// Cancelled when the drain time is over: whatever still runs is dropped.
+    abort: CancellationToken,
+}
+
+/// Counts a connection as open on its worker until dropped.
+struct Open(Arc<Shared>, usize);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.load[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Worker {
+    /// Runs `work` on this worker's runtime until it ends or the drain time is over.
+    fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(self.abort.clone().run_until_cancelled_owned(work));
+    }
+
+    /// Accepts from `listener` until the pool stops accepting, placing each connection.
+    async fn accept<H: Handler>(self, listener: std::net::TcpListener, handler: Arc<H>) {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(
+                    pool = self.shared.name,
+                    worker = self.index,
+                    "cannot watch a listening socket: {e}"
+                );
+                return;
+            }
+        };
+        let accepting = self.shared.accepting.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.place(stream, peer, &handler),
+                    Err(e) => {
+                        // Out of descriptors and the like: wait instead of spinning.
+                        warn!(pool = self.shared.name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                _ = accepting.cancelled() => break,
+            }
+        }
+    }
+
+    /// Serves a connection this worker accepted here, unless another worker has fewer open
+    /// connections: then there.
+    fn place<H: Handler>(&self, stream: TcpStream, peer: SocketAddr, handler: &Arc<H>) {
+        let shared = &self.shared;
+        let least = shared.least_loaded();
+        let here = shared.load[self.index].load(Ordering::Relaxed) <= shared.load[least].load(Ordering::Relaxed);
+        let target = if here { self.index } else { least };
+        shared.load[target].fetch_add(1, Ordering::Relaxed);
+        let open = Open(shared.clone(), target);
+        if here {
+            let serving = handler(stream, peer);
+            self.run(async move {
+                serving.await;
+                drop(open);
+            });
+            return;
+        }
+        // Registered with this worker's reactor: re-register it on the other one.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let handler = handler.clone();
+        shared.send(
+            target,
+            Box::new(move |_worker| {
+                Box::pin(async move {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        handler(stream, peer).await;
+                    }
+                    drop(open);
+                })
+            }),
+        );
+    }
+}
+
+/// A pool of worker threads.
+pub struct Workers {
+    shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -35,77 +171,84 @@ impl Workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let load: Arc<[AtomicUsize]> = (0..count).map(|_| AtomicUsize::new(0)).collect();
-        let mut queues = Vec::new();
-        let mut threads = Vec::new();
-        for i in 0..count {
-            let (queue, incoming) = mpsc::unbounded_channel();
-            queues.push(queue);
-            let thread = std::thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || run(name, incoming, drain))
-                .with_context(|| format!("starting {name} worker thread {i}"))?;
-            threads.push(thread);
-        }
-        Ok(Self {
+        let (queues, incoming): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let shared = Arc::new(Shared {
             name,
             queues,
-            load,
-            threads,
-        })
+            load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            accepting: CancellationToken::new(),
+        });
+        let mut threads = Vec::new();
+        for (index, incoming) in incoming.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                shared: shared.clone(),
+                tracker: TaskTracker::new(),
+                abort: CancellationToken::new(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || run(worker, incoming, drain))
+                .with_context(|| format!("starting {name} worker thread {index}"))?;
+            threads.push(thread);
+        }
+        Ok(Self { shared, threads })
     }
 
     /// The number of workers.
     pub fn len(&self) -> usize {
-        self.queues.len()
+        self.shared.queues.len()
     }
 
     /// Whether the pool has no workers (never, once started).
     pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        self.shared.queues.is_empty()
     }
 
-    /// Runs `job` on the least-loaded worker; it counts as open there until its future ends.
-    pub fn spawn<F, Fut>(&self, job: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let Some((i, _)) = self
-            .load
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        self.load[i].fetch_add(1, Ordering::Relaxed);
-        let load = self.load.clone();
-        let wrapped: Job = Box::new(move || {
-            Box::pin(async move {
-                job().await;
-                load[i].fetch_sub(1, Ordering::Relaxed);
-            })
-        });
-        if self.queues[i].send(wrapped).is_err() {
-            self.load[i].fetch_sub(1, Ordering::Relaxed);
+    /// Accepts connections from `listener` on every worker until the pool stops accepting;
+    /// `handler` serves each on the worker it is placed on.
+    pub fn accept<H: Handler>(&self, listener: &std::net::TcpListener, handler: H) -> Result<()> {
+        let handler = Arc::new(handler);
+        for i in 0..self.len() {
+            let listener = listener
+                .try_clone()
+                .context("sharing a listening socket with a worker")?;
+            let handler = handler.clone();
+            self.shared.send(
+                i,
+                Box::new(move |worker: Worker| Box::pin(worker.accept(listener, handler))),
+            );
         }
+        Ok(())
     }
 
-    /// Takes no more work and waits until every worker has drained (or dropped, after the
-    /// drain time) its connections.
-    pub async fn stop(self) {
-        drop(self.queues);
-        let threads = self.threads;
+    /// Stops accepting on every worker (listening sockets close); open connections go on.
+    pub fn stop_accepting(&self) {
+        self.shared.accepting.cancel();
+    }
+
+    /// Stops accepting and waits until every worker has drained (or dropped, after the drain
+    /// time) its connections.
+    pub async fn stop(mut self) {
+        self.stop_accepting();
+        let threads = std::mem::take(&mut self.threads);
         let joined = tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok())).await;
         if !joined.unwrap_or(false) {
-            warn!(pool = self.name, "a worker thread ended abnormally");
+            warn!("a worker thread ended abnormally");
         }
     }
 }
 
+impl Drop for Workers {
+    /// A pool dropped without [`Workers::stop`] (a failed start) still ends its threads.
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
 /// One worker: runs the jobs handed to it until the pool stops, then drains.
-fn run(name: &'static str, mut incoming: mpsc::UnboundedReceiver<Job>, drain: Duration) {
+fn run(worker: Worker, mut incoming: mpsc::UnboundedReceiver<Job>, drain: Duration) {
+    let name = worker.shared.name;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -113,27 +256,31 @@ fn run(name: &'static str, mut incoming: mpsc::UnboundedReceiver<Job>, drain: Du
             return;
         }
     };
+    let accepting = worker.shared.accepting.clone();
     runtime.block_on(async move {
-        let mut running = JoinSet::new();
         loop {
             tokio::select! {
                 job = incoming.recv() => match job {
-                    Some(job) => {
-                        running.spawn(job());
-                    }
+                    Some(job) => worker.run(job(worker.clone())),
                     None => break,
                 },
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = accepting.cancelled() => break,
             }
         }
-        let drained = tokio::time::timeout(drain, async { while running.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
+        // Nothing new arrives once accepting stopped; jobs already queued still run.
+        incoming.close();
+        while let Some(job) = incoming.recv().await {
+            worker.run(job(worker.clone()));
+        }
+        worker.tracker.close();
+        if tokio::time::timeout(drain, worker.tracker.wait()).await.is_err() {
             warn!(
                 pool = name,
-                open = running.len(),
+                open = worker.shared.load[worker.index].load(Ordering::Relaxed),
                 "connections still open after the drain time: closing them"
             );
-            running.abort_all();
+            worker.abort.cancel();
+            worker.tracker.wait().await;
         }
     });
 }

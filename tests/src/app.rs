@@ -20,7 +20,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -43,8 +43,9 @@ pub type Handler = Arc<
 pub struct HttpServer {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<Result<()>>>>,
-    /// TCP connections accepted so far.
-    pub connections: Arc<AtomicUsize>,
+    /// Connections that carried a proxied request (one with `X-Forwarded-For`): the web
+    /// tier's pooled connections, not its health checks.
+    pub proxied_connections: Arc<AtomicUsize>,
 }
 
 impl HttpServer {
@@ -52,8 +53,8 @@ impl HttpServer {
     pub fn start(ns: &Netns, addr: SocketAddr, handler: Handler) -> Result<Self> {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let proxied_connections = Arc::new(AtomicUsize::new(0));
+        let counter = proxied_connections.clone();
         let thread = ns.thread(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
@@ -64,10 +65,15 @@ impl HttpServer {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let handler = handler.clone();
+                        let (handler, counter) = (handler.clone(), counter.clone());
+                        let counted = AtomicBool::new(false);
                         tokio::spawn(async move {
-                            let service = service_fn(move |req| {
+                            let service = service_fn(move |req: Request<Incoming>| {
+                                if req.headers().contains_key("x-forwarded-for")
+                                    && !counted.swap(true, Ordering::Relaxed)
+                                {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                }
                                 let answer = handler(req);
                                 async move { Ok::<_, Infallible>(answer.await) }
                             });
@@ -91,7 +97,7 @@ impl HttpServer {
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
-            connections,
+            proxied_connections,
         })
     }
 

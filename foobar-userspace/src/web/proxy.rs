@@ -16,6 +16,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Limited};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::uri::{Parts as UriParts, PathAndQuery},
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::rt::TokioIo;
@@ -34,16 +35,18 @@ use tracing::{info, warn};
 /// Body of a request sent upstream.
 type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1); `Upgrade` passes only
+/// while protocols are being switched.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// One server of a pool.
@@ -344,8 +347,11 @@ impl Pool {
         // Without a body the request can be sent again; with one it is streamed once.
         let mut body = Some(body);
         let retryable = idempotent && !has_body && !upgrade;
-        let headers = forward_headers(&parts.headers, origin, upgrade);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         let mut tried = Vec::new();
         loop {
@@ -362,14 +368,18 @@ impl Pool {
                 (false, Some(b)) => Limited::new(b, max_body as usize).boxed(),
                 _ => Empty::new().map_err(|never| match never {}).boxed(),
             };
-            let Ok(uri) = Uri::builder().path_and_query(path.as_str()).build() else {
+            // Origin form: the path and query only.
+            let mut uri = UriParts::default();
+            uri.path_and_query = Some(path.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
                 return fail(StatusCode::BAD_REQUEST, Some(UpstreamError::Failed));
             };
             let mut upstream_req = Request::new(upstream_body);
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = uri;
             *upstream_req.version_mut() = Version::HTTP_11;
-            *upstream_req.headers_mut() = headers.clone();
+            // Built for each attempt (a retry is rare) rather than cloned for every request.
+            *upstream_req.headers_mut() = forward_headers(&parts.headers, origin, upgrade);
             let in_flight = InFlight::start(&server);
             let sent = tokio::time::timeout(self.read_timeout, self.send(i, upstream_req)).await;
             let (response, checkin) = match sent {
@@ -448,11 +458,7 @@ impl Pool {
                     }
                 });
                 let (mut parts, _) = response.into_parts();
-                let protocol = parts.headers.get(header::UPGRADE).cloned();
                 strip_hop_by_hop(&mut parts.headers, true);
-                if let Some(protocol) = protocol {
-                    parts.headers.insert(header::UPGRADE, protocol);
-                }
                 return Response::from_parts(parts, super::empty());
             }
         }
@@ -478,35 +484,45 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers and those the Connection header names; an upgrade keeps its
-/// `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+/// The headers a Connection header names (hop-by-hop too).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(["upgrade"]) {
-        headers.remove(name);
-    }
-    for name in named {
+        .collect()
+}
+
+/// Removes hop-by-hop headers and those the Connection header names; an upgrade keeps its
+/// `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_to = upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    for name in HOP_BY_HOP.iter().chain(&connection_named(headers)) {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = upgrade_to {
+            headers.insert(header::UPGRADE, protocol);
+        }
     }
 }
 
-/// The request headers sent upstream: the client's, without hop-by-hop ones, with the
-/// forwarding headers appended and the Host kept.
+/// The request headers sent upstream: the client's, without hop-by-hop ones (but `Upgrade`
+/// when switching protocols), with the forwarding headers appended and the Host kept.
 fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> HeaderMap {
-    let mut headers = incoming.clone();
-    let upgrade_to = incoming.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut headers, upgrade);
-    if let (true, Some(protocol)) = (upgrade, upgrade_to) {
-        headers.insert(header::UPGRADE, protocol);
+    let named = connection_named(incoming);
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 5);
+    for (name, value) in incoming {
+        let hop = HOP_BY_HOP.contains(name) || named.contains(name);
+        if !hop || (upgrade && name == header::UPGRADE) {
+            headers.append(name, value.clone());
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let client = origin.client.to_string();
     let proto = if origin.https { "https" } else { "http" };
