@@ -45,6 +45,8 @@ struct Shared {
     load: Vec<AtomicUsize>,
     /// Cancelled when the pool stops accepting.
     accepting: CancellationToken,
+    /// Cancelled when the pool stops: workers take no more jobs and drain.
+    stopping: CancellationToken,
 }
 
 impl Shared {
@@ -177,6 +179,7 @@ impl Workers {
             queues,
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             accepting: CancellationToken::new(),
+            stopping: CancellationToken::new(),
         });
         let mut threads = Vec::new();
         for (index, incoming) in incoming.into_iter().enumerate() {
@@ -222,7 +225,8 @@ impl Workers {
         Ok(())
     }
 
-    /// Stops accepting on every worker (listening sockets close); open connections go on.
+    /// Stops accepting on every worker (listening sockets close); open connections go on, and
+    /// their drain time starts only with [`Workers::stop`].
     pub fn stop_accepting(&self) {
         self.shared.accepting.cancel();
     }
@@ -231,6 +235,7 @@ impl Workers {
     /// time) its connections.
     pub async fn stop(mut self) {
         self.stop_accepting();
+        self.shared.stopping.cancel();
         let threads = std::mem::take(&mut self.threads);
         let joined = tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok())).await;
         if !joined.unwrap_or(false) {
@@ -243,6 +248,7 @@ impl Drop for Workers {
     /// A pool dropped without [`Workers::stop`] (a failed start) still ends its threads.
     fn drop(&mut self) {
         self.stop_accepting();
+        self.shared.stopping.cancel();
     }
 }
 
@@ -256,7 +262,7 @@ fn run(worker: Worker, mut incoming: mpsc::UnboundedReceiver<Job>, drain: Durati
             return;
         }
     };
-    let accepting = worker.shared.accepting.clone();
+    let stopping = worker.shared.stopping.clone();
     runtime.block_on(async move {
         loop {
             tokio::select! {
@@ -264,10 +270,10 @@ fn run(worker: Worker, mut incoming: mpsc::UnboundedReceiver<Job>, drain: Durati
                     Some(job) => worker.run(job(worker.clone())),
                     None => break,
                 },
-                _ = accepting.cancelled() => break,
+                _ = stopping.cancelled() => break,
             }
         }
-        // Nothing new arrives once accepting stopped; jobs already queued still run.
+        // Nothing new arrives once the pool stops; jobs already queued still run.
         incoming.close();
         while let Some(job) = incoming.recv().await {
             worker.run(job(worker.clone()));
