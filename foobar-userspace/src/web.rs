@@ -364,7 +364,6 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
     }
 }
 
-/// Accepts on one listener until shutdown, admitting connections within the limits.
 /// Serves one connection: TLS handshake (bounded by the header timeout), then HTTP/2 when ALPN
 /// chose it and HTTP/1.1 otherwise.
 async fn connection(

@@ -347,11 +347,18 @@ impl Pool {
         // Without a body the request can be sent again; with one it is streamed once.
         let mut body = Some(body);
         let retryable = idempotent && !has_body && !upgrade;
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // Origin form upstream: the path and query only.
+        let mut origin_form = UriParts::default();
+        origin_form.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let Ok(uri) = Uri::from_parts(origin_form) else {
+            return fail(StatusCode::BAD_REQUEST, Some(UpstreamError::Failed));
+        };
 
         let mut tried = Vec::new();
         loop {
@@ -368,15 +375,9 @@ impl Pool {
                 (false, Some(b)) => Limited::new(b, max_body as usize).boxed(),
                 _ => Empty::new().map_err(|never| match never {}).boxed(),
             };
-            // Origin form: the path and query only.
-            let mut uri = UriParts::default();
-            uri.path_and_query = Some(path.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return fail(StatusCode::BAD_REQUEST, Some(UpstreamError::Failed));
-            };
             let mut upstream_req = Request::new(upstream_body);
             *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = uri;
+            *upstream_req.uri_mut() = uri.clone();
             *upstream_req.version_mut() = Version::HTTP_11;
             // Built for each attempt (a retry is rare) rather than cloned for every request.
             *upstream_req.headers_mut() = forward_headers(&parts.headers, origin, upgrade);
@@ -458,12 +459,12 @@ impl Pool {
                     }
                 });
                 let (mut parts, _) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers, true);
+                parts.headers = end_to_end(&parts.headers, true, 0);
                 return Response::from_parts(parts, super::empty());
             }
         }
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        parts.headers = end_to_end(&parts.headers, false, 0);
         let body = Tracked {
             inner: body,
             _in_flight: in_flight,
@@ -484,46 +485,34 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The headers a Connection header names (hop-by-hop too).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
+/// The end-to-end part of `headers`, for the next hop: without hop-by-hop headers and those
+/// the Connection header names; an upgrade keeps `Upgrade` and gets `Connection: upgrade`.
+/// Room is left for `extra` more headers.
+fn end_to_end(headers: &HeaderMap, upgrade: bool, extra: usize) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
-}
-
-/// Removes hop-by-hop headers and those the Connection header names; an upgrade keeps its
-/// `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_to = upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
-    for name in HOP_BY_HOP.iter().chain(&connection_named(headers)) {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(protocol) = upgrade_to {
-            headers.insert(header::UPGRADE, protocol);
-        }
-    }
-}
-
-/// The request headers sent upstream: the client's, without hop-by-hop ones (but `Upgrade`
-/// when switching protocols), with the forwarding headers appended and the Host kept.
-fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> HeaderMap {
-    let named = connection_named(incoming);
-    let mut headers = HeaderMap::with_capacity(incoming.len() + 5);
-    for (name, value) in incoming {
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len() + extra);
+    for (name, value) in headers {
         let hop = HOP_BY_HOP.contains(name) || named.contains(name);
         if !hop || (upgrade && name == header::UPGRADE) {
-            headers.append(name, value.clone());
+            kept.append(name, value.clone());
         }
     }
     if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        kept.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    kept
+}
+
+/// The request headers sent upstream: the client's end-to-end ones, with the forwarding
+/// headers appended and the Host kept.
+fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> HeaderMap {
+    let mut headers = end_to_end(incoming, upgrade, 5);
     let client = origin.client.to_string();
     let proto = if origin.https { "https" } else { "http" };
     let xff = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
