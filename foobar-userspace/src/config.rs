@@ -3,6 +3,7 @@
 //! problem is refused as a whole.
 
 pub mod database;
+pub mod files;
 pub mod monitoring;
 pub mod web;
 
@@ -346,7 +347,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}", self.path.display(), p.line, p.column, p.reason)?;
+            if p.line == 0 {
+                write!(f, "{}: {}", self.path.display(), p.reason)?;
+            } else {
+                write!(f, "{}:{}:{}: {}", self.path.display(), p.line, p.column, p.reason)?;
+            }
         }
         Ok(())
     }
@@ -354,32 +359,40 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file, and checks the files it names (certificates,
+/// keys, credentials, document roots): what `foobar check-config`, the start and every reload
+/// run, so each reports the same problems at the same places.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_owned(),
         problems: vec![Problem {
             line: 0,
             column: 0,
-            reason: format!("cannot read: {e}"),
+            reason: format!("cannot read the configuration file: {e}"),
         }],
     })?;
-    parse(&text).map_err(|problems| ConfigError {
+    checked(&text, true).map_err(|problems| ConfigError {
         path: path.to_owned(),
         problems,
     })
 }
 
-/// Parses and validates configuration text.
+/// Parses and validates configuration text (the files it names are not looked at).
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    checked(text, false)
+}
+
+fn checked(text: &str, with_files: bool) -> Result<Config, Vec<Problem>> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         vec![problem(text, &span, e.message().trim().replace('\n', "; "))]
     })?;
     let mut found = Vec::new();
-    validate(&config, &mut |span: &Range<usize>, reason: String| {
-        found.push((span.clone(), reason))
-    });
+    let mut report = |span: &Range<usize>, reason: String| found.push((span.clone(), reason));
+    validate(&config, &mut report);
+    if with_files {
+        files::check(&config, &mut report);
+    }
     if found.is_empty() {
         return Ok(config);
     }
@@ -651,10 +664,11 @@ fn validate_vrrp(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A small valid file: one service with a remote and a local backend (weight 50).
+    pub(crate) const GOOD: &str = r#"
 [node]
 name = "edge1"
 interfaces = ["eth0"]

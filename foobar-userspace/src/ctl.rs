@@ -1,7 +1,8 @@
 //! The control socket: `foobar run` answers `status` on a Unix socket with the node's live
-//! state as JSON; `foobar status` asks and prints it.
+//! state as JSON, and `reload` with the outcome of applying the configuration file again;
+//! `foobar status` and `foobar reload` ask and print.
 
-use crate::{mysql::DatabaseStatus, vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
+use crate::{mysql::DatabaseStatus, reload::Outcome, vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -13,6 +14,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
 };
 use tracing::warn;
 
@@ -37,9 +39,16 @@ pub struct NodeStatus {
 /// Where the daemon's state is read from when a client asks.
 pub type Source = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
 
-/// Serves `status` requests on `path` until the task is dropped. A stale socket file from a
-/// previous run is replaced; the socket is only accessible to root.
-pub fn serve(path: &Path, source: Source) -> Result<tokio::task::JoinHandle<()>> {
+/// Reload requests to the daemon: each carries where to send the outcome.
+pub type Reloads = mpsc::Sender<oneshot::Sender<Outcome>>;
+
+/// How long `foobar reload` waits for the outcome (preparing loads every certificate and
+/// builds every Maglev table).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `status` and `reload` requests on `path` until the task is dropped. A stale socket
+/// file from a previous run is replaced; the socket is only accessible to root.
+pub fn serve(path: &Path, source: Source, reloads: Reloads) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -52,12 +61,18 @@ pub fn serve(path: &Path, source: Source) -> Result<tokio::task::JoinHandle<()>>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
-            let source = source.clone();
+            let (source, reloads) = (source.clone(), reloads.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, source).await {
+                if let Err(e) = answer(stream, source, reloads).await {
                     warn!("control socket request failed: {e:#}");
                 }
             });
@@ -65,7 +80,7 @@ pub fn serve(path: &Path, source: Source) -> Result<tokio::task::JoinHandle<()>>
     }))
 }
 
-async fn answer(stream: UnixStream, source: Source) -> Result<()> {
+async fn answer(stream: UnixStream, source: Source, reloads: Reloads) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(256));
@@ -74,6 +89,11 @@ async fn answer(stream: UnixStream, source: Source) -> Result<()> {
         .context("request timed out")??;
     let reply = match line.trim() {
         "status" => serde_json::to_string(&source())?,
+        "reload" => {
+            let (reply, outcome) = oneshot::channel();
+            reloads.send(reply).await.context("the daemon is stopping")?;
+            serde_json::to_string(&outcome.await.context("the daemon dropped the reload")?)?
+        }
         other => serde_json::to_string(&serde_json::json!({ "error": format!("unknown request {other:?}") }))?,
     };
     write.write_all(reply.as_bytes()).await?;
@@ -81,19 +101,33 @@ async fn answer(stream: UnixStream, source: Source) -> Result<()> {
     Ok(())
 }
 
-/// Asks the daemon listening on `path` for its status.
-pub fn query(path: &Path) -> Result<NodeStatus> {
+/// Sends one request to the daemon listening on `path` and returns its answer.
+fn request(path: &Path, request: &str, limit: Duration) -> Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("connecting to {} (is foobar run going?)", path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"status\n")?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
     let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
+    stream
+        .read_to_string(&mut reply)
+        .with_context(|| format!("waiting for the daemon's answer to {request}"))?;
     if reply.trim().is_empty() {
         bail!("the daemon closed the control socket without an answer");
     }
+    Ok(reply)
+}
+
+/// Asks the daemon listening on `path` for its status.
+pub fn query(path: &Path) -> Result<NodeStatus> {
+    let reply = request(path, "status", Duration::from_secs(5))?;
     serde_json::from_str(&reply).context("reading the daemon's status")
+}
+
+/// Asks the daemon listening on `path` to apply its configuration file again.
+pub fn reload(path: &Path) -> Result<Outcome> {
+    let reply = request(path, "reload", RELOAD_TIMEOUT)?;
+    serde_json::from_str(&reply).context("reading the daemon's reload outcome")
 }
 
 /// Prints a status for people.

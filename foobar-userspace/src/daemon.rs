@@ -10,6 +10,7 @@ use crate::{
     metrics,
     mysql::DatabaseRouter,
     push,
+    reload::{self, Outcome},
     vrrp::{
         election::Reason,
         instance::{Claim, Handle, Spec},
@@ -27,7 +28,7 @@ use std::{
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::{error, info, warn};
 
@@ -124,7 +125,8 @@ pub async fn run(path: &Path) -> Result<()> {
         web.as_ref().map(WebTier::summary_source),
         databases.status_source(),
     );
-    let _control = ctl::serve(&config.node.control_socket, status.clone())?;
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Outcome>>(4);
+    let _control = ctl::serve(&config.node.control_socket, status.clone(), reload_tx)?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let exporter: Arc<OnceLock<Arc<push::Exporter>>> = Arc::default();
     let sources = metrics::Sources {
@@ -160,20 +162,11 @@ pub async fn run(path: &Path) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
+        // Who asked for a reload, and where the outcome goes.
+        let mut reload_request: Option<(&str, Option<oneshot::Sender<Outcome>>)> = None;
         tokio::select! {
-            _ = hangup.recv() => {
-                match reload(path, &config, &mut dataplane, &health_tx, web.as_ref(), &databases) {
-                    Ok(new) => {
-                        config = new;
-                        config_tx.send_replace(Arc::new(config.clone()));
-                        // The old checks finish what they are doing in the background.
-                        let old = std::mem::replace(&mut checks, health::spawn_checks(&config, &health_tx));
-                        tokio::spawn(old.stop());
-                        info!("configuration reloaded");
-                    }
-                    Err(e) => error!("reload refused, keeping the running configuration: {e:#}"),
-                }
-            }
+            _ = hangup.recv() => reload_request = Some(("SIGHUP", None)),
+            Some(reply) = reload_rx.recv() => reload_request = Some(("foobar reload", Some(reply))),
             Ok(()) = health_rx.changed() => {
                 let health = health_rx.borrow_and_update().clone();
                 if let Err(e) = dataplane.sync(&config, &health) {
@@ -188,6 +181,22 @@ pub async fn run(path: &Path) -> Result<()> {
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+        }
+        if let Some((asked_by, reply)) = reload_request {
+            let mut running = Running {
+                config: &mut config,
+                dataplane: &mut dataplane,
+                health: &health_tx,
+                checks: &mut checks,
+                web: web.as_ref(),
+                databases: &databases,
+                published: &config_tx,
+            };
+            let outcome = running.reload(path);
+            log_outcome(asked_by, &outcome);
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
         }
     }
     // Masters send their priority-0 adverts and release their VIPs; the claims they make on
@@ -273,48 +282,102 @@ fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dat
     }
 }
 
-/// Validates the file again and applies it, or explains why not; the running state is kept
-/// on any error.
-fn reload(
-    path: &Path,
-    running: &Config,
-    dataplane: &mut Dataplane,
-    health: &watch::Sender<Health>,
-    web: Option<&WebTier>,
-    databases: &DatabaseRouter,
-) -> Result<Config> {
-    let new = config::load(path)?;
-    let restart_only = [
-        (
-            running.node.interfaces.get_ref() != new.node.interfaces.get_ref(),
-            "[node] interfaces",
+/// Logs what became of a reload.
+fn log_outcome(asked_by: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied { changes } => info!(asked_by, ?changes, "configuration reloaded"),
+        Outcome::Refused { reasons } => error!(asked_by, ?reasons, "reload refused, the running configuration stays"),
+        Outcome::NeedsRestart { keys } => error!(
+            asked_by,
+            ?keys,
+            "reload refused: these keys take a restart, nothing was applied"
         ),
-        (running.node.pin_dir != new.node.pin_dir, "[node] pin_dir"),
-        (running.node.xdp_mode != new.node.xdp_mode, "[node] xdp_mode"),
-        (
-            running.dataplane.sizes() != new.dataplane.sizes(),
-            "[dataplane] table sizes",
-        ),
-        (running.vrrp != new.vrrp, "[[vrrp]] instances"),
-        (
-            running.node.control_socket != new.node.control_socket,
-            "[node] control_socket",
-        ),
-        (running.web.is_some() != new.web.is_some(), "[web] presence"),
-        (running.databases != new.databases, "[[database]] sections"),
-        (running.monitoring != new.monitoring, "[monitoring]"),
-    ];
-    if let Some((_, what)) = restart_only.iter().find(|(changed, _)| *changed) {
-        anyhow::bail!(
-            "{what} changed: that takes a restart (foobar run adopts the pinned state without a forwarding gap)"
-        );
     }
-    databases.reload_credentials(&new.databases)?;
-    if let (Some(tier), Some(w)) = (web, &new.web) {
-        tier.reload(w)?;
+}
+
+/// The running subsystems a reload prepares and commits.
+struct Running<'a> {
+    config: &'a mut Config,
+    dataplane: &'a mut Dataplane,
+    health: &'a watch::Sender<Health>,
+    checks: &'a mut health::Checks,
+    web: Option<&'a WebTier>,
+    databases: &'a DatabaseRouter,
+    /// The configuration metrics read.
+    published: &'a watch::Sender<Arc<Config>>,
+}
+
+impl Running<'_> {
+    /// Applies the configuration file again, all or nothing. First every subsystem prepares
+    /// what can fail (the file and the files it names are checked, the data-plane plan with its
+    /// ids and Maglev tables is computed, certificates, sites and pools are built, credentials
+    /// are read) without touching running state; a problem anywhere refuses the reload with
+    /// every reason. Then all commit: the data plane first (only the kernel refusing a map
+    /// update can fail it, and then the running configuration is written back), then health,
+    /// the web tier, database credentials and the checks, which cannot fail.
+    fn reload(&mut self, path: &Path) -> Outcome {
+        let new = match config::load(path) {
+            Ok(new) => new,
+            Err(e) => {
+                return Outcome::Refused {
+                    reasons: e.to_string().lines().map(str::to_owned).collect(),
+                }
+            }
+        };
+        let keys = reload::restart_keys(self.config, &new);
+        if !keys.is_empty() {
+            return Outcome::NeedsRestart {
+                keys: keys.into_iter().map(str::to_owned).collect(),
+            };
+        }
+        let mut reasons = Vec::new();
+        let mut health = self.health.borrow().clone();
+        health.retain_configured(&new);
+        let plan = self
+            .dataplane
+            .prepare(&new, &health)
+            .map_err(|e| reasons.push(format!("data plane: {e:#}")))
+            .ok();
+        let web = match (self.web, &new.web) {
+            (Some(tier), Some(w)) => tier
+                .prepare(w)
+                .map_err(|e| reasons.push(format!("web tier: {e:#}")))
+                .ok(),
+            _ => None,
+        };
+        let credentials = self
+            .databases
+            .prepare_credentials(&new.databases)
+            .map_err(|e| reasons.push(format!("database routing: {e:#}")))
+            .ok();
+        let (Some(plan), Some(credentials), true) = (plan, credentials, reasons.is_empty()) else {
+            return Outcome::Refused { reasons };
+        };
+        if let Err(e) = self.dataplane.commit(&plan) {
+            let mut reasons = vec![format!("data plane: writing the maps failed: {e:#}")];
+            let current = self.health.borrow().clone();
+            if let Err(e) = self.dataplane.sync(self.config, &current) {
+                reasons.push(format!(
+                    "data plane: writing the running configuration back failed too: {e:#}"
+                ));
+            }
+            return Outcome::Refused { reasons };
+        }
+        self.health.send_modify(|h| h.retain_configured(&new));
+        if let (Some(tier), Some(prepared)) = (self.web, web) {
+            tier.commit(prepared);
+        }
+        self.databases.commit_credentials(credentials);
+        let checks = self.checks.update(&new, self.health);
+        let mut changes = reload::changes(self.config, &new);
+        if checks.started + checks.stopped > 0 {
+            changes.push(format!(
+                "health checks: {} kept, {} started, {} stopped",
+                checks.kept, checks.started, checks.stopped
+            ));
+        }
+        *self.config = new;
+        self.published.send_replace(Arc::new(self.config.clone()));
+        Outcome::Applied { changes }
     }
-    health.send_modify(|h| h.retain_configured(&new));
-    let current = health.borrow().clone();
-    dataplane.sync(&new, &current)?;
-    Ok(new)
 }

@@ -2,10 +2,11 @@
 //! maps and links so forwarding outlives this process, adopting a previous run's state, and
 //! turning a validated configuration plus health into map contents.
 
+pub mod plan;
+
 use crate::{
-    config::{self, Config, Forwarding, Protocol},
+    config::{self, Config},
     health::Health,
-    maglev,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -17,13 +18,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_common::{
-    addr_from_octets, addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac,
-    MaglevSlots, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4,
-    FAMILY_V6, LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, MODE_IPIP, MODE_L2DSR, NODE_FORWARDING, PROTO_TCP,
-    PROTO_UDP, VIP_CLAIMED, VIP_FILTER_WORDS,
+    addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig,
+    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING,
+    VIP_CLAIMED, VIP_FILTER_WORDS,
 };
+use plan::{addr_key, Layout, Plan};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -40,38 +41,6 @@ pub fn pin_root(pin_dir: &Path) -> PathBuf {
 /// Pin path of the XDP link on `interface`.
 fn link_pin(root: &Path, interface: &str) -> PathBuf {
     root.join(format!("link_{interface}"))
-}
-
-/// Stores an address the way the maps do.
-fn map_addr(addr: IpAddr) -> (Addr, u8) {
-    match addr {
-        IpAddr::V4(a) => (addr_from_octets(&a.octets()), FAMILY_V4),
-        IpAddr::V6(a) => (addr_from_octets(&a.octets()), FAMILY_V6),
-    }
-}
-
-fn addr_key(addr: IpAddr) -> AddrKey {
-    let (addr, family) = map_addr(addr);
-    AddrKey {
-        addr,
-        family,
-        _pad: [0; 3],
-    }
-}
-
-/// The service-table key of a configured service.
-fn service_key(svc: &config::Service) -> ServiceKey {
-    let (addr, family) = map_addr(*svc.vip.get_ref());
-    let proto = match svc.protocol {
-        Protocol::Tcp => PROTO_TCP,
-        Protocol::Udp => PROTO_UDP,
-    };
-    ServiceKey {
-        addr,
-        port_be: svc.port.to_be(),
-        proto,
-        family,
-    }
 }
 
 /// Sizes of the maps the configuration asks for, by map name.
@@ -96,44 +65,12 @@ fn maglev_entries(c: &Config) -> u32 {
     2 * c.dataplane.max_services.get_ref() * maglev_elements(*c.dataplane.maglev_table_size.get_ref())
 }
 
-/// One backend of a service as the Maglev table sees it.
-struct Member {
-    id: u32,
-    identity: String,
-    weight: u32,
-    up: bool,
-}
-
-/// The Maglev table of a service's healthy members, as backend ids.
-fn maglev_table(c: &Config, members: &[Member]) -> Vec<u16> {
-    let healthy: Vec<&Member> = members.iter().filter(|m| m.up).collect();
-    let candidates: Vec<maglev::Candidate<'_>> = healthy
-        .iter()
-        .map(|m| maglev::Candidate {
-            identity: &m.identity,
-            weight: m.weight,
-        })
-        .collect();
-    // Backend ids are below max_backends <= MAX_BACKENDS, so they fit the u16 lanes.
-    maglev::build_table(
-        c.dataplane.maglev_seed,
-        &candidates,
-        *c.dataplane.maglev_table_size.get_ref(),
-    )
-    .into_iter()
-    .map(|i| healthy.get(i as usize).map_or(MAGLEV_EMPTY, |m| m.id as u16))
-    .collect()
-}
-
 /// A loaded data plane with its maps adopted or created under the pin directory.
 pub struct Dataplane {
     ebpf: Ebpf,
     root: PathBuf,
-    services: HashMap<ServiceKey, ServiceInfo>,
-    backends: HashMap<(u32, IpAddr), u32>,
-    tables: HashMap<u32, Vec<u16>>,
-    max_backends: u32,
-    backend_cursor: u32,
+    /// Ids, table halves and tables as last written.
+    layout: Layout,
     forwarding: bool,
     /// The VIPs this node claims (answers ARP/ND for); None claims every VIP (no VRRP).
     claimed: Option<HashSet<IpAddr>>,
@@ -171,11 +108,7 @@ impl Dataplane {
         let mut dp = Self {
             ebpf,
             root,
-            services: HashMap::new(),
-            backends: HashMap::new(),
-            tables: HashMap::new(),
-            max_backends: *c.dataplane.max_backends.get_ref(),
-            backend_cursor: 0,
+            layout: Layout::default(),
             // With VRRP a node starts as a backup: silent, not forwarding, until elected.
             forwarding: c.vrrp.is_empty(),
             claimed: (!c.vrrp.is_empty()).then(HashSet::new),
@@ -209,12 +142,12 @@ impl Dataplane {
                 in_use.push(((b.service_id, ip_from(&b.addr, b.family)), id));
             }
         }
-        self.services.extend(services);
-        self.backends.extend(in_use);
-        if !self.services.is_empty() {
+        self.layout.services.extend(services);
+        self.layout.backends.extend(in_use);
+        if !self.layout.services.is_empty() {
             info!(
-                services = self.services.len(),
-                backends = self.backends.len(),
+                services = self.layout.services.len(),
+                backends = self.layout.backends.len(),
                 "adopted pinned data-plane state"
             );
         }
@@ -284,117 +217,93 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the maps say what the configuration and the health view say: node settings,
-    /// VIPs, services, backends and their Maglev tables. Tables are written to the idle half
-    /// and switched in one service-table update, so packets never see a half-written table.
-    pub fn sync(&mut self, c: &Config, health: &Health) -> Result<()> {
-        self.write_node(c)?;
-        let wanted: Vec<ServiceKey> = c.services.iter().map(service_key).collect();
-        // Service ids: keep existing ones, give new services the lowest free id.
-        let mut used: HashSet<u32> = self
-            .services
+    /// Computes what the maps should hold for `c` and `health` without writing anything (the
+    /// interfaces' MACs are read here): the prepare half of an apply.
+    pub fn prepare(&self, c: &Config, health: &Health) -> Result<Plan> {
+        let links = c
+            .node
+            .interfaces
+            .get_ref()
             .iter()
-            .filter(|(k, _)| wanted.contains(k))
-            .map(|(_, v)| v.id)
-            .collect();
-        let mut keep_backends = HashSet::new();
-        for (svc, key) in c.services.iter().zip(&wanted) {
-            let sid = match self.services.get(key) {
-                Some(info) => info.id,
-                None => {
-                    let id = (0..).find(|i| !used.contains(i)).unwrap_or(0);
-                    used.insert(id);
-                    id
-                }
-            };
-            let members = self.write_backends(c, svc, sid, health)?;
-            keep_backends.extend(members.iter().map(|m| m.id));
-            let table = maglev_table(c, &members);
-            if self.tables.get(&sid) != Some(&table) {
-                self.publish_table(c, *key, sid, &table)?;
-                self.tables.insert(sid, table);
-            }
-        }
-        self.sync_vips(c)?;
-        // Services and backends no longer configured: unlink first, then free.
-        let stale: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains(k)).copied().collect();
-        for key in stale {
-            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
-                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
-            services.remove(&key)?;
-            if let Some(info) = self.services.remove(&key) {
-                self.tables.remove(&info.id);
-            }
-        }
-        let freed: Vec<((u32, IpAddr), u32)> = self
-            .backends
-            .iter()
-            .filter(|(_, id)| !keep_backends.contains(id))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        for (key, id) in freed {
-            let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
-            let unused = Backend {
-                addr: [0; 4],
-                family: 0,
-                flags: 0,
-                mode: 0,
-                _pad: 0,
-                service_id: 0,
-            };
-            backends.set(id, unused, 0)?;
-            self.backends.remove(&key);
-        }
-        Ok(())
+            .map(|name| crate::iface::link(name))
+            .collect::<Result<_>>()?;
+        plan::plan(c, health, &self.layout, links)
     }
 
-    /// Writes service `sid`'s backends (address, health, locality, mode) and returns them.
-    fn write_backends(&mut self, c: &Config, svc: &config::Service, sid: u32, health: &Health) -> Result<Vec<Member>> {
-        let mode = match svc.forwarding {
-            Forwarding::Ipip => MODE_IPIP,
-            Forwarding::L2dsr => MODE_L2DSR,
-        };
-        let mut members = Vec::with_capacity(svc.backends.len());
-        for b in &svc.backends {
-            let address = *b.address.get_ref();
-            let id = self.backend_id(sid, address)?;
-            let up = health.is_up(svc.name.get_ref(), address);
-            let (addr, family) = map_addr(address);
-            let mut flags = BACKEND_IN_USE;
-            if up {
-                flags |= BACKEND_ACTIVE;
+    /// Makes the maps say what the configuration and the health view say.
+    pub fn sync(&mut self, c: &Config, health: &Health) -> Result<()> {
+        let plan = self.prepare(c, health)?;
+        self.commit(&plan)
+    }
+
+    /// Writes a plan: node settings, VIPs, backends, then Maglev tables (each into the idle
+    /// half, switched live by one service-table update, so packets never see a half-written
+    /// table), then removes what is no longer configured. Ids freed and taken over in the same
+    /// plan go through an interim table so that no live table names a backend id while its
+    /// entry belongs to another service. Only the kernel refusing a map update fails it.
+    pub fn commit(&mut self, plan: &Plan) -> Result<()> {
+        self.write_node(plan)?;
+        self.sync_vips(&plan.vips)?;
+        let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+        for svc in &plan.services {
+            for (id, entry) in svc.backends.iter().filter(|(id, _)| !plan.reused.contains(id)) {
+                backends.set(*id, *entry, 0)?;
             }
-            if c.node.addresses.contains(&address) {
-                flags |= BACKEND_LOCAL;
-            }
-            let backend = Backend {
-                addr,
-                family,
-                flags,
-                mode,
-                _pad: 0,
-                service_id: sid,
-            };
-            let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
-            backends.set(id, backend, 0)?;
-            members.push(Member {
-                id,
-                identity: address.to_string(),
-                weight: b.weight,
-                up,
-            });
         }
-        Ok(members)
+        for svc in &plan.services {
+            if let Some(table) = svc.interim.as_ref().or(svc.table.as_ref()) {
+                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table)?;
+            }
+        }
+        // Services and backends no longer configured: unlink first, then free.
+        for key in &plan.stale_services {
+            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
+                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
+            services.remove(key)?;
+            if let Some(info) = self.layout.services.remove(key) {
+                self.layout.tables.remove(&info.id);
+            }
+        }
+        let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+        let unused = Backend {
+            addr: [0; 4],
+            family: 0,
+            flags: 0,
+            mode: 0,
+            _pad: 0,
+            service_id: 0,
+        };
+        for id in plan.freed.iter().filter(|id| !plan.reused.contains(id)) {
+            backends.set(*id, unused, 0)?;
+        }
+        for svc in &plan.services {
+            for (id, entry) in svc.backends.iter().filter(|(id, _)| plan.reused.contains(id)) {
+                backends.set(*id, *entry, 0)?;
+            }
+        }
+        for svc in plan.services.iter().filter(|s| s.interim.is_some()) {
+            if let Some(table) = &svc.table {
+                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table)?;
+            }
+        }
+        for svc in &plan.services {
+            if let Some(table) = &svc.table {
+                self.layout.tables.insert(svc.id, table.clone());
+            }
+        }
+        self.layout.backends = plan.backends.clone();
+        self.layout.cursor = plan.cursor;
+        Ok(())
     }
 
     /// Writes `table` into the idle half of service `sid`'s Maglev table, then makes that half
     /// live with one service-table update.
-    fn publish_table(&mut self, c: &Config, key: ServiceKey, sid: u32, table: &[u16]) -> Result<()> {
-        let half = match self.services.get(&key) {
+    fn publish_table(&mut self, maglev_size: u32, key: ServiceKey, sid: u32, table: &[u16]) -> Result<()> {
+        let half = match self.layout.services.get(&key) {
             Some(info) => 1 - (info.table_half & 1),
             None => 0,
         };
-        let base = (sid * 2 + half) * maglev_elements(*c.dataplane.maglev_table_size.get_ref());
+        let base = (sid * 2 + half) * maglev_elements(maglev_size);
         let mut maglev: Array<_, MaglevSlots> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
         for (i, lanes) in table.chunks(MAGLEV_LANES as usize).enumerate() {
             let mut slots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
@@ -408,36 +317,23 @@ impl Dataplane {
         let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
             BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
         services.insert(key, info, 0)?;
-        self.services.insert(key, info);
+        self.layout.services.insert(key, info);
         Ok(())
     }
 
-    fn write_node(&mut self, c: &Config) -> Result<()> {
-        let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| map_addr(*s.get_ref()).0);
+    fn write_node(&mut self, plan: &Plan) -> Result<()> {
         self.node = NodeConfig {
             flags: if self.forwarding { NODE_FORWARDING } else { 0 },
-            maglev_size: *c.dataplane.maglev_table_size.get_ref(),
-            new_flow_cap: c.dataplane.new_flow_cap,
-            _pad: 0,
-            encap_src_v4: source(&c.node.tunnel_source_v4)[0],
-            encap_src_v6: source(&c.node.tunnel_source_v6),
+            ..plan.node
         };
         let node = self.node;
         let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
         array.set(0, node, 0)?;
         let mut locals: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)?;
-        let wanted: HashSet<AddrKey> = c.node.addresses.iter().map(|a| addr_key(*a)).collect();
-        replace_set(&mut locals, &wanted)?;
-        let macs: Vec<(u32, [u8; 6])> = c
-            .node
-            .interfaces
-            .get_ref()
-            .iter()
-            .map(|name| crate::iface::link(name))
-            .collect::<Result<_>>()?;
+        replace_set(&mut locals, &plan.locals)?;
         let mut links: BpfHashMap<_, u32, LinkMac> = BpfHashMap::try_from(self.map_mut(names::LINK_MACS)?)?;
         let stale: Vec<u32> = links.keys().collect::<Result<Vec<_>, _>>()?;
-        for (ifindex, mac) in &macs {
+        for (ifindex, mac) in &plan.links {
             links.insert(
                 ifindex,
                 LinkMac {
@@ -447,7 +343,7 @@ impl Dataplane {
                 0,
             )?;
         }
-        for ifindex in stale.iter().filter(|i| !macs.iter().any(|(j, _)| j == *i)) {
+        for ifindex in stale.iter().filter(|i| !plan.links.iter().any(|(j, _)| j == *i)) {
             links.remove(ifindex)?;
         }
         Ok(())
@@ -489,18 +385,17 @@ impl Dataplane {
     /// (None: all of them).
     pub fn set_claimed(&mut self, c: &Config, claimed: Option<HashSet<IpAddr>>) -> Result<()> {
         self.claimed = claimed;
-        self.sync_vips(c)
+        let vips = c.services.iter().map(|s| *s.vip.get_ref()).collect();
+        self.sync_vips(&vips)
     }
 
     /// Writes the VIP set and its pre-filter when the set changed (health changes, the usual
     /// reason for a sync, leave it alone). New VIPs enter the filter before the set, and bits
     /// leave the filter only after the VIPs behind them left the set.
-    fn sync_vips(&mut self, c: &Config) -> Result<()> {
-        let wanted: HashMap<AddrKey, u32> = c
-            .services
+    fn sync_vips(&mut self, vips: &BTreeSet<IpAddr>) -> Result<()> {
+        let wanted: HashMap<AddrKey, u32> = vips
             .iter()
-            .map(|s| {
-                let vip = *s.vip.get_ref();
+            .map(|&vip| {
                 let claimed = self.claimed.as_ref().is_none_or(|set| set.contains(&vip));
                 (addr_key(vip), if claimed { VIP_CLAIMED } else { 0 })
             })
@@ -538,24 +433,6 @@ impl Dataplane {
         }
         self.vips = Some(wanted);
         Ok(())
-    }
-
-    /// The id of backend `addr` of service `sid`, allocating one round-robin (so a freed id
-    /// is reused as late as possible: stale connection-table entries may still name it).
-    fn backend_id(&mut self, sid: u32, addr: IpAddr) -> Result<u32> {
-        if let Some(id) = self.backends.get(&(sid, addr)) {
-            return Ok(*id);
-        }
-        let used: HashSet<u32> = self.backends.values().copied().collect();
-        for step in 0..self.max_backends {
-            let id = (self.backend_cursor + step) % self.max_backends;
-            if !used.contains(&id) {
-                self.backend_cursor = (id + 1) % self.max_backends;
-                self.backends.insert((sid, addr), id);
-                return Ok(id);
-            }
-        }
-        bail!("no free backend slot (max_backends = {})", self.max_backends)
     }
 }
 

@@ -13,7 +13,7 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
 };
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{Arc, OnceLock},
     time::Duration,
@@ -22,10 +22,11 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::watch,
-    task::JoinSet,
+    task::JoinHandle,
     time::timeout,
 };
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Which backends are down, by service name and address.
@@ -40,7 +41,8 @@ impl Health {
         !self.down.contains(&(service.to_string(), addr))
     }
 
-    fn set(&mut self, service: &str, addr: IpAddr, up: bool) -> bool {
+    /// Records a backend's state; true when it changed.
+    pub(crate) fn set(&mut self, service: &str, addr: IpAddr, up: bool) -> bool {
         let key = (service.to_string(), addr);
         if up {
             self.down.remove(&key)
@@ -64,50 +66,108 @@ impl Health {
     }
 }
 
+/// What identifies a running check: the service, the target and the check's settings. A
+/// reload keeps a check whose key is unchanged (its state and its rhythm go on).
+type CheckKey = (String, SocketAddr, HealthCheck);
+
+/// One running check task.
+struct RunningCheck {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
 /// The running check tasks.
+#[derive(Default)]
 pub struct Checks {
-    tasks: JoinSet<()>,
-    stop: watch::Sender<bool>,
-    /// The longest check timeout: how long a check in flight may still take.
-    longest: Duration,
+    running: HashMap<CheckKey, RunningCheck>,
+}
+
+/// How a reload changed the checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckChanges {
+    /// Checks left running as they were.
+    pub kept: usize,
+    /// Checks started.
+    pub started: usize,
+    /// Checks stopped.
+    pub stopped: usize,
 }
 
 impl Checks {
+    /// Makes the running checks those `c` configures: unchanged ones go on, removed ones stop
+    /// after the probe they may have in flight, new ones start. Checks publish transitions into
+    /// `health` until stopped.
+    pub fn update(&mut self, c: &Config, health: &watch::Sender<Health>) -> CheckChanges {
+        let wanted: HashSet<CheckKey> = c
+            .services
+            .iter()
+            .filter(|svc| svc.health.kind != CheckKind::None)
+            .flat_map(|svc| {
+                let port = svc.health.port.unwrap_or(svc.port);
+                svc.backends.iter().map(move |b| {
+                    (
+                        svc.name.get_ref().clone(),
+                        SocketAddr::new(*b.address.get_ref(), port),
+                        svc.health.clone(),
+                    )
+                })
+            })
+            .collect();
+        let mut changes = CheckChanges::default();
+        self.running.retain(|key, check| {
+            let keep = wanted.contains(key);
+            if !keep {
+                check.stop.cancel();
+                changes.stopped += 1;
+            }
+            keep
+        });
+        for key in wanted {
+            if self.running.contains_key(&key) {
+                changes.kept += 1;
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let (service, target, check) = key.clone();
+            let task = tokio::spawn(check_loop(service, target, check, health.clone(), stop.clone()));
+            self.running.insert(key, RunningCheck { task, stop });
+            changes.started += 1;
+        }
+        changes
+    }
+
     /// Stops the checks without cutting one in flight short (a MySQL login cut off mid-way
     /// counts against this host on the server), then drops whatever is left.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        let finished = timeout(self.longest + Duration::from_millis(100), async {
-            while self.tasks.join_next().await.is_some() {}
+    pub async fn stop(self) {
+        let longest = self
+            .running
+            .keys()
+            .map(|(_, _, check)| Duration::from_millis(check.timeout_ms))
+            .max()
+            .unwrap_or_default();
+        let mut tasks = Vec::with_capacity(self.running.len());
+        for check in self.running.into_values() {
+            check.stop.cancel();
+            tasks.push(check.task);
+        }
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let finished = timeout(longest + Duration::from_millis(100), async {
+            for task in tasks {
+                let _ = task.await;
+            }
         })
         .await;
         if finished.is_err() {
-            self.tasks.abort_all();
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 }
 
-/// Starts one check task per backend of every service whose check is not `none`; they publish
-/// transitions into `health` until stopped ([`Checks::stop`]) or dropped.
+/// Starts one check task per backend of every service whose check is not `none`.
 pub fn spawn_checks(c: &Config, health: &watch::Sender<Health>) -> Checks {
-    let mut tasks = JoinSet::new();
-    let (stop, stopping) = watch::channel(false);
-    let mut longest = Duration::ZERO;
-    for svc in &c.services {
-        if svc.health.kind == CheckKind::None {
-            continue;
-        }
-        let port = svc.health.port.unwrap_or(svc.port);
-        for b in &svc.backends {
-            let target = SocketAddr::new(*b.address.get_ref(), port);
-            let check = svc.health.clone();
-            let service = svc.name.get_ref().clone();
-            let health = health.clone();
-            longest = longest.max(Duration::from_millis(check.timeout_ms));
-            tasks.spawn(check_loop(service, target, check, health, stopping.clone()));
-        }
-    }
-    Checks { tasks, stop, longest }
+    let mut checks = Checks::default();
+    checks.update(c, health);
+    checks
 }
 
 async fn check_loop(
@@ -115,7 +175,7 @@ async fn check_loop(
     target: SocketAddr,
     check: HealthCheck,
     health: watch::Sender<Health>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut up = health.borrow().is_up(&service, target.ip());
     let mut streak = 0u32;
@@ -124,7 +184,7 @@ async fn check_loop(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let result = timeout(Duration::from_millis(check.timeout_ms), probe(target, &check))
             .await

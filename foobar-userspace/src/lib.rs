@@ -14,6 +14,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod mysql;
 pub mod push;
+pub mod reload;
 pub mod stats;
 pub mod vrrp;
 pub mod web;

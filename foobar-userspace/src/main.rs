@@ -21,10 +21,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file and report every problem.
+    /// Validate a configuration file and the files it names (certificates, keys, credentials,
+    /// document roots) as a start or reload would, and report every problem.
     CheckConfig {
         /// Configuration file.
         file: PathBuf,
+    },
+    /// Ask the running daemon to apply its configuration file again, all or nothing, and print
+    /// the outcome. Exits 0 when applied, 1 when refused (every reason printed), 3 when the
+    /// change needs a restart (the keys named).
+    Reload {
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock")]
+        socket: PathBuf,
     },
     /// Show the running daemon's state: VRRP state per instance, the current master, priorities,
     /// the last transition and its reason, advert counters and discards, VIP ownership.
@@ -64,9 +73,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose reader goes away (`foobar status | head`) ends quietly, as other
+        // command-line tools do, instead of failing on the broken pipe.
+        // SAFETY: restores the default disposition; no handler code runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging();
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("foobar: {e:#}");
             ExitCode::FAILURE
@@ -74,19 +91,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            runtime.block_on(daemon::run(&config))
+            runtime.block_on(daemon::run(&config))?;
         }
         Command::CheckConfig { file } => {
             let c = config::load(&file)?;
             println!("{}: ok ({} services)", file.display(), c.services.len());
-            Ok(())
+        }
+        Command::Reload { socket } => {
+            let outcome = ctl::reload(&socket)?;
+            println!("{outcome}");
+            return Ok(ExitCode::from(outcome.exit_code()));
         }
         Command::Status { socket, json } => {
             let status = ctl::query(&socket)?;
@@ -95,7 +116,6 @@ fn dispatch(command: Command) -> Result<()> {
             } else {
                 ctl::print(&status);
             }
-            Ok(())
         }
         Command::Stats { pin_dir, json } => {
             let snapshot = stats::snapshot(&pin_dir)?;
@@ -104,11 +124,11 @@ fn dispatch(command: Command) -> Result<()> {
             } else {
                 stats::print(&snapshot);
             }
-            Ok(())
         }
-        Command::AttachPass { interface, pin_dir } => dataplane::attach_pass(&pin_dir, &interface),
-        Command::Detach { pin_dir } => dataplane::detach(&pin_dir),
+        Command::AttachPass { interface, pin_dir } => dataplane::attach_pass(&pin_dir, &interface)?,
+        Command::Detach { pin_dir } => dataplane::detach(&pin_dir)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Human-readable logs on a terminal, JSON lines otherwise; `RUST_LOG` filters. The access

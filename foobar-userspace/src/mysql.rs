@@ -148,17 +148,21 @@ impl DatabaseRouter {
         })
     }
 
-    /// Re-reads the monitor credentials (the next login uses them); a bad file changes nothing.
-    pub fn reload_credentials(&self, databases: &[Database]) -> Result<()> {
-        let mut fresh = Vec::new();
-        for db in databases {
-            let name = db.name.get_ref();
-            fresh.push(Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {name}"))?);
-        }
-        for (cluster, credentials) in self.clusters.iter().zip(fresh) {
+    /// Reads the monitor credentials of every cluster again without using them yet.
+    pub fn prepare_credentials(&self, databases: &[Database]) -> Result<Vec<Credentials>> {
+        databases
+            .iter()
+            .map(|db| {
+                Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {}", db.name.get_ref()))
+            })
+            .collect()
+    }
+
+    /// Makes prepared credentials the ones the next monitor login uses.
+    pub fn commit_credentials(&self, credentials: Vec<Credentials>) {
+        for (cluster, credentials) in self.clusters.iter().zip(credentials) {
             cluster.credentials.store(Arc::new(credentials));
         }
-        Ok(())
     }
 
     /// A function returning every cluster's status, for the control socket.

@@ -63,10 +63,11 @@ pub fn status_page(status: StatusCode) -> Response<Body> {
     response
 }
 
-/// The sites, routed by host name.
+/// The sites, routed by host name, and the upstream pools they proxy to.
 struct Sites {
     names: names::NameTable<Arc<SiteHandle>>,
     default: Arc<SiteHandle>,
+    pools: HashMap<String, Arc<proxy::Pool>>,
 }
 
 struct SiteHandle {
@@ -95,16 +96,23 @@ impl SiteHandle {
     }
 }
 
-/// Builds every upstream pool of the section.
-fn pools(web: &Web) -> HashMap<String, Arc<proxy::Pool>> {
+/// The upstream pools of the section: a pool whose `[[web.upstream]]` is unchanged is the
+/// running one (its idle connections and its servers' health go on), the others are new.
+fn pools(web: &Web, running: Option<&Sites>) -> HashMap<String, Arc<proxy::Pool>> {
     web.upstreams
         .iter()
-        .map(|u| (u.name.get_ref().clone(), proxy::Pool::new(u)))
+        .map(|u| {
+            let kept = running
+                .and_then(|s| s.pools.get(u.name.get_ref()))
+                .filter(|p| p.config == *u);
+            let pool = kept.cloned().unwrap_or_else(|| proxy::Pool::new(u));
+            (u.name.get_ref().clone(), pool)
+        })
         .collect()
 }
 
 impl Sites {
-    fn new(sites: &[Site], pools: &HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
+    fn new(sites: &[Site], pools: HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
         let mut names = names::NameTable::default();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
@@ -147,6 +155,7 @@ impl Sites {
         Ok(Self {
             names,
             default: default.context("no site configured")?,
+            pools,
         })
     }
 
@@ -234,12 +243,17 @@ struct Shared {
     connections: Arc<Connections>,
 }
 
+/// A `[web]` section ready to be made live ([`WebTier::prepare`], [`WebTier::commit`]).
+pub struct Prepared {
+    sites: Sites,
+    tls: Arc<rustls::ServerConfig>,
+    certificates: Vec<Certificate>,
+}
+
 /// The running web tier: every worker thread accepts from every listener and serves what it
 /// accepts ([`Workers`]). Plus the certificate watcher.
 pub struct WebTier {
     shared: Arc<Shared>,
-    listeners: Vec<Listener>,
-    workers: usize,
     shutdown: watch::Sender<bool>,
     pool: Workers,
     watcher: Option<tokio::task::JoinHandle<()>>,
@@ -250,7 +264,7 @@ impl WebTier {
     pub async fn start(web: &Web) -> Result<Self> {
         let limits = web.limits.get_ref().clone();
         let stats = stats::WebStats::default();
-        let sites = Sites::new(web.sites.get_ref(), &pools(web), &stats.routes)?;
+        let sites = Sites::new(web.sites.get_ref(), pools(web, None), &stats.routes)?;
         let shared = Arc::new(Shared {
             stats,
             tls: tls::Tls::new(&web.certificates)?,
@@ -289,26 +303,35 @@ impl WebTier {
             .then(|| tokio::spawn(watch_certificates(shared.clone(), shutdown.subscribe())));
         Ok(Self {
             shared,
-            listeners: web.listeners.clone(),
-            workers: web.workers,
             shutdown,
             pool,
             watcher,
         })
     }
 
-    /// Applies a new `[web]` section: certificates and sites swap atomically (a certificate or
-    /// site that fails to load refuses the whole change); listeners and limits take a restart.
-    pub fn reload(&self, web: &Web) -> Result<()> {
-        if web.listeners != self.listeners || *web.limits.get_ref() != self.shared.limits || web.workers != self.workers
-        {
-            anyhow::bail!("[web] listeners, workers or limits changed: that takes a restart");
-        }
-        let sites = Sites::new(web.sites.get_ref(), &pools(web), &self.shared.stats.routes)?;
-        self.shared.tls.reload(&web.certificates)?;
-        self.shared.certificates.store(Arc::new(web.certificates.clone()));
-        self.shared.sites.store(Arc::new(sites));
-        Ok(())
+    /// Builds what a new `[web]` section needs (certificates, sites, pools) without touching
+    /// the running tier; listeners, workers and limits are restart-only (`reload::RESTART_ONLY`).
+    pub fn prepare(&self, web: &Web) -> Result<Prepared> {
+        let running = self.shared.sites.load();
+        let sites = Sites::new(
+            web.sites.get_ref(),
+            pools(web, Some(&running)),
+            &self.shared.stats.routes,
+        )?;
+        let tls = self.shared.tls.prepare(&web.certificates)?;
+        Ok(Prepared {
+            sites,
+            tls,
+            certificates: web.certificates.clone(),
+        })
+    }
+
+    /// Makes a prepared section live: new handshakes use its certificates and new requests its
+    /// sites at once; requests in flight finish on what they started with.
+    pub fn commit(&self, prepared: Prepared) {
+        self.shared.tls.commit(prepared.tls);
+        self.shared.certificates.store(Arc::new(prepared.certificates));
+        self.shared.sites.store(Arc::new(prepared.sites));
     }
 
     /// Reads the counters, for status and metrics (lives as long as the caller keeps it).
@@ -357,8 +380,13 @@ async fn watch_certificates(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             continue;
         }
         seen = now;
-        match shared.tls.reload(&certificates) {
-            Ok(()) => info!("certificates reloaded after a file change"),
+        match shared.tls.prepare(&certificates) {
+            // A reload that changed the certificate list meanwhile has loaded the files itself.
+            Ok(config) if Arc::ptr_eq(&certificates, &shared.certificates.load_full()) => {
+                shared.tls.commit(config);
+                info!("certificates reloaded after a file change");
+            }
+            Ok(_) => {}
             Err(e) => error!("changed certificate files refused, the previous certificates keep serving: {e:#}"),
         }
     }

@@ -10,6 +10,7 @@ pub mod collector;
 pub mod dblab;
 pub mod demo;
 pub mod lab;
+pub mod maps;
 pub mod mariadb;
 pub mod packet;
 pub mod scrape;

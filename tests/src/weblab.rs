@@ -135,6 +135,16 @@ impl WebLab {
         self.scratch.file("foobar.toml")
     }
 
+    /// The pin directory of its data plane.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pins.path
+    }
+
+    /// foobar's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.scratch.file("control.sock")
+    }
+
     /// foobar's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.scratch.file("foobar.log")).unwrap_or_default()
@@ -215,7 +225,7 @@ max_connections_per_client = 64
 max_request_body_bytes = 1048576
 "#,
             pins = self.pins.path.display(),
-            socket = self.scratch.file("control.sock").display(),
+            socket = self.socket().display(),
             dir = self.scratch.path.display(),
             root = self.root().display(),
         )

@@ -63,6 +63,8 @@ struct Server {
 pub struct Pool {
     /// Its name.
     pub name: String,
+    /// The section it was built from (a reload keeps the pool while this is unchanged).
+    pub config: Upstream,
     servers: Vec<Arc<Server>>,
     balance: Balance,
     next: AtomicUsize,
@@ -282,6 +284,7 @@ impl Pool {
         };
         Arc::new(Self {
             name: u.name.get_ref().clone(),
+            config: u.clone(),
             servers,
             balance: u.balance,
             next: AtomicUsize::new(0),

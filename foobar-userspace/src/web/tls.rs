@@ -15,7 +15,7 @@ use rustls::{
     sign::CertifiedKey,
     ServerConfig,
 };
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
 /// Sessions kept for ID-based resumption (TLS 1.2 clients without tickets).
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
@@ -42,6 +42,54 @@ pub fn provider() -> Arc<CryptoProvider> {
     })
 }
 
+/// Which file of a certificate pair a problem is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PemFile {
+    /// The certificate chain.
+    Chain,
+    /// The private key.
+    Key,
+}
+
+/// Loads a certificate chain and its private key and checks that they belong together;
+/// returns the pair and the DNS names the leaf certificate serves, or which file is at fault
+/// and why.
+pub fn load_pair(
+    chain_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), (PemFile, anyhow::Error)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_path)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .with_context(|| format!("reading certificate chain {}", chain_path.display()))
+        .map_err(|e| (PemFile::Chain, e))?;
+    let Some(leaf) = chain.first() else {
+        return Err((
+            PemFile::Chain,
+            anyhow::anyhow!("{}: no certificate in the file", chain_path.display()),
+        ));
+    };
+    let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
+        .with_context(|| format!("{}: the first certificate does not parse", chain_path.display()))
+        .map_err(|e| (PemFile::Chain, e))?
+        .valid_dns_names()
+        .map(str::to_string)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("reading private key {}", key_path.display()))
+        .map_err(|e| (PemFile::Key, e))?;
+    let certified = CertifiedKey::from_der(chain, key, provider)
+        .with_context(|| {
+            format!(
+                "{} with {}: the key does not load or does not match the certificate",
+                chain_path.display(),
+                key_path.display()
+            )
+        })
+        .map_err(|e| (PemFile::Key, e))?;
+    Ok((Arc::new(certified), names))
+}
+
 /// Certificates by the names they serve.
 #[derive(Debug, Default)]
 struct Store {
@@ -54,29 +102,7 @@ impl Store {
         let mut store = Store::default();
         let default_index = certificates.iter().position(|c| c.default).unwrap_or(0);
         for (i, c) in certificates.iter().enumerate() {
-            let chain_path = c.chain.get_ref();
-            let key_path = c.key.get_ref();
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_path)
-                .and_then(|certs| certs.collect::<Result<_, _>>())
-                .with_context(|| format!("reading certificate chain {}", chain_path.display()))?;
-            let Some(leaf) = chain.first() else {
-                bail!("{}: no certificate in the file", chain_path.display());
-            };
-            let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
-                .with_context(|| format!("{}: the first certificate does not parse", chain_path.display()))?
-                .valid_dns_names()
-                .map(str::to_string)
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(key_path)
-                .with_context(|| format!("reading private key {}", key_path.display()))?;
-            let certified = CertifiedKey::from_der(chain, key, provider).with_context(|| {
-                format!(
-                    "{} with {}: the key does not load or does not match the certificate",
-                    chain_path.display(),
-                    key_path.display()
-                )
-            })?;
-            let certified = Arc::new(certified);
+            let (certified, names) = load_pair(c.chain.get_ref(), c.key.get_ref(), provider).map_err(|(_, e)| e)?;
             for name in &names {
                 store.names.entry(name).push(certified.clone());
             }
@@ -138,11 +164,15 @@ impl Tls {
         self.current.load_full()
     }
 
-    /// Loads a new certificate set; on any error the running one stays and the error says why.
-    pub fn reload(&self, certificates: &[Certificate]) -> Result<()> {
-        let config = build(&self.provider, &self.ticketer, &self.sessions, certificates)?;
-        self.current.store(Arc::new(config));
-        Ok(())
+    /// Loads a new certificate set into a configuration that is not used yet ([`Tls::commit`]
+    /// makes it live); the running one is untouched either way.
+    pub fn prepare(&self, certificates: &[Certificate]) -> Result<Arc<ServerConfig>> {
+        build(&self.provider, &self.ticketer, &self.sessions, certificates).map(Arc::new)
+    }
+
+    /// Makes a prepared configuration the one new handshakes use.
+    pub fn commit(&self, config: Arc<ServerConfig>) {
+        self.current.store(config);
     }
 }
 
