@@ -29,6 +29,93 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Rise / fall hysteresis over probe results, as every check uses it (service health checks,
+/// upstream servers' active checks, the database monitor): an up target goes down after
+/// `fall` failed probes in a row, a down one comes up after `rise` passed probes in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RiseFall {
+    rise: u32,
+    fall: u32,
+    /// The state; None until the first probe decides it.
+    up: Option<bool>,
+    /// Probes in a row that disagreed with the state.
+    streak: u32,
+}
+
+impl RiseFall {
+    /// Starts in state `up`, or (None) undecided until the first probe decides at once.
+    pub fn new(rise: u32, fall: u32, up: Option<bool>) -> Self {
+        Self {
+            rise,
+            fall,
+            up,
+            streak: 0,
+        }
+    }
+
+    /// Records one probe; returns the new state when it changed (or was first decided).
+    pub fn observe(&mut self, passed: bool) -> Option<bool> {
+        let Some(up) = self.up else {
+            self.up = Some(passed);
+            return Some(passed);
+        };
+        self.streak = if passed == up { 0 } else { self.streak + 1 };
+        let needed = if up { self.fall } else { self.rise };
+        if self.streak < needed {
+            return None;
+        }
+        self.streak = 0;
+        self.up = Some(passed);
+        (passed != up).then_some(passed)
+    }
+
+    /// The state (undecided counts as down).
+    pub fn is_up(&self) -> bool {
+        self.up == Some(true)
+    }
+}
+
+/// Why a probe failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// No answer within the check's timeout.
+    Timeout(Duration),
+    /// The TCP connection could not be made.
+    Connect(String),
+    /// The TLS handshake failed.
+    Tls(String),
+    /// Sending the request or reading the answer failed.
+    Io(String),
+    /// The answer had no HTTP status line.
+    NoStatusLine,
+    /// The HTTP status was not the expected one.
+    Status {
+        /// What the target answered.
+        got: u16,
+        /// What the check expects.
+        expected: u16,
+    },
+    /// A MySQL login, query or quit failed (the server's or the client library's words).
+    Mysql(String),
+    /// The check could not run here (credentials unreadable, TLS setup).
+    Setup(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Timeout(limit) => write!(f, "no answer within {} ms", limit.as_millis()),
+            ProbeError::Connect(e) => write!(f, "connect: {e}"),
+            ProbeError::Tls(e) => write!(f, "TLS handshake: {e}"),
+            ProbeError::Io(e) => write!(f, "{e}"),
+            ProbeError::NoStatusLine => write!(f, "no HTTP status line"),
+            ProbeError::Status { got, expected } => write!(f, "status {got}, expected {expected}"),
+            ProbeError::Mysql(e) => write!(f, "{e}"),
+            ProbeError::Setup(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Which backends are down, by service name and address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
@@ -177,8 +264,12 @@ async fn check_loop(
     health: watch::Sender<Health>,
     stop: CancellationToken,
 ) {
-    let mut up = health.borrow().is_up(&service, target.ip());
-    let mut streak = 0u32;
+    let mut state = RiseFall::new(
+        check.rise,
+        check.fall,
+        Some(health.borrow().is_up(&service, target.ip())),
+    );
+    let limit = Duration::from_millis(check.timeout_ms);
     let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -186,32 +277,37 @@ async fn check_loop(
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let result = timeout(Duration::from_millis(check.timeout_ms), probe(target, &check))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} ms", check.timeout_ms)));
-        let ok = result.is_ok();
-        streak = if ok == up { 0 } else { streak + 1 };
-        let needed = if up { check.fall } else { check.rise };
-        if streak >= needed {
-            up = ok;
-            streak = 0;
+        let result = probe_within(limit, target, &check).await;
+        if let Some(up) = state.observe(result.is_ok()) {
             match &result {
                 Ok(()) => info!(service, backend = %target, "backend is up"),
-                Err(reason) => warn!(service, backend = %target, reason, "backend is down"),
+                Err(reason) => warn!(service, backend = %target, %reason, "backend is down"),
             }
             health.send_if_modified(|h| h.set(&service, target.ip(), up));
         }
     }
 }
 
+/// Checks `target` once within `limit`.
+pub async fn probe_within(limit: Duration, target: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    timeout(limit, probe(target, check))
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(limit)))
+}
+
 /// Checks `target` once: Ok when it passes, otherwise why not.
-pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
     if check.kind == CheckKind::Mysql {
-        let path = check.credentials.as_deref().ok_or("no credentials configured")?;
-        let credentials = Credentials::load(path).map_err(|e| format!("{e:#}"))?;
+        let path = check
+            .credentials
+            .as_deref()
+            .ok_or_else(|| ProbeError::Setup("no credentials configured".into()))?;
+        let credentials = Credentials::load(path).map_err(|e| ProbeError::Setup(format!("{e:#}")))?;
         return crate::mysql::monitor::login_check(target, &credentials).await;
     }
-    let stream = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| ProbeError::Connect(e.to_string()))?;
     let host = match target {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -224,7 +320,7 @@ pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String
             let tls = TlsConnector::from(tls_config()?)
                 .connect(name, stream)
                 .await
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+                .map_err(|e| ProbeError::Tls(e.to_string()))?;
             http_check(tls, &host, check).await
         }
     }
@@ -235,7 +331,7 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     host: &str,
     check: &HealthCheck,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: foobar-health\r\nConnection: close\r\n\r\n",
         check.path
@@ -243,28 +339,34 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| ProbeError::Io(format!("send: {e}")))?;
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = stream.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| ProbeError::Io(format!("read: {e}")))?;
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let status = parse_status(&head).ok_or_else(|| "no HTTP status line".to_string())?;
+    let status = parse_status(&head).ok_or(ProbeError::NoStatusLine)?;
     if status == check.expect_status {
         Ok(())
     } else {
-        Err(format!("status {status}, expected {}", check.expect_status))
+        Err(ProbeError::Status {
+            got: status,
+            expected: check.expect_status,
+        })
     }
 }
 
 /// The TLS client configuration of HTTPS checks: aws-lc-rs, TLS 1.2 and 1.3, and no
 /// certificate verification (a health check asks "does it answer", as HAProxy's
 /// `check-ssl verify none` does; backends often serve the VIP's name, not their address's).
-fn tls_config() -> Result<Arc<ClientConfig>, String> {
+fn tls_config() -> Result<Arc<ClientConfig>, ProbeError> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -282,6 +384,7 @@ fn tls_config() -> Result<Arc<ClientConfig>, String> {
                 .map_err(|e| format!("TLS configuration: {e}"))
         })
         .clone()
+        .map_err(ProbeError::Setup)
 }
 
 /// Accepts any certificate, but still checks that the handshake signatures are valid.
@@ -337,6 +440,24 @@ fn parse_status(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rise_and_fall_need_runs_in_a_row() {
+        let mut state = RiseFall::new(2, 3, Some(true));
+        assert_eq!(state.observe(false), None);
+        assert_eq!(state.observe(false), None);
+        assert_eq!(state.observe(true), None, "a pass breaks the run of failures");
+        assert_eq!(state.observe(false), None);
+        assert_eq!(state.observe(false), None);
+        assert_eq!(state.observe(false), Some(false), "the third failure in a row");
+        assert!(!state.is_up());
+        assert_eq!(state.observe(true), None);
+        assert_eq!(state.observe(true), Some(true), "the second pass in a row");
+        let mut undecided = RiseFall::new(5, 5, None);
+        assert!(!undecided.is_up());
+        assert_eq!(undecided.observe(true), Some(true), "the first probe decides at once");
+        assert_eq!(undecided.observe(true), None);
+    }
 
     #[test]
     fn status_lines() {

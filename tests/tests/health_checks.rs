@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use foobar::{
     config::{CheckKind, HealthCheck},
-    health::probe,
+    health::{probe, ProbeError},
 };
 use foobar_tests::{ChildGuard, Scratch};
 use std::{
@@ -53,11 +53,17 @@ fn tcp_and_http_checks_tell_up_from_down() -> Result<()> {
         let err = probe(failing, &check(CheckKind::Http, 200))
             .await
             .expect_err("503 is down");
-        assert!(err.contains("status 503"), "{err}");
+        assert_eq!(
+            err,
+            ProbeError::Status {
+                got: 503,
+                expected: 200
+            }
+        );
         let err = probe(closed, &check(CheckKind::Tcp, 200))
             .await
             .expect_err("nothing listens");
-        assert!(err.contains("connect"), "{err}");
+        assert!(matches!(err, ProbeError::Connect(_)), "{err}");
         // "Up" means whatever status the check expects.
         assert_eq!(probe(failing, &check(CheckKind::Http, 503)).await, Ok(()));
     });
@@ -106,7 +112,7 @@ fn https_check_talks_tls_to_a_real_server() -> Result<()> {
     let target: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let rt = runtime()?;
     rt.block_on(async {
-        let mut last = Err(String::new());
+        let mut last = Err(ProbeError::NoStatusLine);
         for _ in 0..50 {
             last = probe(target, &check(CheckKind::Https, 200)).await;
             if last.is_ok() {
@@ -118,7 +124,13 @@ fn https_check_talks_tls_to_a_real_server() -> Result<()> {
         let err = probe(target, &check(CheckKind::Https, 204))
             .await
             .expect_err("200 is not 204");
-        assert!(err.contains("status 200"), "{err}");
+        assert_eq!(
+            err,
+            ProbeError::Status {
+                got: 200,
+                expected: 204
+            }
+        );
         // Plain HTTP against a TLS port is not a pass.
         assert!(probe(target, &check(CheckKind::Http, 200)).await.is_err());
     });

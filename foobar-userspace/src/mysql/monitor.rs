@@ -3,7 +3,10 @@
 //! never probes with a bare handshake: MySQL counts those as aborted connects and ends up
 //! blocking the router's host, while each full login resets that count.
 
-use crate::config::database::{Database, Monitor};
+use crate::{
+    config::database::{Database, Monitor},
+    health::{ProbeError, RiseFall},
+};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use mysql_async::{prelude::Queryable, Conn, OptsBuilder, Row};
@@ -182,8 +185,7 @@ async fn watch_server(
     let mut ticker = tokio::time::interval(Duration::from_millis(monitor.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first check decides at once; later ones go through rise / fall.
-    let mut first = true;
-    let mut streak = 0u32;
+    let mut state = RiseFall::new(monitor.rise, monitor.fall, None);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -197,28 +199,19 @@ async fn watch_server(
         let creds = credentials.load_full();
         let result = match timeout(limit, probe.check(&creds)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", monitor.timeout_ms)),
+            Err(_) => Err(ProbeError::Timeout(limit)),
         };
         if result.is_err() {
             // A half-done exchange leaves the connection in an unknown state: log in anew.
             probe.conn = None;
         }
-        let was_up = view.borrow().get(index).is_some_and(|s| s.up);
-        let ok = result.is_ok();
-        streak = if ok == was_up { 0 } else { streak + 1 };
-        let up = if first || streak >= if was_up { monitor.fall } else { monitor.rise } {
-            streak = 0;
-            ok
-        } else {
-            was_up
-        };
-        if up != was_up || first {
+        if state.observe(result.is_ok()).is_some() {
             match &result {
                 Ok(r) => info!(database, server = %addr, read_only = r.read_only, "database server is up"),
-                Err(reason) => warn!(database, server = %addr, reason, "database server is down"),
+                Err(reason) => warn!(database, server = %addr, %reason, "database server is down"),
             }
         }
-        first = false;
+        let up = state.is_up();
         view.send_if_modified(|servers| {
             let Some(state) = servers.get_mut(index) else {
                 return false;
@@ -231,7 +224,7 @@ async fn watch_server(
                     next.lag = r.lag;
                     next.last_error = None;
                 }
-                Err(reason) => next.last_error = Some(reason.clone()),
+                Err(reason) => next.last_error = Some(reason.to_string()),
             }
             let changed = next != *state;
             *state = next;
@@ -252,7 +245,7 @@ struct Probe {
 }
 
 impl Probe {
-    async fn check(&mut self, creds: &Credentials) -> Result<Reading, String> {
+    async fn check(&mut self, creds: &Credentials) -> Result<Reading, ProbeError> {
         let (mut conn, since) = match self.conn.take() {
             Some((conn, since)) if since.elapsed() < RELOGIN => (conn, since),
             stale => {
@@ -268,11 +261,11 @@ impl Probe {
         Ok(reading)
     }
 
-    async fn ask(&mut self, conn: &mut Conn) -> Result<Reading, String> {
+    async fn ask(&mut self, conn: &mut Conn) -> Result<Reading, ProbeError> {
         let row: Option<(i64, i64)> = conn
             .query_first("SELECT 1, @@global.read_only")
             .await
-            .map_err(|e| format!("SELECT @@global.read_only: {e}"))?;
+            .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.read_only: {e}")))?;
         let read_only = row.is_some_and(|(_, ro)| ro != 0);
         let rows: Vec<Row> = loop {
             let statement = if self.legacy_status {
@@ -285,7 +278,7 @@ impl Probe {
                 Err(mysql_async::Error::Server(e)) if e.code == 1064 && !self.legacy_status => {
                     self.legacy_status = true;
                 }
-                Err(e) => return Err(format!("{statement}: {e}")),
+                Err(e) => return Err(ProbeError::Mysql(format!("{statement}: {e}"))),
             }
         };
         // Several rows with multi-source replication: the worst one counts.
@@ -309,7 +302,7 @@ impl Probe {
 }
 
 /// Logs in to `addr` as the monitor user.
-async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, String> {
+async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, ProbeError> {
     let opts = OptsBuilder::default()
         .ip_or_hostname(addr.ip().to_string())
         .tcp_port(addr.port())
@@ -317,16 +310,20 @@ async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, String> {
         .pass(Some(creds.password.clone()))
         .prefer_socket(false)
         .stmt_cache_size(0);
-    Conn::new(opts).await.map_err(|e| format!("login: {}", io_cause(&e)))
+    Conn::new(opts)
+        .await
+        .map_err(|e| ProbeError::Mysql(format!("login: {}", io_cause(&e))))
 }
 
 /// A health check through a MySQL endpoint: log in, `SELECT 1`, quit cleanly.
-pub async fn login_check(addr: SocketAddr, creds: &Credentials) -> Result<(), String> {
+pub async fn login_check(addr: SocketAddr, creds: &Credentials) -> Result<(), ProbeError> {
     let mut conn = login(addr, creds).await?;
     conn.query_drop("SELECT 1")
         .await
-        .map_err(|e| format!("SELECT 1: {e}"))?;
-    conn.disconnect().await.map_err(|e| format!("quit: {e}"))
+        .map_err(|e| ProbeError::Mysql(format!("SELECT 1: {e}")))?;
+    conn.disconnect()
+        .await
+        .map_err(|e| ProbeError::Mysql(format!("quit: {e}")))
 }
 
 /// An error's message without mysql_async's repeated "Input/output error:" wrappers.

@@ -573,30 +573,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Active HTTP check of one server.
 async fn active_check(pool: String, server: Arc<Server>, check: crate::config::HealthCheck) {
-    let (mut ok_run, mut fail_run) = (0u32, 0u32);
+    let mut state = health::RiseFall::new(check.rise, check.fall, Some(server.up.load(Ordering::Relaxed)));
+    let limit = Duration::from_millis(check.timeout_ms);
     loop {
-        let timeout = Duration::from_millis(check.timeout_ms);
-        let result = match tokio::time::timeout(timeout, health::probe(server.addr, &check)).await {
-            Ok(r) => r,
-            Err(_) => Err("timed out".into()),
-        };
-        let up = server.up.load(Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                ok_run += 1;
-                fail_run = 0;
-                if !up && ok_run >= check.rise {
-                    server.up.store(true, Ordering::Relaxed);
-                    info!(upstream = pool, server = %server.addr, "upstream server up");
-                }
-            }
-            Err(why) => {
-                fail_run += 1;
-                ok_run = 0;
-                if up && fail_run >= check.fall {
-                    server.up.store(false, Ordering::Relaxed);
-                    warn!(upstream = pool, server = %server.addr, why, "upstream server down");
-                }
+        let result = health::probe_within(limit, server.addr, &check).await;
+        if let Some(up) = state.observe(result.is_ok()) {
+            server.up.store(up, Ordering::Relaxed);
+            match result {
+                Ok(()) => info!(upstream = pool, server = %server.addr, "upstream server up"),
+                Err(why) => warn!(upstream = pool, server = %server.addr, %why, "upstream server down"),
             }
         }
         tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
