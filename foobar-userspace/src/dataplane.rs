@@ -1,73 +1,43 @@
-//! The XDP data plane as the control plane sees it: loading the embedded program, pinning its
-//! maps and links so forwarding outlives this process, adopting a previous run's state, and
-//! turning a validated configuration plus health into map contents.
+//! The XDP data plane as the control plane sees it: loading the embedded program with its
+//! pinned maps ([`pins`]), attaching it ([`attach`]), adopting a previous run's state, and
+//! writing what a [`plan`] computed from the configuration and health into the maps.
 
+mod attach;
+mod maps;
+mod pins;
 pub mod plan;
 
-use crate::{
-    config::{self, Config},
-    health::Health,
-};
+pub use attach::attach_pass;
+pub use pins::{detach, open_pin, open_pinned, pin_root};
+
+use crate::{config::Config, health::Health};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo},
-    programs::{
-        links::{FdLink, PinnedLink},
-        Xdp, XdpMode,
-    },
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
 use foobar_common::{
     addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig,
-    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, LAYOUT_VERSION, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING,
-    VIP_CLAIMED, VIP_FILTER_WORDS,
+    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING, VIP_CLAIMED,
+    VIP_FILTER_WORDS,
 };
+use maps::Maps;
 use plan::{addr_key, Layout, Plan};
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 /// The XDP program, built by build.rs and embedded in the binary.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar-xdp.o"));
 
-/// Directory under `pin_dir` that holds this layout version's pinned maps and links.
-pub fn pin_root(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(format!("v{LAYOUT_VERSION}"))
-}
-
-/// Pin path of the XDP link on `interface`.
-fn link_pin(root: &Path, interface: &str) -> PathBuf {
-    root.join(format!("link_{interface}"))
-}
-
-/// Sizes of the maps the configuration asks for, by map name.
-fn map_sizes(c: &Config) -> [(&'static str, u32); 8] {
-    let dp = &c.dataplane;
-    let services = *dp.max_services.get_ref();
-    let backends = *dp.max_backends.get_ref();
-    [
-        (names::SERVICES, services),
-        (names::VIPS, services),
-        (names::SERVICE_STATS, services),
-        (names::BACKENDS, backends),
-        (names::BACKEND_STATS, backends),
-        (names::CONNTRACK, *dp.conntrack_entries.get_ref()),
-        (names::CONNTRACK6, *dp.conntrack_entries_v6.get_ref()),
-        (names::COUNTERS, foobar_common::Counter::COUNT),
-    ]
-}
-
-/// Size of the MAGLEV map for a configuration.
-fn maglev_entries(c: &Config) -> u32 {
-    2 * c.dataplane.max_services.get_ref() * maglev_elements(*c.dataplane.maglev_table_size.get_ref())
-}
-
 /// A loaded data plane with its maps adopted or created under the pin directory.
 pub struct Dataplane {
     ebpf: Ebpf,
+    maps: Maps,
     root: PathBuf,
     /// Ids, table halves and tables as last written.
     layout: Layout,
@@ -89,24 +59,26 @@ impl Dataplane {
             bail!("this foobar binary was built with FOOBAR_SKIP_BPF and has no XDP program; build it with `cargo xtask build`");
         }
         let root = pin_root(&c.node.pin_dir);
-        ensure_bpffs(&c.node.pin_dir)?;
+        pins::ensure_bpffs(&c.node.pin_dir)?;
         std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
-        let mut sizes: Vec<(&str, u32)> = map_sizes(c).to_vec();
-        sizes.push((names::MAGLEV, maglev_entries(c)));
+        let mut sizes: Vec<(&str, u32)> = pins::map_sizes(c).to_vec();
+        sizes.push((names::MAGLEV, pins::maglev_entries(c)));
         sizes.push((names::NEXT_HOPS, *c.dataplane.max_backends.get_ref()));
         for (name, size) in &sizes {
-            replace_if_resized(&root.join(name), *size)?;
+            pins::replace_if_resized(&root.join(name), *size)?;
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&root);
         for (name, size) in &sizes {
             loader.map_max_entries(name, *size);
         }
-        let ebpf = loader
+        let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the XDP program and its maps")?;
+        let maps = Maps::take(&mut ebpf)?;
         let mut dp = Self {
             ebpf,
+            maps,
             root,
             layout: Layout::default(),
             // With VRRP a node starts as a backup: silent, not forwarding, until elected.
@@ -132,12 +104,10 @@ impl Dataplane {
     /// Reads back the services and backends a previous run wrote, so ids (which the connection
     /// table refers to) and live table halves stay as they are.
     fn adopt(&mut self) -> Result<()> {
-        let services: BpfHashMap<_, ServiceKey, ServiceInfo> = BpfHashMap::try_from(self.map(names::SERVICES)?)?;
-        let services: Vec<(ServiceKey, ServiceInfo)> = services.iter().collect::<Result<_, _>>()?;
-        let backends: Array<_, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        let services: Vec<(ServiceKey, ServiceInfo)> = self.maps.services.iter().collect::<Result<_, _>>()?;
         let mut in_use = Vec::new();
-        for id in 0..backends.len() {
-            let b = backends.get(&id, 0)?;
+        for id in 0..self.maps.backends.len() {
+            let b = self.maps.backends.get(&id, 0)?;
             if b.flags & BACKEND_IN_USE != 0 {
                 in_use.push(((b.service_id, ip_from(&b.addr, b.family)), id));
             }
@@ -154,18 +124,6 @@ impl Dataplane {
         Ok(())
     }
 
-    fn map(&self, name: &str) -> Result<&Map> {
-        self.ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
-    }
-
-    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
-    }
-
     /// The named XDP program of the object, loaded into the kernel on first use. Besides the
     /// load balancer the object carries `foobar_pass` and `foobar_reflect` (benchmark baselines).
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -178,43 +136,6 @@ impl Dataplane {
             program.load().with_context(|| format!("loading program {name}"))?;
         }
         Ok(program)
-    }
-
-    /// Attaches the program to every configured interface, or swaps it into the XDP link a
-    /// previous run pinned there (atomically: no packet sees no program).
-    pub fn attach(&mut self, c: &Config) -> Result<()> {
-        let root = self.root.clone();
-        for interface in c.node.interfaces.get_ref() {
-            enable_forwarding(interface)?;
-            let pin = link_pin(&root, interface);
-            let program = self.program(names::PROGRAM)?;
-            if pin.exists() {
-                let pinned =
-                    PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
-                let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))?;
-                let id = program
-                    .attach_to_link(link)
-                    .with_context(|| format!("replacing the program on {interface}"))?;
-                // The pin keeps the link; this process's handle may go.
-                drop(program.take_link(id)?);
-                info!(interface, "replaced the XDP program in the pinned link");
-                continue;
-            }
-            let id = match c.node.xdp_mode {
-                config::XdpMode::Native => program.attach(interface, XdpMode::Driver),
-                config::XdpMode::Generic => program.attach(interface, XdpMode::Skb),
-                config::XdpMode::Auto => program.attach(interface, XdpMode::Driver).or_else(|e| {
-                    warn!(interface, error = %e, "native XDP unavailable; using generic mode");
-                    program.attach(interface, XdpMode::Skb)
-                }),
-            }
-            .with_context(|| format!("attaching XDP to {interface}"))?;
-            let link = FdLink::try_from(program.take_link(id)?)?;
-            link.pin(&pin)
-                .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
-            info!(interface, "attached XDP program");
-        }
-        Ok(())
     }
 
     /// Computes what the maps should hold for `c` and `health` without writing anything (the
@@ -244,10 +165,9 @@ impl Dataplane {
     pub fn commit(&mut self, plan: &Plan) -> Result<()> {
         self.write_node(plan)?;
         self.sync_vips(&plan.vips)?;
-        let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
         for svc in &plan.services {
             for (id, entry) in svc.backends.iter().filter(|(id, _)| !plan.reused.contains(id)) {
-                backends.set(*id, *entry, 0)?;
+                self.maps.backends.set(*id, *entry, 0)?;
             }
         }
         for svc in &plan.services {
@@ -257,14 +177,11 @@ impl Dataplane {
         }
         // Services and backends no longer configured: unlink first, then free.
         for key in &plan.stale_services {
-            let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
-                BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
-            services.remove(key)?;
+            self.maps.services.remove(key)?;
             if let Some(info) = self.layout.services.remove(key) {
                 self.layout.tables.remove(&info.id);
             }
         }
-        let mut backends: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
         let unused = Backend {
             addr: [0; 4],
             family: 0,
@@ -274,11 +191,11 @@ impl Dataplane {
             service_id: 0,
         };
         for id in plan.freed.iter().filter(|id| !plan.reused.contains(id)) {
-            backends.set(*id, unused, 0)?;
+            self.maps.backends.set(*id, unused, 0)?;
         }
         for svc in &plan.services {
             for (id, entry) in svc.backends.iter().filter(|(id, _)| plan.reused.contains(id)) {
-                backends.set(*id, *entry, 0)?;
+                self.maps.backends.set(*id, *entry, 0)?;
             }
         }
         for svc in plan.services.iter().filter(|s| s.interim.is_some()) {
@@ -304,19 +221,16 @@ impl Dataplane {
             None => 0,
         };
         let base = (sid * 2 + half) * maglev_elements(maglev_size);
-        let mut maglev: Array<_, MaglevSlots> = Array::try_from(self.map_mut(names::MAGLEV)?)?;
         for (i, lanes) in table.chunks(MAGLEV_LANES as usize).enumerate() {
-            let mut slots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
+            let mut slots: MaglevSlots = [MAGLEV_EMPTY; MAGLEV_LANES as usize];
             slots[..lanes.len()].copy_from_slice(lanes);
-            maglev.set(base + i as u32, slots, 0)?;
+            self.maps.maglev.set(base + i as u32, slots, 0)?;
         }
         let info = ServiceInfo {
             id: sid,
             table_half: half,
         };
-        let mut services: BpfHashMap<_, ServiceKey, ServiceInfo> =
-            BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?;
-        services.insert(key, info, 0)?;
+        self.maps.services.insert(key, info, 0)?;
         self.layout.services.insert(key, info);
         Ok(())
     }
@@ -326,12 +240,9 @@ impl Dataplane {
             flags: if self.forwarding { NODE_FORWARDING } else { 0 },
             ..plan.node
         };
-        let node = self.node;
-        let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
-        array.set(0, node, 0)?;
-        let mut locals: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)?;
-        replace_set(&mut locals, &plan.locals)?;
-        let mut links: BpfHashMap<_, u32, LinkMac> = BpfHashMap::try_from(self.map_mut(names::LINK_MACS)?)?;
+        self.maps.node.set(0, self.node, 0)?;
+        replace_set(&mut self.maps.locals, &plan.locals)?;
+        let links = &mut self.maps.link_macs;
         let stale: Vec<u32> = links.keys().collect::<Result<Vec<_>, _>>()?;
         for (ifindex, mac) in &plan.links {
             links.insert(
@@ -357,28 +268,13 @@ impl Dataplane {
         }
         self.forwarding = forwarding;
         self.node.flags = if forwarding { NODE_FORWARDING } else { 0 };
-        let node = self.node;
-        let mut array: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::NODE)?)?;
-        array.set(0, node, 0)?;
+        self.maps.node.set(0, self.node, 0)?;
         Ok(())
     }
 
     /// Whether the data plane balances VIP traffic now.
     pub fn forwarding(&self) -> bool {
         self.forwarding
-    }
-
-    /// True while the XDP link pinned for `interface` is attached to it (a detached link, for
-    /// example after `bpftool link detach` or a re-created interface, reports no device).
-    pub fn attached(&mut self, interface: &str) -> Result<bool> {
-        let Ok(ifindex) = crate::iface::index(interface) else {
-            return Ok(false);
-        };
-        let fd = match self.link_fds.entry(interface.to_string()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(open_pin(&link_pin(&self.root, interface))?),
-        };
-        Ok(link_ifindex(fd)? == ifindex)
     }
 
     /// Sets the VIPs this node answers ARP / neighbour solicitations for while forwarding
@@ -408,7 +304,7 @@ impl Dataplane {
             let (word, bit) = vip_filter_slot(&key.addr);
             filter[word as usize] |= bit;
         }
-        let mut words: Array<_, u64> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
+        let words = &mut self.maps.vip_filter;
         let mut current = Vec::with_capacity(filter.len());
         for (i, want) in filter.iter().enumerate() {
             let have = words.get(&(i as u32), 0)?;
@@ -417,7 +313,7 @@ impl Dataplane {
             }
             current.push(have);
         }
-        let mut vips: BpfHashMap<_, AddrKey, u32> = BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
+        let vips = &mut self.maps.vips;
         let present: Vec<AddrKey> = vips.keys().collect::<Result<_, _>>()?;
         for (key, flags) in &wanted {
             vips.insert(key, flags, 0)?;
@@ -425,7 +321,7 @@ impl Dataplane {
         for key in present.iter().filter(|k| !wanted.contains_key(k)) {
             vips.remove(key)?;
         }
-        let mut words: Array<_, u64> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
+        let words = &mut self.maps.vip_filter;
         for (i, (have, want)) in current.iter().zip(&filter).enumerate() {
             if have & !want != 0 {
                 words.set(i as u32, *want, 0)?;
@@ -436,57 +332,8 @@ impl Dataplane {
     }
 }
 
-/// Opens a pinned BPF object (map, program or link) by path (BPF_OBJ_GET).
-pub fn open_pin(pin: &Path) -> Result<std::os::fd::OwnedFd> {
-    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-    /// The BPF_OBJ_GET part of `union bpf_attr`.
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        /// Explicit so the padding is zero: the kernel refuses non-zero bytes past the fields.
-        _pad: u32,
-    }
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
-    let attr = ObjGet {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
-    // SAFETY: attr is a valid BPF_OBJ_GET attribute naming a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGet,
-            std::mem::size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("opening pinned object {}", pin.display()));
-    }
-    // SAFETY: fd is a fresh descriptor owned from here on.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// The ifindex an XDP link is attached to, 0 once detached (from the link's fdinfo).
-fn link_ifindex(link: &std::os::fd::OwnedFd) -> Result<u32> {
-    use std::os::fd::AsRawFd;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", link.as_raw_fd()))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("ifindex:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("the pinned link is not an XDP link")
-}
-
 /// Makes a set-like BPF hash map hold exactly `wanted` (value 1).
-fn replace_set(map: &mut BpfHashMap<&mut MapData, AddrKey, u32>, wanted: &HashSet<AddrKey>) -> Result<()> {
+fn replace_set(map: &mut BpfHashMap<MapData, AddrKey, u32>, wanted: &HashSet<AddrKey>) -> Result<()> {
     let present: Vec<AddrKey> = map.keys().collect::<Result<_, _>>()?;
     for key in wanted {
         map.insert(key, 1, 0)?;
@@ -505,98 +352,4 @@ pub fn ip_from(addr: &Addr, family: u8) -> IpAddr {
     } else {
         IpAddr::from(octets)
     }
-}
-
-/// Removes a pinned map whose capacity differs from what the configuration asks for, so the
-/// loader creates it anew. Its state (e.g. connection-table entries) is lost; Maglev keeps
-/// flows on their backends while the backend set is unchanged.
-fn replace_if_resized(path: &Path, size: u32) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let info = MapInfo::from_pin(path).with_context(|| format!("reading pinned map {}", path.display()))?;
-    if info.max_entries() != size {
-        warn!(map = %path.display(), was = info.max_entries(), now = size, "map size changed: replacing the pinned map");
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there and the pin directory is under it.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mounted = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"));
-    if !mounted && pin_dir.starts_with("/sys/fs/bpf") {
-        nix::mount::mount(
-            Some("bpf"),
-            "/sys/fs/bpf",
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mounting bpffs at /sys/fs/bpf")?;
-    }
-    Ok(())
-}
-
-/// bpf_fib_lookup forwards only on interfaces with forwarding enabled.
-fn enable_forwarding(interface: &str) -> Result<()> {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-        if Path::new(&path).exists() {
-            std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Attaches the empty `foobar_pass` program to `interface` and pins its link under `pin_dir`.
-/// A veth drops frames that an XDP program on its peer transmits into it unless it has an
-/// XDP program itself; labs attach this one to such peers (bridge ports included).
-pub fn attach_pass(pin_dir: &Path, interface: &str) -> Result<()> {
-    ensure_bpffs(pin_dir)?;
-    let root = pin_root(pin_dir);
-    std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
-    let pin = root.join(format!("pass_{interface}"));
-    if pin.exists() {
-        return Ok(());
-    }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&root)
-        .load(BPF_OBJECT)
-        .context("loading the BPF object")?;
-    let program: &mut Xdp = ebpf
-        .program_mut(names::PASS_PROGRAM)
-        .ok_or_else(|| anyhow!("the BPF object has no program {}", names::PASS_PROGRAM))?
-        .try_into()?;
-    program.load()?;
-    let id = program
-        .attach(interface, XdpMode::Driver)
-        .or_else(|_| program.attach(interface, XdpMode::Skb))
-        .with_context(|| format!("attaching {} to {interface}", names::PASS_PROGRAM))?;
-    FdLink::try_from(program.take_link(id)?)?
-        .pin(&pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
-}
-
-/// Detaches the program from every pinned link and removes all pinned state under `pin_dir`.
-pub fn detach(pin_dir: &Path) -> Result<()> {
-    let root = pin_root(pin_dir);
-    if !root.exists() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
-        let path = entry?.path();
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    std::fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
-    let _ = std::fs::remove_dir(pin_dir);
-    Ok(())
-}
-
-/// Opens one pinned map of a running (or stopped) data plane.
-pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = pin_root(pin_dir).join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {} (is the data plane loaded?)", path.display()))
 }
