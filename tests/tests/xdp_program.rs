@@ -153,6 +153,32 @@ fn vip_on_a_closed_port_is_dropped() -> Result<()> {
 }
 
 #[test]
+fn ipv6_extension_headers_to_a_vip_are_dropped_as_unsupported() -> Result<()> {
+    let mut fx = Fixture::new("t-v6ext")?;
+    // Hop-by-hop, routing and destination options before the transport header: not balanced,
+    // counted apart from protocols no service names.
+    for next_header in [0u8, 43, 60] {
+        let frame = Spec::new(
+            "2001:db8:ffff::7",
+            "2001:db8::1",
+            next_header,
+            vec![6, 0, 0, 0, 0, 0, 0, 0],
+        )
+        .frame();
+        assert_eq!(fx.run(&frame)?.0, XDP_DROP, "next header {next_header}");
+    }
+    assert_eq!(fx.counter("drop_unsupported")?, 3);
+    assert_eq!(fx.counter("drop_no_service")?, 0);
+    let other = Spec::new("2001:db8:ffff::7", "2001:db8::1", 47, vec![0; 8]).frame();
+    assert_eq!(fx.run(&other)?.0, XDP_DROP);
+    assert_eq!(fx.counter("drop_no_service")?, 1);
+    // The same shape to an address that is no VIP is the kernel's.
+    let frame = Spec::new("2001:db8:ffff::7", "2001:db8::99", 0, vec![6, 0, 0, 0, 0, 0, 0, 0]).frame();
+    assert_eq!(fx.run(&frame)?, (XDP_PASS, frame));
+    Ok(())
+}
+
+#[test]
 fn local_backend_is_delivered_to_the_kernel() -> Result<()> {
     let mut fx = Fixture::new("t-local")?;
     let frame = Spec::tcp("198.51.100.7", 40000, "192.0.2.3", 443, SYN).frame();

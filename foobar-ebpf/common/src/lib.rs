@@ -365,6 +365,10 @@ counters! {
     IcmpTooBigSent = "icmp_too_big_sent",
     /// ICMP errors about a VIP flow forwarded to that flow's backend.
     IcmpForwarded = "icmp_forwarded",
+    /// A kernel helper refused to resize a frame this program rewrites (decapsulation, an ICMP
+    /// "too big" or a neighbour advertisement built in place): the frame is passed or dropped
+    /// as its path says.
+    HelperFailed = "helper_failed",
 }
 
 #[cfg(feature = "user")]

@@ -1,7 +1,9 @@
 //! Backend choice: the connection table first, Maglev for flows it does not know.
 
-use crate::maps::{count, BACKENDS, CONNTRACK, CONNTRACK6, INSERT_BUDGET, MAGLEV};
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use crate::{
+    access::{coarse_now_ns, lookup_lru, per_cpu},
+    maps::{count, BACKENDS, CONNTRACK, CONNTRACK6, INSERT_BUDGET, MAGLEV},
+};
 use foobar_common::{
     maglev_elements, Backend, Counter, FlowKey, FlowKey4, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE,
     FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES,
@@ -61,9 +63,9 @@ fn active_backend(id: u32) -> Option<&'static Backend> {
 #[inline(always)]
 pub fn established(flow: &FlowKey) -> Option<Choice> {
     let entry = if flow.family == FAMILY_V4 {
-        unsafe { CONNTRACK.get(FlowKey4::of(flow)) }
+        lookup_lru(&CONNTRACK, FlowKey4::of(flow))
     } else {
-        unsafe { CONNTRACK6.get(flow) }
+        lookup_lru(&CONNTRACK6, flow)
     };
     let id = entry?.backend;
     let backend = active_backend(id)?;
@@ -120,19 +122,17 @@ fn may_insert(node: &NodeConfig) -> bool {
     if cap == 0 {
         return true;
     }
-    let Some(budget) = INSERT_BUDGET.get_ptr_mut(0) else {
+    let Some(budget) = per_cpu(&INSERT_BUDGET, 0) else {
         return true;
     };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    unsafe {
-        if now.wrapping_sub((*budget).window_start_ns) >= INSERT_WINDOW_NS {
-            (*budget).window_start_ns = now;
-            (*budget).inserted = 0;
-        }
-        if (*budget).inserted >= cap {
-            return false;
-        }
-        (*budget).inserted += 1;
+    let now = coarse_now_ns();
+    if now.wrapping_sub(budget.window_start_ns) >= INSERT_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.inserted = 0;
     }
+    if budget.inserted >= cap {
+        return false;
+    }
+    budget.inserted += 1;
     true
 }

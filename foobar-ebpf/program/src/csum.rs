@@ -5,16 +5,10 @@
 use crate::parse::Ipv4Hdr;
 use foobar_common::Addr;
 
-/// Adds the `N` 16-bit words at `p` (inside the packet, bounds already checked) to `sum`.
+/// Adds `N` 16-bit words to `sum`.
 #[inline(always)]
-pub fn add_words<const N: usize>(mut sum: u32, p: *const [u16; N]) -> u32 {
-    let p = p as *const u16;
-    let mut i = 0;
-    while i < N {
-        sum += unsafe { *p.add(i) } as u32;
-        i += 1;
-    }
-    sum
+pub fn add_words<const N: usize>(sum: u32, words: &[u16; N]) -> u32 {
+    words.iter().fold(sum, |s, w| s + *w as u32)
 }
 
 /// Adds an address (as stored in maps and headers) to `sum`.

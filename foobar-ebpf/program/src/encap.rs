@@ -2,6 +2,7 @@
 //! encapsulation or an L2 rewrite, and decapsulation of tunnels addressed to this node.
 
 use crate::{
+    access::{adjust_head, coarse_now_ns, per_cpu, read_words, write_words},
     balance, csum, icmp,
     maps::{count, CachedHop, FIB_SCRATCH, NEXT_HOPS},
     parse::{
@@ -11,7 +12,7 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
@@ -42,11 +43,10 @@ struct NextHop {
 /// the lookup). `None`: no route or neighbour.
 #[inline(always)]
 fn next_hop(ctx: &XdpContext, id: u32, backend: &Backend, src: &Addr) -> Option<NextHop> {
-    let cache = NEXT_HOPS.get_ptr_mut(id)?;
-    let cached = unsafe { &mut *cache };
+    let cached = per_cpu(&NEXT_HOPS, id)?;
     if cached.expires_ns != 0 && cached.addr == backend.addr {
         cached.uses = cached.uses.wrapping_add(1);
-        if cached.uses % NEXT_HOP_CHECK_EVERY != 0 || unsafe { bpf_ktime_get_coarse_ns() } < cached.expires_ns {
+        if cached.uses % NEXT_HOP_CHECK_EVERY != 0 || coarse_now_ns() < cached.expires_ns {
             return Some(NextHop {
                 ifindex: cached.ifindex,
                 mtu: cached.mtu,
@@ -58,7 +58,7 @@ fn next_hop(ctx: &XdpContext, id: u32, backend: &Backend, src: &Addr) -> Option<
     let hop = fib_lookup(ctx, backend.family, src, &backend.addr)?;
     *cached = CachedHop {
         addr: backend.addr,
-        expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
+        expires_ns: coarse_now_ns() + NEXT_HOP_TTL_NS,
         uses: 0,
         ifindex: hop.ifindex,
         mtu: hop.mtu,
@@ -71,7 +71,8 @@ fn next_hop(ctx: &XdpContext, id: u32, backend: &Backend, src: &Addr) -> Option<
 /// Asks the kernel FIB for the next hop to `dst` and the egress MTU.
 #[inline(always)]
 fn fib_lookup(ctx: &XdpContext, family: u8, src: &Addr, dst: &Addr) -> Option<NextHop> {
-    let params = unsafe { &mut *FIB_SCRATCH.get_ptr_mut(0)? };
+    let params = per_cpu(&FIB_SCRATCH, 0)?;
+    // SAFETY: the parameter block is plain integers and byte arrays: all zeroes is valid.
     *params = unsafe { zeroed() };
     params.ifindex = ctx.ingress_ifindex() as u32;
     if family == FAMILY_V4 {
@@ -83,6 +84,8 @@ fn fib_lookup(ctx: &XdpContext, family: u8, src: &Addr, dst: &Addr) -> Option<Ne
         params.__bindgen_anon_3.ipv6_src = *src;
         params.__bindgen_anon_4.ipv6_dst = *dst;
     }
+    // SAFETY: the program's own context and a parameter block of the size passed, which the
+    // helper fills in.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, params, size_of::<FibParams>() as i32, 0) };
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS {
         return None;
@@ -90,6 +93,8 @@ fn fib_lookup(ctx: &XdpContext, family: u8, src: &Addr, dst: &Addr) -> Option<Ne
     // On success the kernel reports the route's MTU in mtu_result (a union with tot_len).
     Some(NextHop {
         ifindex: params.ifindex,
+        // SAFETY: both members of the union are a u16 at the same place; on success the
+        // kernel wrote mtu_result.
         mtu: unsafe { params.__bindgen_anon_1.mtu_result } as u32,
         smac: params.smac,
         dmac: params.dmac,
@@ -135,15 +140,14 @@ fn transmit(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
         count(Counter::DropEncapFailed);
         return xdp_action::XDP_DROP;
     };
-    unsafe {
-        (*eth).dst = hop.dmac;
-        (*eth).src = hop.smac;
-    }
+    set!(eth.dst = hop.dmac);
+    set!(eth.src = hop.smac);
     if hop.ifindex == ctx.ingress_ifindex() as u32 || pkt.l3_off != ETH_LEN {
         count(Counter::Transmitted);
         xdp_action::XDP_TX
     } else {
         count(Counter::Redirected);
+        // SAFETY: the helper takes an interface index and flags by value.
         unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
     }
 }
@@ -171,31 +175,6 @@ fn move_words<const N: usize>(ctx: &XdpContext, from: usize, to: usize, ether_ty
     Ok(())
 }
 
-/// Reads N 16-bit words from the packet. Volatile word accesses keep the compiler from turning
-/// a copy into a memmove call the verifier cannot follow.
-#[inline(always)]
-pub fn read_words<const N: usize>(src: *const [u16; N]) -> [u16; N] {
-    let src = src as *const u16;
-    let mut words = [0u16; N];
-    let mut i = 0;
-    while i < N {
-        words[i] = unsafe { core::ptr::read_volatile(src.add(i)) };
-        i += 1;
-    }
-    words
-}
-
-/// Writes N 16-bit words to the packet (see [`read_words`]).
-#[inline(always)]
-pub fn write_words<const N: usize>(dst: *mut [u16; N], words: &[u16; N]) {
-    let dst = dst as *mut u16;
-    let mut i = 0;
-    while i < N {
-        unsafe { core::ptr::write_volatile(dst.add(i), words[i]) };
-        i += 1;
-    }
-}
-
 /// Prepends an outer IPv4 or IPv6 header addressed to `backend`, keeping the L2 header in front.
 /// Headers are written field by field into the packet to keep the stack small.
 #[inline(always)]
@@ -213,9 +192,7 @@ fn encapsulate(
     };
     let l3_off = pkt.l3_off;
     if backend.family == FAMILY_V4 {
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_LEN as i32)) } != 0 {
-            return Err(ParseError::Malformed);
-        }
+        adjust_head(ctx, -(IPV4_LEN as i32))?;
         move_l2(ctx, l3_off, IPV4_LEN, 0, ETH_P_IP)?;
         let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_off)?;
         let mut hdr = Ipv4Hdr {
@@ -231,26 +208,24 @@ fn encapsulate(
             dst: backend.addr[0],
         };
         hdr.check = csum::ipv4_header(&hdr);
-        unsafe { *ip = hdr };
+        set!(ip = hdr);
     } else {
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_LEN as i32)) } != 0 {
-            return Err(ParseError::Malformed);
-        }
+        adjust_head(ctx, -(IPV6_LEN as i32))?;
         move_l2(ctx, l3_off, IPV6_LEN, 0, ETH_P_IPV6)?;
         let ip: *mut Ipv6Hdr = ptr_at(ctx, l3_off)?;
         // The flow label carries a flow hash so ECMP and RSS on the way spread the tunnels.
         let label = balance::flow_hash(flow) & 0x000f_ffff;
         let first = 0x6000_0000u32 | ((pkt.tos as u32) << 20) | label;
-        unsafe {
-            *ip = Ipv6Hdr {
+        set!(
+            ip = Ipv6Hdr {
                 ver_tc_flow: first.to_be(),
                 payload_len: (pkt.ip_len as u16).to_be(),
                 next_hdr: inner_proto,
                 hop_limit: OUTER_TTL,
                 src: *src,
                 dst: backend.addr,
-            };
-        }
+            }
+        );
     }
     Ok(())
 }
@@ -269,12 +244,11 @@ pub fn decapsulate(ctx: &XdpContext, pkt: &Packet) -> u32 {
     } else {
         ETH_P_IPV6
     };
-    if move_l2(ctx, pkt.l3_off, 0, outer_len, inner_type).is_err()
-        || unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0
-    {
-        count(Counter::MalformedPassed);
-        return xdp_action::XDP_PASS;
-    }
-    count(Counter::Decapsulated);
+    let stripped = move_l2(ctx, pkt.l3_off, 0, outer_len, inner_type).and_then(|()| adjust_head(ctx, outer_len as i32));
+    count(match stripped {
+        Ok(()) => Counter::Decapsulated,
+        Err(ParseError::HelperFailed) => Counter::HelperFailed,
+        Err(_) => Counter::MalformedPassed,
+    });
     xdp_action::XDP_PASS
 }

@@ -2,18 +2,15 @@
 //! packet too big to encapsulate gets "fragmentation needed" / "packet too big" back.
 
 use crate::{
-    csum, encap,
+    access::{adjust_head, adjust_tail, read_words, write_words},
+    csum,
     maps::count,
     parse::{
         ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseError, PortsHdr, ICMP_LEN, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPV4_LEN, IPV6_LEN,
     },
 };
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use foobar_common::{Counter, FlowKey, FAMILY_V4};
 
 /// ICMP destination unreachable / fragmentation needed.
@@ -33,40 +30,34 @@ const ICMP_TTL: u8 = 64;
 #[inline(always)]
 pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowKey) -> Result<bool, ParseError> {
     let icmp: *const IcmpHdr = ptr_at(ctx, pkt.l4_off)?;
-    let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
+    let (kind, code) = (get!(icmp.kind), get!(icmp.code));
     let inner_off = pkt.l4_off + ICMP_LEN;
     let ports_off = if pkt.family == FAMILY_V4 {
         if pkt.proto != IPPROTO_ICMP || kind != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED {
             return Ok(false);
         }
         let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off)?;
-        unsafe {
-            if (*ip).ver_ihl != 0x45 || (*ip).src != flow.dst[0] {
-                return Ok(false);
-            }
-            flow.src[0] = (*ip).dst;
-            flow.proto = (*ip).proto;
+        if get!(ip.ver_ihl) != 0x45 || get!(ip.src) != flow.dst[0] {
+            return Ok(false);
         }
+        flow.src[0] = get!(ip.dst);
+        flow.proto = get!(ip.proto);
         inner_off + IPV4_LEN
     } else {
         if pkt.proto != IPPROTO_ICMPV6 || kind != ICMPV6_PKT_TOOBIG {
             return Ok(false);
         }
         let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off)?;
-        unsafe {
-            if (*ip).src != flow.dst {
-                return Ok(false);
-            }
-            flow.src = (*ip).dst;
-            flow.proto = (*ip).next_hdr;
+        if get!(ip.src) != flow.dst {
+            return Ok(false);
         }
+        flow.src = get!(ip.dst);
+        flow.proto = get!(ip.next_hdr);
         inner_off + IPV6_LEN
     };
     let ports: *const PortsHdr = ptr_at(ctx, ports_off)?;
-    unsafe {
-        flow.sport_be = (*ports).dport;
-        flow.dport_be = (*ports).sport;
-    }
+    flow.sport_be = get!(ports.dport);
+    flow.dport_be = get!(ports.sport);
     Ok(true)
 }
 
@@ -79,12 +70,20 @@ pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize) 
     } else {
         build_packet_too_big(ctx, pkt, flow, mtu)
     };
-    if built.is_err() {
-        count(Counter::DropEncapFailed);
-        return xdp_action::XDP_DROP;
+    match built {
+        Ok(()) => {
+            count(Counter::IcmpTooBigSent);
+            xdp_action::XDP_TX
+        }
+        Err(ParseError::HelperFailed) => {
+            count(Counter::HelperFailed);
+            xdp_action::XDP_DROP
+        }
+        Err(_) => {
+            count(Counter::DropMalformed);
+            xdp_action::XDP_DROP
+        }
     }
-    count(Counter::IcmpTooBigSent);
-    xdp_action::XDP_TX
 }
 
 /// Grows the head by `grow` bytes, moves the L2 header to the new front with its MACs swapped,
@@ -92,10 +91,8 @@ pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize) 
 #[inline(always)]
 fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<(), ParseError> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
-        return Err(ParseError::Malformed);
-    }
+    let (dst, src) = (get!(eth.dst), get!(eth.src));
+    adjust_head(ctx, -(grow as i32))?;
     // Tags (if any) stay where they were relative to the IP header: copy them along.
     match l3_off {
         14 => copy_tags::<1>(ctx, grow)?,
@@ -104,15 +101,14 @@ fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<
         _ => return Err(ParseError::Malformed),
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    unsafe {
-        (*eth).dst = src;
-        (*eth).src = dst;
-    }
+    set!(eth.dst = src);
+    set!(eth.src = dst);
     let len = (ctx.data_end() - ctx.data()) as i32;
     let want = (l3_off + keep) as i32;
-    if want > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+    if want > len {
         return Err(ParseError::Malformed);
     }
+    adjust_tail(ctx, want - len)?;
     Ok(())
 }
 
@@ -121,7 +117,7 @@ fn reframe(ctx: &XdpContext, l3_off: usize, grow: usize, keep: usize) -> Result<
 fn copy_tags<const N: usize>(ctx: &XdpContext, grow: usize) -> Result<(), ParseError> {
     let from: *const [u16; N] = ptr_at(ctx, grow + 12)?;
     let to: *mut [u16; N] = ptr_at(ctx, 12)?;
-    encap::write_words(to, &encap::read_words(from));
+    write_words(to, &read_words(from));
     Ok(())
 }
 
@@ -158,11 +154,9 @@ fn build_frag_needed(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usize)
         rest: (mtu as u32).to_be(),
     };
     let sum = (message.kind as u32 | (message.code as u32) << 8) + (message.rest & 0xffff) + (message.rest >> 16);
-    message.check = csum::finish(csum::add_words(sum, quote));
-    unsafe {
-        *ip = hdr;
-        *icmp = message;
-    }
+    message.check = csum::finish(csum::add_words(sum, &read_words(quote)));
+    set!(ip = hdr);
+    set!(icmp = message);
     Ok(())
 }
 
@@ -193,10 +187,8 @@ fn build_packet_too_big(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, mtu: usi
     let mut sum = csum::add_addr(csum::add_addr(0, &flow.dst), &flow.src);
     sum += (PAYLOAD as u16).to_be() as u32 + (IPPROTO_ICMPV6 as u16).to_be() as u32;
     sum += (message.kind as u32 | (message.code as u32) << 8) + (message.rest & 0xffff) + (message.rest >> 16);
-    message.check = csum::finish(csum::add_words(sum, quote));
-    unsafe {
-        *ip = hdr;
-        *icmp = message;
-    }
+    message.check = csum::finish(csum::add_words(sum, &read_words(quote)));
+    set!(ip = hdr);
+    set!(icmp = message);
     Ok(())
 }

@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
+mod access;
 mod balance;
 mod csum;
 mod encap;
@@ -16,13 +18,17 @@ mod maps;
 mod parse;
 mod vip;
 
+use access::lookup;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use foobar_common::{
-    vip_filter_slot, Addr, AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, NODE_FORWARDING,
-    PROTO_TCP, PROTO_UDP,
+    vip_filter_slot, Addr, AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, FAMILY_V6,
+    NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
 };
 use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS, VIP_FILTER};
-use parse::{Frame, ParseError, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6};
+use parse::{
+    Frame, ParseError, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+    IPPROTO_ROUTING,
+};
 
 /// The load balancer.
 #[xdp]
@@ -36,7 +42,7 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
             }
         }
         Err(ParseError::NotIp) => return pass(Counter::Passed),
-        Err(ParseError::Malformed) => return pass(Counter::MalformedPassed),
+        Err(ParseError::Malformed | ParseError::HelperFailed) => return pass(Counter::MalformedPassed),
     };
     let mut flow = FlowKey {
         src: [0; 4],
@@ -52,7 +58,7 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     }
 
     if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6)
-        && unsafe { LOCAL_ADDRS.get(addr_key(&flow.dst, pkt.family)) }.is_some()
+        && lookup(&LOCAL_ADDRS, addr_key(&flow.dst, pkt.family)).is_some()
     {
         return encap::decapsulate(&ctx, &pkt);
     }
@@ -100,6 +106,10 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
             Ok(false) => return pass(Counter::Passed),
             Err(_) => return not_a_service(&flow, Counter::DropMalformed),
         },
+        // IPv6 extension headers before the transport header: not balanced.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS if pkt.family == FAMILY_V6 => {
+            return not_a_service(&flow, Counter::DropUnsupported)
+        }
         _ => return not_a_service(&flow, Counter::DropNoService),
     }
 
@@ -136,7 +146,7 @@ fn maybe_vip(addr: &Addr) -> bool {
 /// True when the flow's destination is a VIP.
 #[inline(always)]
 fn is_vip(flow: &FlowKey) -> bool {
-    unsafe { VIPS.get(addr_key(&flow.dst, flow.family)) }.is_some()
+    lookup(&VIPS, addr_key(&flow.dst, flow.family)).is_some()
 }
 
 /// A packet the balancer will not forward: dropped (and counted as `reason`) when it is VIP
@@ -159,11 +169,11 @@ fn lookup_service(flow: &FlowKey) -> Option<ServiceInfo> {
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(svc) = unsafe { SERVICES.get(key) } {
-        return Some(*svc);
+    if let Some(svc) = lookup(&SERVICES, key) {
+        return Some(svc);
     }
     key.port_be = 0;
-    unsafe { SERVICES.get(key) }.copied()
+    lookup(&SERVICES, key)
 }
 
 #[inline(always)]
@@ -200,9 +210,9 @@ pub fn foobar_reflect(ctx: XdpContext) -> u32 {
     let Ok(eth) = parse::ptr_at::<parse::EthHdr>(&ctx, 0) else {
         return xdp_action::XDP_DROP;
     };
-    unsafe {
-        core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
-    }
+    let (dst, src) = (get!(eth.dst), get!(eth.src));
+    set!(eth.dst = src);
+    set!(eth.src = dst);
     xdp_action::XDP_TX
 }
 

@@ -2,6 +2,7 @@
 //! so forwarding state survives a restart of the control plane. Sizes here are defaults; the control plane sets
 //! the real ones from its configuration before the maps are created.
 
+use crate::access::per_cpu;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_NO_COMMON_LRU},
     macros::map,
@@ -99,21 +100,19 @@ pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entr
 /// Adds one to a global counter.
 #[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        unsafe { *slot += 1 };
+    if let Some(slot) = per_cpu(&COUNTERS, counter as u32) {
+        *slot += 1;
     }
 }
 
 /// Adds a packet of `bytes` (and a new flow when `new_flow`) to a per-CPU traffic slot.
 #[inline(always)]
 pub fn account(stats: &PerCpuArray<TrafficStats>, index: u32, bytes: usize, new_flow: bool) {
-    if let Some(slot) = stats.get_ptr_mut(index) {
-        unsafe {
-            (*slot).packets += 1;
-            (*slot).bytes += bytes as u64;
-            if new_flow {
-                (*slot).new_flows += 1;
-            }
+    if let Some(slot) = per_cpu(stats, index) {
+        slot.packets += 1;
+        slot.bytes += bytes as u64;
+        if new_flow {
+            slot.new_flows += 1;
         }
     }
 }

@@ -23,6 +23,12 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IPIP: u8 = 4;
 /// IP protocol number of IPv6-in-IP.
 pub const IPPROTO_IPV6: u8 = 41;
+/// IPv6 next header: hop-by-hop options.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+/// IPv6 next header: routing header.
+pub const IPPROTO_ROUTING: u8 = 43;
+/// IPv6 next header: destination options.
+pub const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv6 next header: fragment extension header.
 pub const IPPROTO_FRAGMENT: u8 = 44;
 /// IP protocol number of ICMPv6.
@@ -137,10 +143,12 @@ pub enum Frame {
     Arp(usize),
 }
 
-/// Why a frame could not be parsed.
+/// Why a frame could not be parsed or rewritten.
 pub enum ParseError {
     /// Shorter than a header it announces, or a header field out of range.
     Malformed,
+    /// A kernel helper refused to resize the frame (see [`crate::access::adjust_head`]).
+    HelperFailed,
     /// Not IP, or an IP shape the data plane leaves to the kernel.
     NotIp,
 }
@@ -183,15 +191,15 @@ pub struct Packet {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, ParseError> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let mut ether_type = u16::from_be(unsafe { (*eth).proto });
+    let mut ether_type = u16::from_be(get!(eth.proto));
     let mut l3_off = ETH_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let tag: *const VlanHdr = ptr_at(ctx, l3_off)?;
-        ether_type = u16::from_be(unsafe { (*tag).proto });
+        ether_type = u16::from_be(get!(tag.proto));
         l3_off += VLAN_LEN;
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             let tag: *const VlanHdr = ptr_at(ctx, l3_off)?;
-            ether_type = u16::from_be(unsafe { (*tag).proto });
+            ether_type = u16::from_be(get!(tag.proto));
             l3_off += VLAN_LEN;
         }
     }
@@ -215,25 +223,25 @@ fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
-    let ver_ihl = unsafe { (*ip).ver_ihl };
+    let ver_ihl = get!(ip.ver_ihl);
     let hdr_len = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || hdr_len < IPV4_LEN {
         return Err(ParseError::Malformed);
     }
-    let ip_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
+    let ip_len = u16::from_be(get!(ip.tot_len)) as usize;
     if ip_len < hdr_len || !fits(ctx, l3_off, ip_len) {
         return Err(ParseError::Malformed);
     }
-    let frag = u16::from_be(unsafe { (*ip).frag_off });
+    let frag = u16::from_be(get!(ip.frag_off));
     Ok(Packet {
         l3_off,
         l4_off: l3_off + hdr_len,
         family: FAMILY_V4,
-        proto: unsafe { (*ip).proto },
+        proto: get!(ip.proto),
         ip_len,
         fragment: frag & 0x3fff != 0,
         ip_hdr_len: hdr_len,
-        tos: unsafe { (*ip).tos },
+        tos: get!(ip.tos),
         quotes_flow: false,
     })
 }
@@ -241,15 +249,15 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, ParseError> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
-    let first = u32::from_be(unsafe { (*ip).ver_tc_flow });
+    let first = u32::from_be(get!(ip.ver_tc_flow));
     if first >> 28 != 6 {
         return Err(ParseError::Malformed);
     }
-    let ip_len = u16::from_be(unsafe { (*ip).payload_len }) as usize + IPV6_LEN;
+    let ip_len = u16::from_be(get!(ip.payload_len)) as usize + IPV6_LEN;
     if !fits(ctx, l3_off, ip_len) {
         return Err(ParseError::Malformed);
     }
-    let next = unsafe { (*ip).next_hdr };
+    let next = get!(ip.next_hdr);
     Ok(Packet {
         l3_off,
         l4_off: l3_off + IPV6_LEN,
@@ -277,19 +285,15 @@ pub enum End {
 pub fn read_addr(ctx: &XdpContext, pkt: &Packet, end: End, out: &mut Addr) -> Result<(), ParseError> {
     if pkt.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
-        out[0] = unsafe {
-            match end {
-                End::Src => (*ip).src,
-                End::Dst => (*ip).dst,
-            }
+        out[0] = match end {
+            End::Src => get!(ip.src),
+            End::Dst => get!(ip.dst),
         };
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
-        *out = unsafe {
-            match end {
-                End::Src => (*ip).src,
-                End::Dst => (*ip).dst,
-            }
+        *out = match end {
+            End::Src => get!(ip.src),
+            End::Dst => get!(ip.dst),
         };
     }
     Ok(())
@@ -299,5 +303,5 @@ pub fn read_addr(ctx: &XdpContext, pkt: &Packet, end: End, out: &mut Addr) -> Re
 #[inline(always)]
 pub fn ports_at(ctx: &XdpContext, l4_off: usize) -> Result<(u16, u16), ParseError> {
     let ports: *const PortsHdr = ptr_at(ctx, l4_off)?;
-    Ok(unsafe { ((*ports).sport, (*ports).dport) })
+    Ok((get!(ports.sport), get!(ports.dport)))
 }

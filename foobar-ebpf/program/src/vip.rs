@@ -4,11 +4,12 @@
 //! `lo`), so only the master claims them.
 
 use crate::{
+    access::{adjust_tail, lookup},
     csum,
     maps::{count, LINK_MACS, VIPS},
     parse::{ptr_at, ArpHdr, EthHdr, Ipv6Hdr, NdMsg, Packet, ParseError, IPPROTO_ICMPV6, IPV6_LEN},
 };
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use foobar_common::{Addr, AddrKey, Counter, NodeConfig, FAMILY_V4, FAMILY_V6, NODE_FORWARDING, VIP_CLAIMED};
 
 const ARP_HTYPE_ETHERNET: u16 = 1;
@@ -32,18 +33,19 @@ fn claimant(ctx: &XdpContext, node: &NodeConfig, vip: Addr, family: u8) -> Optio
     if node.flags & NODE_FORWARDING == 0 {
         return None;
     }
-    let flags = unsafe {
-        VIPS.get(AddrKey {
+    let flags = lookup(
+        &VIPS,
+        AddrKey {
             addr: vip,
             family,
             _pad: [0; 3],
-        })
-    }?;
+        },
+    )?;
     if flags & VIP_CLAIMED == 0 {
         return None;
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    unsafe { LINK_MACS.get(ifindex) }.map(|m| m.mac)
+    lookup(&LINK_MACS, ifindex).map(|m| m.mac)
 }
 
 /// Answers an ARP request for a VIP at `l3_off`; anything else is passed.
@@ -53,13 +55,12 @@ pub fn answer_arp(ctx: &XdpContext, l3_off: usize, node: &NodeConfig) -> u32 {
         count(Counter::MalformedPassed);
         return xdp_action::XDP_PASS;
     };
-    let arp = unsafe { &mut *arp };
-    let is_request = u16::from_be(arp.htype) == ARP_HTYPE_ETHERNET
-        && u16::from_be(arp.ptype) == crate::parse::ETH_P_IP
-        && arp.hlen == 6
-        && arp.plen == 4
-        && u16::from_be(arp.op) == ARP_OP_REQUEST;
-    let vip = [u32::from_ne_bytes(arp.tpa), 0, 0, 0];
+    let is_request = u16::from_be(get!(arp.htype)) == ARP_HTYPE_ETHERNET
+        && u16::from_be(get!(arp.ptype)) == crate::parse::ETH_P_IP
+        && get!(arp.hlen) == 6
+        && get!(arp.plen) == 4
+        && u16::from_be(get!(arp.op)) == ARP_OP_REQUEST;
+    let vip = [u32::from_ne_bytes(get!(arp.tpa)), 0, 0, 0];
     let Some(mac) = is_request.then(|| claimant(ctx, node, vip, FAMILY_V4)).flatten() else {
         count(Counter::Passed);
         return xdp_action::XDP_PASS;
@@ -67,14 +68,14 @@ pub fn answer_arp(ctx: &XdpContext, l3_off: usize, node: &NodeConfig) -> u32 {
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
-    unsafe {
-        (*eth).dst = (*eth).src;
-        (*eth).src = mac;
-    }
-    arp.op = ARP_OP_REPLY.to_be();
-    arp.tha = arp.sha;
-    arp.sha = mac;
-    core::mem::swap(&mut arp.spa, &mut arp.tpa);
+    set!(eth.dst = get!(eth.src));
+    set!(eth.src = mac);
+    let (asker_mac, asker_ip, vip_ip) = (get!(arp.sha), get!(arp.spa), get!(arp.tpa));
+    set!(arp.op = ARP_OP_REPLY.to_be());
+    set!(arp.tha = asker_mac);
+    set!(arp.sha = mac);
+    set!(arp.spa = vip_ip);
+    set!(arp.tpa = asker_ip);
     count(Counter::ArpReplied);
     xdp_action::XDP_TX
 }
@@ -91,16 +92,20 @@ pub fn maybe_solicitation(pkt: &Packet) -> bool {
 pub fn answer_solicitation(ctx: &XdpContext, pkt: &Packet, node: &NodeConfig) -> Option<u32> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3_off).ok()?;
     let ns: *const NdMsg = ptr_at::<[u8; 24]>(ctx, pkt.l4_off).ok()? as *const NdMsg;
-    let (kind, code, hop_limit) = unsafe { ((*ns).kind, (*ns).code, (*ip).hop_limit) };
+    let (kind, code, hop_limit) = (get!(ns.kind), get!(ns.code), get!(ip.hop_limit));
     if kind != ND_SOLICIT || code != 0 || hop_limit != 255 {
         return None;
     }
-    let (vip, asker) = unsafe { ((*ns).target, (*ip).src) };
+    let (vip, asker) = (get!(ns.target), get!(ip.src));
     let mac = claimant(ctx, node, vip, FAMILY_V6)?;
     Some(match build_advert(ctx, pkt, vip, asker, mac) {
         Ok(()) => {
             count(Counter::NeighbourAdvertised);
             xdp_action::XDP_TX
+        }
+        Err(ParseError::HelperFailed) => {
+            count(Counter::HelperFailed);
+            xdp_action::XDP_PASS
         }
         Err(_) => {
             count(Counter::MalformedPassed);
@@ -116,11 +121,7 @@ fn build_advert(ctx: &XdpContext, pkt: &Packet, vip: Addr, asker: Addr, mac: [u8
     // source link-layer option, as in duplicate address detection) grows by 8.
     match pkt.ip_len - IPV6_LEN {
         len if len >= ND_MSG_LEN => {}
-        24 => {
-            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, 8) } != 0 {
-                return Err(ParseError::Malformed);
-            }
-        }
+        24 => adjust_tail(ctx, 8)?,
         _ => return Err(ParseError::Malformed),
     }
     // A solicitation from :: (duplicate address detection) is answered to all nodes, unsolicited.
@@ -145,20 +146,27 @@ fn build_advert(ctx: &XdpContext, pkt: &Packet, vip: Addr, asker: Addr, mac: [u8
     };
     let mut sum = csum::add_addr(csum::add_addr(0, &vip), &dst);
     sum += (ND_MSG_LEN as u16).to_be() as u32 + (IPPROTO_ICMPV6 as u16).to_be() as u32;
-    sum = csum::add_words(sum, &advert as *const NdMsg as *const [u16; ND_MSG_LEN / 2]);
+    // The message's words: type and code, flags, target, option type and length, MAC.
+    sum += advert.kind as u32 | (advert.code as u32) << 8;
+    sum += (advert.flags & 0xffff) + (advert.flags >> 16);
+    sum = csum::add_addr(sum, &advert.target);
+    sum += advert.opt_type as u32 | (advert.opt_len as u32) << 8;
+    let m = advert.mac;
+    sum += u16::from_ne_bytes([m[0], m[1]]) as u32 + u16::from_ne_bytes([m[2], m[3]]) as u32;
+    sum += u16::from_ne_bytes([m[4], m[5]]) as u32;
     advert.check = csum::finish(sum);
-    unsafe {
-        (*eth).dst = if dad { [0x33, 0x33, 0, 0, 0, 1] } else { (*eth).src };
-        (*eth).src = mac;
-        *ip = Ipv6Hdr {
+    set!(eth.dst = if dad { [0x33, 0x33, 0, 0, 0, 1] } else { get!(eth.src) });
+    set!(eth.src = mac);
+    set!(
+        ip = Ipv6Hdr {
             ver_tc_flow: 0x6000_0000u32.to_be(),
             payload_len: (ND_MSG_LEN as u16).to_be(),
             next_hdr: IPPROTO_ICMPV6,
             hop_limit: 255,
             src: vip,
             dst,
-        };
-        *msg = advert;
-    }
+        }
+    );
+    set!(msg = advert);
     Ok(())
 }
