@@ -165,6 +165,16 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// `tcp` or `udp`, as the configuration spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// Forwarding mode of a service.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

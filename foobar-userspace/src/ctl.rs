@@ -2,10 +2,18 @@
 //! state as JSON, and `reload` with the outcome of applying the configuration file again;
 //! `foobar status` and `foobar reload` ask and print.
 
-use crate::{mysql::DatabaseStatus, reload::Outcome, vrrp::instance::Status as VrrpStatus, web::stats::WebSummary};
+use crate::{
+    config::Config,
+    health::{Health, Standing},
+    mysql::DatabaseStatus,
+    reload::Outcome,
+    vrrp::instance::Status as VrrpStatus,
+    web::stats::WebSummary,
+};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, Mutex},
@@ -14,7 +22,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::warn;
 
@@ -34,6 +42,57 @@ pub struct NodeStatus {
     /// Each database cluster's servers and counters.
     #[serde(default)]
     pub databases: Vec<DatabaseStatus>,
+    /// Each L4 service of the VIPs and where its backends stand.
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One `[[service]]` as status shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: String,
+    /// VIP and port (0: every port).
+    pub vip: SocketAddr,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Its backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend of a service as status shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its configured weight.
+    pub weight: u32,
+    /// Active, drained or down.
+    pub standing: Standing,
+}
+
+/// Every service of `c` with its backends' standing under `health`.
+pub fn services(c: &Config, health: &Health) -> Vec<ServiceStatus> {
+    c.services
+        .iter()
+        .map(|s| ServiceStatus {
+            name: s.name.get_ref().clone(),
+            vip: SocketAddr::new(*s.vip.get_ref(), s.port),
+            protocol: s.protocol.name().into(),
+            backends: s
+                .backends
+                .iter()
+                .map(|b| {
+                    let address = *b.address.get_ref();
+                    BackendStatus {
+                        address,
+                        weight: b.weight,
+                        standing: Standing::of(health.is_up(s.name.get_ref(), address), b.weight),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Where the daemon's state is read from when a client asks.
@@ -152,14 +211,14 @@ pub fn print(s: &NodeStatus) {
             v.name,
             v.vrid,
             v.interface,
-            v.state.to_uppercase(),
-            v.reason,
+            v.state.name().to_uppercase(),
+            v.reason.name(),
             v.priority,
             v.master_priority.map_or("?".to_string(), |p| p.to_string()),
             v.master_interval_ms,
         );
         if !v.faults.is_empty() {
-            println!("    faults: {}", v.faults.join("; "));
+            println!("    faults: {}", v.faults_text());
         }
         let discards: Vec<String> = v
             .discards
@@ -177,6 +236,27 @@ pub fn print(s: &NodeStatus) {
             } else {
                 discards.join(", ")
             }
+        );
+    }
+    for svc in &s.services {
+        let backends: Vec<String> = svc
+            .backends
+            .iter()
+            .map(|b| {
+                // A backend that is down stands out, as a VRRP state does.
+                let standing = match b.standing {
+                    Standing::Down => b.standing.name().to_uppercase(),
+                    _ => b.standing.name().to_owned(),
+                };
+                format!("{} {standing} (weight {})", b.address, b.weight)
+            })
+            .collect();
+        println!(
+            "service {} ({} {}): {}",
+            svc.name,
+            svc.vip,
+            svc.protocol,
+            backends.join(", ")
         );
     }
     if let Some(w) = &s.web {
@@ -225,6 +305,8 @@ pub fn source(
     vrrp: Vec<Arc<Mutex<VrrpStatus>>>,
     web: Option<Arc<dyn Fn() -> WebSummary + Send + Sync>>,
     databases: Arc<dyn Fn() -> Vec<DatabaseStatus> + Send + Sync>,
+    config: watch::Receiver<Arc<Config>>,
+    health: watch::Receiver<Health>,
 ) -> Source {
     Arc::new(move || {
         let (forwarding, claimed) = shared.lock().map(|g| g.clone()).unwrap_or_default();
@@ -238,6 +320,7 @@ pub fn source(
                 .collect(),
             web: web.as_ref().map(|summary| summary()),
             databases: databases(),
+            services: services(&config.borrow(), &health.borrow()),
         }
     })
 }

@@ -13,7 +13,7 @@ use crate::{
     reload::{self, Outcome},
     vrrp::{
         election::Reason,
-        instance::{Claim, Handle, Spec},
+        instance::{Claim, Fault, Handle, Spec},
     },
     web::WebTier,
 };
@@ -118,16 +118,18 @@ pub async fn run(path: &Path) -> Result<()> {
         None => None,
     };
     let databases = DatabaseRouter::start(&config.databases).context("starting database routing")?;
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let status = ctl::source(
         config.node.name.clone(),
         ownership.shared.clone(),
         instances.iter().map(|h| h.status.clone()).collect(),
         web.as_ref().map(WebTier::summary_source),
         databases.status_source(),
+        config_rx.clone(),
+        health_tx.subscribe(),
     );
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Outcome>>(4);
     let _control = ctl::serve(&config.node.control_socket, status.clone(), reload_tx)?;
-    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let exporter: Arc<OnceLock<Arc<push::Exporter>>> = Arc::default();
     let sources = metrics::Sources {
         status,
@@ -248,19 +250,23 @@ fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dat
     };
     let mut detached = Vec::new();
     for interface in c.node.interfaces.get_ref() {
-        match dp.attached(interface) {
+        let interface = interface.clone();
+        match dp.attached(&interface) {
             Ok(true) => {}
-            Ok(false) => detached.push(format!("XDP program not attached to {interface}")),
-            Err(e) => detached.push(format!("XDP attachment on {interface} unknown: {e:#}")),
+            Ok(false) => detached.push(Fault::NotAttached { interface }),
+            Err(e) => detached.push(Fault::AttachmentUnknown {
+                interface,
+                error: format!("{e:#}"),
+            }),
         }
     }
     for (handle, v) in instances.iter().zip(&c.vrrp) {
         let mut faults = detached.clone();
-        let interface = &handle.spec.interface;
-        match flags.get(interface) {
-            None => faults.push(format!("interface {interface} is missing")),
+        let interface = handle.spec.interface.clone();
+        match flags.get(&interface) {
+            None => faults.push(Fault::InterfaceMissing { interface }),
             Some(f) if !f.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING) => {
-                faults.push(format!("interface {interface} is down"))
+                faults.push(Fault::InterfaceDown { interface })
             }
             Some(_) => {}
         }
@@ -268,7 +274,7 @@ fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dat
             let name = tracked.get_ref();
             if let Some(svc) = c.services.iter().find(|s| s.name.get_ref() == name) {
                 if svc.backends.iter().all(|b| !health.is_up(name, *b.address.get_ref())) {
-                    faults.push(format!("every backend of service {name} is down"));
+                    faults.push(Fault::ServiceDown { service: name.clone() });
                 }
             }
         }

@@ -116,6 +116,38 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
+/// Where an L4 backend stands, as `foobar status`, the status page and the metrics show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// Passing its checks with a positive weight: in its service's Maglev table.
+    Active,
+    /// Passing its checks with weight 0: no new flows, established ones stay.
+    Drained,
+    /// Failing its checks: out of the table, and its flows go elsewhere.
+    Down,
+}
+
+impl Standing {
+    /// From health and the configured weight.
+    pub fn of(up: bool, weight: u32) -> Self {
+        match (up, weight) {
+            (false, _) => Standing::Down,
+            (true, 0) => Standing::Drained,
+            (true, _) => Standing::Active,
+        }
+    }
+
+    /// Stable lowercase name (as serialised).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::Drained => "drained",
+            Standing::Down => "down",
+        }
+    }
+}
+
 /// Which backends are down, by service name and address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {

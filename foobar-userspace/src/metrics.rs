@@ -10,7 +10,7 @@ pub mod page;
 use crate::{
     config::{database::Role, Config},
     ctl::{self, NodeStatus},
-    health::Health,
+    health::{Health, Standing},
     stats::{self, Snapshot},
 };
 use anyhow::{Context, Result};
@@ -121,18 +121,20 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         Kind::Gauge,
         "1 while the backend passes its health checks.",
     );
-    for s in &view.config.services {
+    let mut active = Family::new(
+        "foobar_backend_active",
+        Kind::Gauge,
+        "1 while the backend is in its service's Maglev table (up and weight > 0).",
+    );
+    for s in ctl::services(&view.config, &view.health) {
         for b in &s.backends {
-            let addr = b.address.get_ref();
-            let up = view.health.is_up(s.name.get_ref(), *addr);
-            health.sample(
-                &[("service", s.name.get_ref()), ("backend", &addr.to_string())],
-                f64::from(u8::from(up)),
-            );
+            let labels = [("service", s.name.as_str()), ("backend", &b.address.to_string())];
+            health.sample(&labels, f64::from(u8::from(b.standing != Standing::Down)));
+            active.sample(&labels, f64::from(u8::from(b.standing == Standing::Active)));
         }
     }
     let Some(snap) = &view.dataplane else {
-        return vec![health];
+        return vec![health, active];
     };
     let mut packets = Family::new(
         "foobar_dataplane_packets",
@@ -156,12 +158,8 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         .services
         .iter()
         .map(|s| {
-            let proto = match s.protocol {
-                crate::config::Protocol::Tcp => "tcp",
-                crate::config::Protocol::Udp => "udp",
-            };
             (
-                (SocketAddr::new(*s.vip.get_ref(), s.port), proto),
+                (SocketAddr::new(*s.vip.get_ref(), s.port), s.protocol.name()),
                 s.name.get_ref().as_str(),
             )
         })
@@ -192,11 +190,6 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         traffic("backend_bytes", "Bytes sent to the backend."),
         traffic("backend_new_flows", "Flows Maglev assigned to the backend."),
     ];
-    let mut active = Family::new(
-        "foobar_backend_active",
-        Kind::Gauge,
-        "1 while the backend is in its service's Maglev table (up and weight > 0).",
-    );
     for b in &snap.backends {
         let Some(name) = by_id.get(&b.service_id) else { continue };
         let addr = b.address.to_string();
@@ -205,7 +198,6 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         for (f, v) in backend.iter_mut().zip(values) {
             f.sample(&labels, v as f64);
         }
-        active.sample(&labels, f64::from(u8::from(b.active)));
     }
     let mut out = vec![packets, drops, health, active];
     out.extend(svc);
@@ -235,9 +227,9 @@ fn vrrp_families(status: &NodeStatus) -> Vec<Family> {
     );
     for v in &status.vrrp {
         let name = [("instance", v.name.as_str())];
-        for s in ["initialize", "backup", "master", "fault"] {
+        for s in crate::vrrp::election::State::ALL {
             state.sample(
-                &[("instance", &v.name), ("state", s)],
+                &[("instance", &v.name), ("state", s.name())],
                 f64::from(u8::from(v.state == s)),
             );
         }

@@ -614,7 +614,7 @@ health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, ti
     pub fn vrrp_state(&self, i: usize) -> String {
         self.status(i)
             .ok()
-            .and_then(|s| s.vrrp.first().map(|v| v.state.clone()))
+            .and_then(|s| s.vrrp.first().map(|v| v.state.name().to_string()))
             .unwrap_or_default()
     }
 

@@ -4,7 +4,11 @@
 //! hostile adverts arrive. Takeover times come from the new master's own transition record.
 
 use anyhow::{bail, ensure, Context, Result};
-use foobar::vrrp::{master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP};
+use foobar::vrrp::{
+    election::{Reason, State},
+    instance::Fault,
+    master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP,
+};
 use foobar_tests::{
     lab::{LabSpec, LbLab, PAIR_INTERVAL_MS, PAIR_PRIORITIES, VIP},
     transfer::Transfers,
@@ -147,7 +151,7 @@ fn the_old_master_returning_preempts_without_breaking_connections() -> Result<()
     check_transfers(transfers)?;
     let status = lab.status(1)?;
     ensure!(
-        status.vrrp[0].reason == "superseded" && !status.forwarding,
+        status.vrrp[0].reason == Reason::Superseded && !status.forwarding,
         "edge2 should be a superseded, non-forwarding backup: {status:?}"
     );
     Ok(())
@@ -326,12 +330,12 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
     Ok(())
 }
 
-/// Waits until edge1 is in fault for `why` and edge2 took over, then until `heal` brings
-/// edge1 back as master (preemption).
-fn fault_and_recover(lab: &LbLab, why: &str, heal: impl FnOnce() -> Result<()>) -> Result<()> {
-    wait_until(Duration::from_secs(5), why, || {
+/// Waits until edge1 is in fault for exactly `why` and edge2 took over, then until `heal`
+/// brings edge1 back as master (preemption).
+fn fault_and_recover(lab: &LbLab, why: Fault, heal: impl FnOnce() -> Result<()>) -> Result<()> {
+    wait_until(Duration::from_secs(5), &why.to_string(), || {
         lab.status(0)
-            .is_ok_and(|s| s.vrrp[0].state == "fault" && s.vrrp[0].faults.iter().any(|f| f.contains(why)))
+            .is_ok_and(|s| s.vrrp[0].state == State::Fault && s.vrrp[0].faults == [why.clone()])
     })
     .with_context(|| lab.edge_log(0))?;
     became_master(lab, 1)?;
@@ -353,20 +357,29 @@ fn tracked_conditions_put_the_master_in_fault() -> Result<()> {
         "add chain inet fbt_hc output { type filter hook output priority 0; }",
     ])?;
     edge1.exec(&["nft", "add rule inet fbt_hc output tcp dport 80 drop"])?;
-    fault_and_recover(&lab, "every backend of service web is down", || {
+    let service = Fault::ServiceDown { service: "web".into() };
+    fault_and_recover(&lab, service, || {
         edge1.exec(&["nft", "delete", "table", "inet", "fbt_hc"]).map(drop)
     })?;
     // The data interface goes down.
     edge1.exec(&["ip", "link", "set", "eth0", "down"])?;
-    fault_and_recover(&lab, "interface eth0 is down", || {
+    let interface = Fault::InterfaceDown {
+        interface: "eth0".into(),
+    };
+    fault_and_recover(&lab, interface, || {
         edge1.exec(&["ip", "link", "set", "eth0", "up"]).map(drop)
     })?;
     // The XDP program is detached behind foobar's back.
     let pin = foobar::dataplane::pin_root(&lab.edges[0].pins.path).join("link_eth0");
     foobar_tests::detach_pinned_link(&pin)?;
     wait_until(Duration::from_secs(3), "the detached program to be noticed", || {
-        lab.status(0)
-            .is_ok_and(|s| s.vrrp[0].state == "fault" && s.vrrp[0].faults.iter().any(|f| f.contains("not attached")))
+        lab.status(0).is_ok_and(|s| {
+            s.vrrp[0].state == State::Fault
+                && s.vrrp[0].faults
+                    == [Fault::NotAttached {
+                        interface: "eth0".into(),
+                    }]
+        })
     })?;
     became_master(&lab, 1)?;
     // The notify command saw every change.

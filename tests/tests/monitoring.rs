@@ -179,7 +179,7 @@ fn the_status_page_renders_in_chromium() -> Result<()> {
         "<td class=\"master\">MASTER</td>",
         "<section id=\"services\">",
         "https — 192.0.2.10:443",
-        "<tr class=\"backend\"><td>10.10.0.1</td><td class=\"up\">up</td>",
+        "<tr class=\"backend\"><td>10.10.0.1</td><td class=\"active\">active</td>",
         "<section id=\"web\">",
         "<section id=\"databases\">",
         "main — primary 10.10.0.31:3306",

@@ -7,6 +7,7 @@
 //! key.
 
 use anyhow::{ensure, Context, Result};
+use foobar::health::Standing;
 use foobar_tests::{foobar_bin, maps, mariadb, wait_until, weblab::WebLab};
 use std::{net::IpAddr, path::Path, process::Command, sync::atomic::Ordering, time::Duration};
 
@@ -49,6 +50,9 @@ address = "10.99.0.6"
 
 [[service.backend]]
 address = "10.99.0.7"
+
+[monitoring]
+listen = "10.99.0.1:9100"
 
 [[database]]
 name = "main"
@@ -289,6 +293,59 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     ensure!(reload(&lab)?.0 == 0, "the upstream change was not applied");
     proxied_requests(&lab, 6)?;
     ensure!(failures(&lab) > failed, "a new pool did not try the stopped server");
+
+    // Weight 0 drains: status, metrics and the page agree that the backend is up but drained.
+    edit(&lab, |t| weigh(t, 0))?;
+    ensure!(reload(&lab)?.0 == 0, "the drain was not applied");
+    let status = foobar::ctl::query(&lab.socket())?;
+    let standing = |service: &str, addr: &str| {
+        status
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.backends.iter().find(|b| b.address.to_string() == addr))
+            .map(|b| b.standing)
+    };
+    ensure!(
+        [
+            standing("l4a", "10.99.0.1"),
+            standing("l4a", "10.99.0.5"),
+            standing("l4b", "10.99.0.6"),
+            standing("l4b", "10.99.0.7"),
+        ] == [
+            Some(Standing::Active),
+            Some(Standing::Down),
+            Some(Standing::Active),
+            Some(Standing::Drained)
+        ],
+        "{:?}",
+        status.services
+    );
+    let metrics = lab
+        .ns
+        .exec(&["curl", "-sS", "--max-time", "5", "http://10.99.0.1:9100/metrics"])?;
+    for (line, value) in [
+        ("foobar_backend_active{service=\"l4b\",backend=\"10.99.0.7\"}", "0"),
+        ("foobar_backend_up{service=\"l4b\",backend=\"10.99.0.7\"}", "1"),
+        ("foobar_backend_active{service=\"l4a\",backend=\"10.99.0.5\"}", "0"),
+        ("foobar_backend_active{service=\"l4b\",backend=\"10.99.0.6\"}", "1"),
+    ] {
+        ensure!(
+            metrics.lines().any(|l| l == format!("{line} {value}")),
+            "no `{line} {value}` in\n{metrics}"
+        );
+    }
+    let shown = Command::new(foobar_bin())
+        .args(["status", "--socket"])
+        .arg(lab.socket())
+        .output()?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        shown.contains(
+            "service l4b (10.99.0.101:8080 tcp): 10.99.0.6 active (weight 100), 10.99.0.7 drained (weight 0)"
+        ) && shown.contains("10.99.0.5 DOWN (weight 100)"),
+        "{shown}"
+    );
     Ok(())
 }
 

@@ -159,7 +159,7 @@ fn foobar_conf(pins: &PinDir, socket: &std::path::Path, priority: u8, unicast: b
 fn our_view(socket: &std::path::Path) -> (String, Option<IpAddr>) {
     foobar::ctl::query(socket)
         .ok()
-        .and_then(|s| s.vrrp.first().map(|v| (v.state.clone(), v.master)))
+        .and_then(|s| s.vrrp.first().map(|v| (v.state.name().to_string(), v.master)))
         .unwrap_or_default()
 }
 
@@ -332,7 +332,10 @@ fn two_foobar_nodes_elect_over_ipv6() -> Result<()> {
     .with_context(|| nodes[0].0.log_text())?;
     let status = foobar::ctl::query(&nodes[0].2)?;
     let v = &status.vrrp[0];
-    if v.reason != "master_down" || v.discards.values().sum::<u64>() != 0 || v.adverts_received == 0 {
+    if v.reason != foobar::vrrp::election::Reason::MasterDown
+        || v.discards.values().sum::<u64>() != 0
+        || v.adverts_received == 0
+    {
         bail!("unexpected IPv6 election record: {v:?}");
     }
     Ok(())

@@ -24,7 +24,7 @@ h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; margin: .4em 0; }}
 th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.up, .master {{ background: #cfc; }} .down, .fault {{ background: #fcc; }} .backup {{ background: #ffd; }}
+.up, .active, .master {{ background: #cfc; }} .down, .fault {{ background: #fcc; }} .backup, .drained {{ background: #ffd; }}
 </style></head><body>
 <h1>foobar <span id="node">{node}</span>: <span id="forwarding">{forwarding}</span></h1>
 <p>Claims: <span id="claimed">{claimed}</span>. This page reloads every {REFRESH_S} s; <a href="/metrics">metrics</a>, <a href="/status.json">status.json</a>.</p>
@@ -48,12 +48,12 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
                 html,
                 r#"<tr class="vrrp-instance"><td>{}</td><td class="{}">{}</td><td class="n">{}</td><td>{}</td><td>{}</td><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
                 esc(&v.name),
-                esc(&v.state),
-                esc(&v.state.to_uppercase()),
+                v.state.name(),
+                v.state.name().to_uppercase(),
                 v.priority,
                 v.master.map_or("?".into(), |m| m.to_string()),
-                esc(&v.reason),
-                esc(&v.faults.join("; ")),
+                v.reason.name(),
+                esc(&v.faults_text()),
                 v.adverts_sent,
                 v.adverts_received,
                 v.transitions,
@@ -81,7 +81,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
         );
         for b in &svc.backends {
             let addr = *b.address.get_ref();
-            let up = view.health.is_up(name, addr);
+            let standing = crate::health::Standing::of(view.health.is_up(name, addr), b.weight);
             let counts = view.dataplane.as_ref().and_then(|d| {
                 d.backends
                     .iter()
@@ -92,7 +92,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
             let _ = write!(
                 html,
                 r#"<tr class="backend"><td>{addr}</td><td class="{cls}">{cls}</td><td class="n">{w}</td><td class="n">{p}</td><td class="n">{by}</td><td class="n">{nf}</td></tr>"#,
-                cls = if up { "up" } else { "down" },
+                cls = standing.name(),
                 w = b.weight,
             );
         }

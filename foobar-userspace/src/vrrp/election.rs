@@ -22,9 +22,11 @@ pub struct Settings {
 }
 
 /// Where the router stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     /// Not started, or stopped.
+    #[default]
     Initialize,
     /// Listening to a master.
     Backup,
@@ -35,7 +37,10 @@ pub enum State {
 }
 
 impl State {
-    /// Stable lowercase name, for status and notify commands.
+    /// Every state, in the order metrics list them.
+    pub const ALL: [State; 4] = [State::Initialize, State::Backup, State::Master, State::Fault];
+
+    /// Stable lowercase name, for status, metrics and notify commands (as serialised).
     pub const fn name(self) -> &'static str {
         match self {
             State::Initialize => "initialize",
@@ -47,11 +52,13 @@ impl State {
 }
 
 /// Why the state last changed (shown by `foobar status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Started as the address owner (priority 255).
     OwnerStart,
     /// Started, waiting to hear from a master.
+    #[default]
     Start,
     /// No advert within Master_Down_Interval.
     MasterDown,
@@ -68,7 +75,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Stable snake_case name, for status and logs.
+    /// Stable snake_case name, for status and logs (as serialised).
     pub const fn name(self) -> &'static str {
         match self {
             Reason::OwnerStart => "owner_start",
@@ -79,6 +86,27 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::Fault => "fault",
             Reason::FaultCleared => "fault_cleared",
+        }
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::{Reason, State};
+
+    #[test]
+    fn serialised_names_are_the_names_shown() {
+        for state in State::ALL {
+            assert_eq!(
+                serde_json::to_string(&state).ok(),
+                Some(format!("\"{}\"", state.name()))
+            );
+        }
+        for reason in [Reason::OwnerStart, Reason::MasterDown, Reason::FaultCleared] {
+            assert_eq!(
+                serde_json::to_string(&reason).ok(),
+                Some(format!("\"{}\"", reason.name()))
+            );
         }
     }
 }

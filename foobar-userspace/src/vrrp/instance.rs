@@ -95,6 +95,54 @@ impl Spec {
     }
 }
 
+/// A tracked condition that fails: while any does, the instance is in fault (silent, never
+/// master).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// The instance's interface does not exist.
+    InterfaceMissing {
+        /// Its name.
+        interface: String,
+    },
+    /// The instance's interface is down or has no carrier.
+    InterfaceDown {
+        /// Its name.
+        interface: String,
+    },
+    /// The XDP program is not attached to a data interface (its pinned link reports none).
+    NotAttached {
+        /// The interface.
+        interface: String,
+    },
+    /// Whether the XDP program is attached could not be read.
+    AttachmentUnknown {
+        /// The interface.
+        interface: String,
+        /// Why not.
+        error: String,
+    },
+    /// Every backend of a tracked service is down.
+    ServiceDown {
+        /// The service.
+        service: String,
+    },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::InterfaceMissing { interface } => write!(f, "interface {interface} is missing"),
+            Fault::InterfaceDown { interface } => write!(f, "interface {interface} is down"),
+            Fault::NotAttached { interface } => write!(f, "XDP program not attached to {interface}"),
+            Fault::AttachmentUnknown { interface, error } => {
+                write!(f, "XDP attachment on {interface} unknown: {error}")
+            }
+            Fault::ServiceDown { service } => write!(f, "every backend of service {service} is down"),
+        }
+    }
+}
+
 /// What `foobar status` shows of one instance.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -104,8 +152,8 @@ pub struct Status {
     pub vrid: u8,
     /// Interface.
     pub interface: String,
-    /// initialize, backup, master or fault.
-    pub state: String,
+    /// Where the router stands.
+    pub state: State,
     /// Our priority.
     pub priority: u8,
     /// Our advert source address.
@@ -119,9 +167,9 @@ pub struct Status {
     /// When the state last changed, ms since the Unix epoch.
     pub since_unix_ms: u64,
     /// Why it last changed.
-    pub reason: String,
+    pub reason: Reason,
     /// Tracked conditions failing now (non-empty: fault).
-    pub faults: Vec<String>,
+    pub faults: Vec<Fault>,
     /// State changes since start.
     pub transitions: u64,
     /// Adverts sent.
@@ -130,6 +178,13 @@ pub struct Status {
     pub adverts_received: u64,
     /// Received packets discarded, by reason.
     pub discards: BTreeMap<String, u64>,
+}
+
+impl Status {
+    /// The failing tracked conditions as one line (empty when none).
+    pub fn faults_text(&self) -> String {
+        self.faults.iter().map(Fault::to_string).collect::<Vec<_>>().join("; ")
+    }
 }
 
 /// A request to the daemon to claim (master) or release an instance's VIPs; `done` is answered
@@ -153,7 +208,7 @@ pub struct Handle {
     /// Live status.
     pub status: Arc<Mutex<Status>>,
     /// Tracked faults (empty: healthy).
-    pub faults: watch::Sender<Vec<String>>,
+    pub faults: watch::Sender<Vec<Fault>>,
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -174,7 +229,7 @@ impl Handle {
             name: spec.name.clone(),
             vrid: spec.vrid,
             interface: spec.interface.clone(),
-            state: State::Initialize.name().into(),
+            state: State::Initialize,
             priority: spec.settings.priority,
             source: Some(spec.settings.address),
             discards: Discard::ALL.iter().map(|d| (d.name().to_string(), 0)).collect(),
@@ -238,7 +293,7 @@ impl Runner {
         self.clock.elapsed().as_millis() as u64
     }
 
-    async fn run(mut self, mut faults: watch::Receiver<Vec<String>>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut faults: watch::Receiver<Vec<Fault>>, mut stop: watch::Receiver<bool>) {
         let actions = self.election.start(self.now_ms());
         self.apply(actions).await;
         let far = Duration::from_secs(3600);
@@ -406,14 +461,18 @@ impl Runner {
             .map_or(0, |d| d.as_millis() as u64);
         {
             let mut status = self.lock_status();
-            status.state = state.name().into();
-            status.reason = reason.name().into();
+            status.state = state;
+            status.reason = reason;
             status.since_unix_ms = since_unix_ms;
             status.transitions += 1;
             if state == State::Master {
                 status.master = Some(self.spec.settings.address);
                 status.master_priority = Some(self.spec.settings.priority);
                 status.master_interval_ms = self.spec.settings.interval_cs as u32 * 10;
+            } else if status.master == Some(self.spec.settings.address) {
+                // No longer master: who is, is known again at the next advert heard.
+                status.master = None;
+                status.master_priority = None;
             }
         }
         info!(
