@@ -112,15 +112,52 @@ fn tls_versions_suites_sni_alpn_and_resumption() -> Result<()> {
         let (_, out) = lab.handshake(&format!("{sni} -alpn {alpn}"))?;
         ensure!(out.contains(chosen), "ALPN {alpn}: expected {chosen:?}:\n{out}");
     }
-    for refused in [
-        format!("{sni} -tls1_1"),
-        format!("{sni} -tls1_2 -cipher AES128-SHA"),
-        format!("{sni} -tls1_2 -cipher ECDHE-RSA-AES128-SHA"),
+    // Refused: TLS 1.1, RSA key exchange, CBC suites. Each offer is first shown to complete
+    // against a server that allows it (openssl s_server), so that a client refusing on its own
+    // side (OpenSSL 3 does, for TLS 1.1 at its default security level) cannot pass for foobar
+    // refusing; then foobar must answer it with the alert that says why.
+    for (offer, cert, negotiated, alert) in [
+        (
+            "-tls1_1 -cipher DEFAULT:@SECLEVEL=0",
+            "www-ec",
+            "Protocol  : TLSv1.1",
+            "alert handshake failure",
+        ),
+        (
+            "-tls1_2 -cipher AES128-SHA",
+            "www-rsa",
+            "Cipher    : AES128-SHA",
+            "alert handshake failure",
+        ),
+        (
+            "-tls1_2 -cipher ECDHE-RSA-AES128-SHA",
+            "www-rsa",
+            "Cipher    : ECDHE-RSA-AES128-SHA",
+            "alert handshake failure",
+        ),
     ] {
-        let (success, out) = lab.s_client(&refused)?;
+        let log = lab.scratch.file("s_server.log");
+        let (crt, key) = (lab.pem(&format!("{cert}.crt")), lab.pem(&format!("{cert}.key")));
+        let mut args = vec!["s_server", "-accept", "10.99.0.1:4443", "-www", "-cert"];
+        let (crt, key) = (crt.display().to_string(), key.display().to_string());
+        args.extend([crt.as_str(), "-key", key.as_str()]);
+        args.extend(offer.split(' '));
+        let _server = lab.ns.spawn(std::path::Path::new("/usr/bin/openssl"), &args, &log)?;
+        let control = format!("echo | timeout 5 openssl s_client -connect {ADDR}:4443 {offer} 2>&1");
+        let mut out = String::new();
+        wait_until(Duration::from_secs(5), "the control handshake", || {
+            out = lab
+                .ns
+                .exec_any(&["sh", "-c", &control])
+                .map(|(_, o)| o)
+                .unwrap_or_default();
+            out.contains(negotiated)
+        })
+        .with_context(|| format!("{offer} does not complete even where it is allowed:\n{out}"))?;
+        let (_, out) = lab.s_client(&format!("{sni} {offer}"))?;
         ensure!(
-            !success || !out.contains("Protocol  :") || out.contains("Cipher is (NONE)"),
-            "{refused} was accepted:\n{out}"
+            out.contains(alert) && out.contains("Cipher is (NONE)"),
+            "{offer}: foobar did not refuse it with {alert:?}:\n{out}"
         );
     }
     // Resumption: TLS 1.3 tickets, and TLS 1.2 (tickets or session ids).
@@ -300,50 +337,125 @@ async fn tls_connect(ca: &[u8], alpn: &[u8]) -> Result<tokio_rustls::client::Tls
         .await?)
 }
 
+/// HTTP/2 frame types and codes the rapid-reset probe uses (RFC 9113).
+const FRAME_HEADERS: u8 = 1;
+const FRAME_RST_STREAM: u8 = 3;
+const FRAME_SETTINGS: u8 = 4;
+const FRAME_PING: u8 = 6;
+const FRAME_GOAWAY: u8 = 7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+const CANCEL: u32 = 0x8;
+/// Streams opened and cancelled in one burst.
+const BURST: u32 = 200;
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+/// What a server did about a rapid-reset burst.
+#[derive(Debug)]
+struct ResetOutcome {
+    /// GOAWAY's last stream id and error code, if one came.
+    go_away: Option<(u32, u32)>,
+    /// Whether the PING sent after the burst was answered (the connection carried on).
+    pong: bool,
+}
+
+/// The 2023 rapid-reset attack in its sharpest form: the preface, then `BURST` requests each
+/// cancelled at once (HEADERS with END_STREAM, then RST_STREAM), all in one write, then a PING;
+/// reads what the server answers for up to 3 s.
+async fn rapid_reset<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) -> Result<ResetOutcome> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(FRAME_SETTINGS, 0, 0, &[]));
+    // HPACK: :method GET, :scheme https, :path / (static table), :authority as a literal.
+    let mut block = vec![0x82, 0x87, 0x84, 0x01, HOST.len() as u8];
+    block.extend(HOST.as_bytes());
+    for i in 0..BURST {
+        let id = 2 * i + 1;
+        out.extend(frame(FRAME_HEADERS, 0x5, id, &block));
+        out.extend(frame(FRAME_RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    out.extend(frame(FRAME_PING, 0, 0, b"rstprobe"));
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    let mut seen = Vec::new();
+    let mut outcome = ResetOutcome {
+        go_away: None,
+        pong: false,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 16384];
+    while outcome.go_away.is_none() && !outcome.pong {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        seen.extend_from_slice(&buf[..n]);
+        while seen.len() >= 9 {
+            let len = u32::from_be_bytes([0, seen[0], seen[1], seen[2]]) as usize;
+            if seen.len() < 9 + len {
+                break;
+            }
+            let (kind, flags, payload) = (seen[3], seen[4], seen[9..9 + len].to_vec());
+            seen.drain(..9 + len);
+            match kind {
+                FRAME_GOAWAY if payload.len() >= 8 => {
+                    let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    outcome.go_away = Some((last, code));
+                }
+                FRAME_PING if flags & 0x1 != 0 && payload == b"rstprobe" => outcome.pong = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(outcome)
+}
+
 #[test]
 fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
+    // The probe is not vacuous: an HTTP/2 server without a limit on reset streams takes the
+    // whole burst and answers the PING that follows it.
+    let undefended = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(async move {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .max_pending_accept_reset_streams(usize::MAX)
+                    .max_local_error_reset_streams(None)
+                    .handshake::<_, bytes::Bytes>(tcp)
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    let _ = respond.send_response(hyper::Response::new(()), true);
+                }
+            });
+            rapid_reset(tokio::net::TcpStream::connect(addr).await?).await
+        })?;
+    ensure!(
+        undefended.go_away.is_none() && undefended.pong,
+        "a server without the defence ended the probe: {undefended:?}"
+    );
+
     let lab = WebLab::start("reset")?;
     let ca = std::fs::read(lab.pem("www-ec.crt"))?;
-    let (opened, healthy) = lab.ns.run(move || -> Result<(usize, bool)> {
+    let (outcome, healthy) = lab.ns.run(move || -> Result<(ResetOutcome, bool)> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
-            // Open streams and cancel each at once (HEADERS then RST_STREAM), as in the 2023
-            // rapid-reset attack: the server must give up on the connection early.
-            let tls = tls_connect(&ca, b"h2").await?;
-            let (mut client, connection) = h2::client::handshake(tls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let mut opened = 0;
-            let mut ended = None;
-            for _ in 0..5000 {
-                client = match client.ready().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        ended = Some(e);
-                        break;
-                    }
-                };
-                let request = hyper::Request::get(format!("https://{HOST}/")).body(())?;
-                match client.send_request(request, true) {
-                    Ok((response, _)) => drop(response),
-                    Err(e) => {
-                        ended = Some(e);
-                        break;
-                    }
-                }
-                opened += 1;
-                tokio::task::yield_now().await;
-            }
-            // The server ends the connection: GOAWAY(ENHANCE_YOUR_CALM), or a close the client
-            // notices as a broken pipe while it is still writing.
-            let ended_by_server = ended.as_ref().is_some_and(|e| {
-                (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)) || e.is_io()
-            });
-            ensure!(
-                ended_by_server,
-                "after {opened} reset streams the connection ended with {ended:?}"
-            );
+            let outcome = rapid_reset(tls_connect(&ca, b"h2").await?).await?;
             // A new connection is served as usual.
             let tls = tls_connect(&ca, b"h2").await?;
             let (client, connection) = h2::client::handshake(tls).await?;
@@ -353,15 +465,21 @@ fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
             let mut client = client.ready().await?;
             let (response, _) = client.send_request(hyper::Request::get(format!("https://{HOST}/")).body(())?, true)?;
             let healthy = response.await?.status() == 200;
-            Ok((opened, healthy))
+            Ok((outcome, healthy))
         })
     })??;
-    eprintln!("the server closed the connection after {opened} reset streams");
-    // How many streams get through first depends on how many the server accepted before their
-    // resets arrived (tens to several hundred here); never the whole flood.
+    // foobar ends the connection with GOAWAY(ENHANCE_YOUR_CALM) long before the burst ends.
+    let Some((last_stream, code)) = outcome.go_away else {
+        bail!("no GOAWAY after {BURST} reset streams: {outcome:?}");
+    };
     ensure!(
-        opened < 5000,
-        "the server accepted {opened} reset streams without closing the connection"
+        code == ENHANCE_YOUR_CALM,
+        "GOAWAY with code {code:#x}, not ENHANCE_YOUR_CALM"
+    );
+    ensure!(
+        last_stream < BURST,
+        "the server processed streams up to {last_stream} of {} before GOAWAY",
+        2 * BURST - 1
     );
     ensure!(healthy, "a fresh connection after the flood was not served");
     Ok(())
