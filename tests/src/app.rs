@@ -21,7 +21,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -46,6 +46,8 @@ pub struct HttpServer {
     /// Connections that carried a proxied request (one with `X-Forwarded-For`): the web
     /// tier's pooled connections, not its health checks.
     pub proxied_connections: Arc<AtomicUsize>,
+    /// Every request received, as `METHOD PATH`, in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
@@ -55,6 +57,8 @@ impl HttpServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let proxied_connections = Arc::new(AtomicUsize::new(0));
         let counter = proxied_connections.clone();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = requests.clone();
         let thread = ns.thread(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
@@ -65,7 +69,7 @@ impl HttpServer {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
-                        let (handler, counter) = (handler.clone(), counter.clone());
+                        let (handler, counter, log) = (handler.clone(), counter.clone(), log.clone());
                         let counted = AtomicBool::new(false);
                         tokio::spawn(async move {
                             let service = service_fn(move |req: Request<Incoming>| {
@@ -73,6 +77,9 @@ impl HttpServer {
                                     && !counted.swap(true, Ordering::Relaxed)
                                 {
                                     counter.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if let Ok(mut log) = log.lock() {
+                                    log.push(format!("{} {}", req.method(), req.uri().path()));
                                 }
                                 let answer = handler(req);
                                 async move { Ok::<_, Infallible>(answer.await) }
@@ -98,7 +105,13 @@ impl HttpServer {
             stop: Some(stop),
             thread: Some(thread),
             proxied_connections,
+            requests,
         })
+    }
+
+    /// The requests received so far (`METHOD PATH`).
+    pub fn received(&self) -> Vec<String> {
+        self.requests.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Stops the server: its runtime goes, and every connection with it.

@@ -277,9 +277,46 @@ max_request_body_bytes = 1048576
         self.ns.exec_any(&["sh", "-c", &cmd])
     }
 
+    /// Sends `request` as it is over TLS to the HTTPS listener (HTTP/1.1 by ALPN) from inside
+    /// the namespace and returns everything the server sent until it closed (or 5 s passed).
+    pub fn raw_tls(&self, request: &[u8]) -> Result<String> {
+        let (ca, request) = (std::fs::read(self.pem("www-ec.crt"))?, request.to_vec());
+        self.ns.run(move || -> Result<String> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let mut tls = tls_connect(&ca, b"http/1.1").await?;
+                tls.write_all(&request).await?;
+                let mut out = Vec::new();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+                Ok(String::from_utf8_lossy(&out).into_owned())
+            })
+        })?
+    }
+
     /// `openssl s_client` that only completes the handshake (no request).
     pub fn handshake(&self, args: &str) -> Result<(bool, String)> {
         let cmd = format!("timeout 10 openssl s_client -connect {ADDR}:443 {args} < /dev/null 2>&1");
         self.ns.exec_any(&["sh", "-c", &cmd])
     }
+}
+
+/// A TLS connection to the web lab's HTTPS listener trusting `ca` (PEM), offering `alpn`; run it
+/// inside the lab's namespace.
+pub async fn tls_connect(ca: &[u8], alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert?)?;
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect((ADDR, 443)).await?;
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from(HOST)?, tcp)
+        .await?)
 }

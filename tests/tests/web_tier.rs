@@ -5,7 +5,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use foobar_tests::{
     wait_until,
-    weblab::{documents, WebLab, ADDR, HOST},
+    weblab::{documents, tls_connect, WebLab, ADDR, HOST},
 };
 use std::time::Duration;
 
@@ -316,25 +316,6 @@ fn certificates_reload_under_load_and_bad_ones_are_refused() -> Result<()> {
         lab.log().contains("reload refused") && lab.log().contains("default.crt")
     })?;
     Ok(())
-}
-
-/// A TLS connection to the web lab's listener from inside its namespace, offering `alpn`.
-async fn tls_connect(ca: &[u8], alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca) {
-        roots.add(cert?)?;
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect((ADDR, 443)).await?;
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from(HOST)?, tcp)
-        .await?)
 }
 
 /// HTTP/2 frame types and codes the rapid-reset probe uses (RFC 9113).
