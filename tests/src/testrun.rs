@@ -36,11 +36,13 @@ pub const BACKEND4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const BACKEND4B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 /// MAC the namespace's FIB has for fd20::2.
 pub const BACKEND6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+/// MAC the namespace's FIB has for fd20::3.
+pub const BACKEND6B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
 
 /// What the fixture's configuration varies in.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Variant {
-    /// web4 gets a second backend, 10.20.0.3.
+    /// web4 gets a second backend, 10.20.0.3, and web6 one, fd20::3.
     pub extra_backend: bool,
     /// `[dataplane] new_flow_cap` (0 = unlimited).
     pub new_flow_cap: u32,
@@ -52,10 +54,13 @@ pub struct Variant {
 /// (2001:db8::2:53/udp, L2 DSR to fd20::2) and local6 (2001:db8::3:443 on this node).
 pub fn config_text(pin: &str, variant: Variant) -> String {
     let cap = variant.new_flow_cap;
-    let extra = if variant.extra_backend {
-        "[[service.backend]]\naddress = \"10.20.0.3\"\n"
+    let (extra, extra6) = if variant.extra_backend {
+        (
+            "[[service.backend]]\naddress = \"10.20.0.3\"\n",
+            "[[service.backend]]\naddress = \"fd20::3\"\n",
+        )
     } else {
-        ""
+        ("", "")
     };
     format!(
         r#"
@@ -100,7 +105,7 @@ port = 80
 health = {{ kind = "none" }}
 [[service.backend]]
 address = "fd20::2"
-
+{extra6}
 [[service]]
 name = "local"
 vip = "192.0.2.3"
@@ -165,6 +170,7 @@ impl Fixture {
             ("10.20.0.2", BACKEND4_MAC),
             ("10.20.0.3", BACKEND4B_MAC),
             ("fd20::2", BACKEND6_MAC),
+            ("fd20::3", BACKEND6B_MAC),
         ] {
             let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             ns.exec(&[

@@ -191,16 +191,30 @@ fn local_backend_is_delivered_to_the_kernel() -> Result<()> {
 #[test]
 fn icmp_frag_needed_goes_to_the_flows_backend() -> Result<()> {
     let mut fx = Fixture::new("t-icmp")?;
-    // The backend's reply (VIP -> client) that a router found too big.
-    let reply = Spec::tcp("192.0.2.1", 80, "198.51.100.7", 40000, ACK).ip();
-    let spec = icmp_frag_needed("203.0.113.1", "192.0.2.1", &reply, 1200);
-    let (verdict, out) = fx.run(&spec.frame())?;
-    assert_eq!(verdict, XDP_TX);
-    assert_ipip4(&fx, &out, Ipv4Addr::new(10, 20, 0, 2), BACKEND4_MAC, &spec.ip(), 14);
-    assert_eq!(fx.counter("icmp_forwarded")?, 1);
-    // Echo requests to the VIP are the kernel's business.
-    let echo = Spec::new("198.51.100.7", "192.0.2.1", 1, vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
-    assert_eq!(fx.run(&echo.frame())?.0, XDP_PASS);
+    // Flows established on web4's one backend; then a second backend joins, and Maglev sends
+    // part of every new flow set there. An ICMP error about an established flow's reply (VIP ->
+    // client) must still reach the backend the flow is on.
+    let ports: Vec<u16> = (40000..40032).collect();
+    for &port in &ports {
+        fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, SYN).frame())?;
+    }
+    fx.reconfigure(Variant {
+        extra_backend: true,
+        ..Variant::default()
+    })?;
+    let mut moved = 0;
+    for &port in &ports {
+        let reply = Spec::tcp("192.0.2.1", 80, "198.51.100.7", port, ACK).ip();
+        let spec = icmp_frag_needed("203.0.113.1", "192.0.2.1", &reply, 1200);
+        let (verdict, out) = fx.run(&spec.frame())?;
+        assert_eq!(verdict, XDP_TX);
+        assert_ipip4(&fx, &out, Ipv4Addr::new(10, 20, 0, 2), BACKEND4_MAC, &spec.ip(), 14);
+        // The same flow, unknown to the connection table, would now go to...
+        let (_, fresh) = fx.run(&Spec::tcp("198.51.100.9", port, "192.0.2.1", 80, SYN).frame())?;
+        moved += usize::from(v4_addrs(&fresh[14..34]).1 == Ipv4Addr::new(10, 20, 0, 3));
+    }
+    assert!(moved > 0, "no new flow goes to the new backend: the probe cannot tell");
+    assert_eq!(fx.counter("icmp_forwarded")?, ports.len() as u64);
     Ok(())
 }
 
@@ -388,17 +402,32 @@ fn ipv6_l2_dsr_and_local_delivery() -> Result<()> {
 #[test]
 fn icmpv6_packet_too_big_goes_to_the_flows_backend() -> Result<()> {
     let mut fx = Fixture::new("t-icmp6")?;
-    let reply = Spec::tcp("2001:db8::1", 80, "2001:db8:ffff::7", 40000, ACK).ip();
-    let mut message = vec![2u8, 0, 0, 0];
-    message.extend_from_slice(&1280u32.to_be_bytes());
-    message.extend_from_slice(&reply[..48]);
-    let spec = Spec::new("2001:db8:ffff::1", "2001:db8::1", 58, message);
-    let (verdict, out) = fx.run(&spec.frame())?;
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(&out[0..6], &BACKEND6_MAC);
-    assert_eq!(v6_addrs(&out[14..54]).1, "fd20::2".parse::<Ipv6Addr>()?);
-    assert_eq!(&out[54..], &spec.ip()[..], "the ICMPv6 message travels intact");
-    assert_eq!(fx.counter("icmp_forwarded")?, 1);
+    // As for IPv4: flows on web6's one backend, then a second joins.
+    let ports: Vec<u16> = (40000..40032).collect();
+    for &port in &ports {
+        fx.run(&Spec::tcp("2001:db8:ffff::7", port, "2001:db8::1", 80, SYN).frame())?;
+    }
+    fx.reconfigure(Variant {
+        extra_backend: true,
+        ..Variant::default()
+    })?;
+    let mut moved = 0;
+    for &port in &ports {
+        let reply = Spec::tcp("2001:db8::1", 80, "2001:db8:ffff::7", port, ACK).ip();
+        let mut message = vec![2u8, 0, 0, 0];
+        message.extend_from_slice(&1280u32.to_be_bytes());
+        message.extend_from_slice(&reply[..48]);
+        let spec = Spec::new("2001:db8:ffff::1", "2001:db8::1", 58, message);
+        let (verdict, out) = fx.run(&spec.frame())?;
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(&out[0..6], &BACKEND6_MAC, "port {port}");
+        assert_eq!(v6_addrs(&out[14..54]).1, "fd20::2".parse::<Ipv6Addr>()?, "port {port}");
+        assert_eq!(&out[54..], &spec.ip()[..], "the ICMPv6 message travels intact");
+        let (_, fresh) = fx.run(&Spec::tcp("2001:db8:ffff::9", port, "2001:db8::1", 80, SYN).frame())?;
+        moved += usize::from(v6_addrs(&fresh[14..54]).1 == "fd20::3".parse::<Ipv6Addr>()?);
+    }
+    assert!(moved > 0, "no new flow goes to the new backend: the probe cannot tell");
+    assert_eq!(fx.counter("icmp_forwarded")?, ports.len() as u64);
     Ok(())
 }
 
