@@ -162,6 +162,12 @@ impl Exporter {
                 &c.dropped,
             ),
             Family::single(
+                "foobar_push_buffered_bytes",
+                Kind::Gauge,
+                "Bytes waiting to be sent (uncompressed), at most max_buffer_bytes.",
+                self.buffer.lock().map_or(0, |b| b.bytes) as f64,
+            ),
+            Family::single(
                 "foobar_push_sent_bytes",
                 Kind::Counter,
                 "Compressed bytes the collector accepted.",

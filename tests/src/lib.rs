@@ -316,6 +316,35 @@ pub fn start_foobar(ns: &Netns, config: &std::path::Path, log: &std::path::Path)
     Ok(child)
 }
 
+/// Runs `foobar ARGS` in `ns` (its network namespace only, as the daemon runs) expecting a
+/// refusal: returns everything it printed once it exits with a failure. A `foobar` that exits
+/// successfully, or is still running after `limit` (it accepted what it should refuse), fails
+/// the test, and is killed.
+pub fn foobar_refuses(ns: &Netns, args: &[&str], limit: Duration) -> Result<String> {
+    let mut child = ns
+        .command(&foobar_bin())?
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting foobar {args:?}"))?;
+    let began = Instant::now();
+    while child.try_wait()?.is_none() {
+        if began.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("foobar {args:?} was still running after {limit:?}: it accepted what it should refuse");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        bail!("foobar {args:?} exited successfully:\n{text}");
+    }
+    Ok(text)
+}
+
 /// A scratch directory for logs and configs, removed on drop.
 pub struct Scratch {
     /// Its path.

@@ -176,14 +176,9 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
     // Credentials others could read are refused before anything starts.
     lab.write_credentials(MONITOR_USER.1, 0o644)?;
     let config = lab.config().display().to_string();
-    let (ok, out) = lab.router_ns.exec_any(&[
-        foobar_tests::foobar_bin().to_str().unwrap_or("foobar"),
-        "run",
-        "--config",
-        &config,
-    ])?;
+    let out = foobar_tests::foobar_refuses(&lab.router_ns, &["run", "--config", &config], Duration::from_secs(10))?;
     ensure!(
-        !ok && out.contains("must not be accessible to group or others (mode 644)"),
+        out.contains("must not be accessible to group or others (mode 644)"),
         "{out}"
     );
 
@@ -210,14 +205,19 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
     })??;
     let mut router = lab.router.take().ok_or_else(|| anyhow::anyhow!("no router"))?;
     router.signal(nix::sys::signal::Signal::SIGTERM)?;
-    std::thread::sleep(Duration::from_millis(300));
+    let mut out = String::new();
+    wait_until(Duration::from_secs(3), "the listeners to close", || {
+        lab.query(MAIN.0, "SELECT 1").is_ok_and(|(ok, o)| {
+            out = o;
+            !ok
+        })
+    })?;
     ensure!(
         runtime.block_on(server_id(&mut open))? == 1,
         "an open connection is served while draining"
     );
-    let (ok, out) = lab.query(MAIN.0, "SELECT 1")?;
     ensure!(
-        !ok && out.contains("Can't connect"),
+        out.contains("Can't connect"),
         "new connections are not taken while draining: {out}"
     );
     ensure!(
@@ -290,7 +290,22 @@ fn database_services_on_the_vip_are_routed_by_both_edges() -> Result<()> {
         edge.signal(nix::sys::signal::Signal::SIGTERM)?;
         edge.wait(Duration::from_secs(10))?;
     }
-    std::thread::sleep(Duration::from_secs(2));
+    let master = 1 - backup;
+    let stopped = edge_addr(backup);
+    wait_until(
+        Duration::from_secs(10),
+        "the master's checks to take the stopped edge out",
+        || {
+            lab.status(master).is_ok_and(|s| {
+                let listed: Vec<_> = s
+                    .services
+                    .iter()
+                    .flat_map(|svc| svc.backends.iter().filter(|b| b.address == stopped))
+                    .collect();
+                !listed.is_empty() && listed.iter().all(|b| b.standing == foobar::health::Standing::Down)
+            })
+        },
+    )?;
     for _ in 0..10 {
         let who = query(MYSQL_PORTS.0, "SELECT SUBSTRING_INDEX(USER(), '@', -1)")?;
         ensure!(who == edge_addr(1 - backup).to_string(), "routed by {who}");

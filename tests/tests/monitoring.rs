@@ -68,7 +68,19 @@ fn metrics_parse_in_both_formats_and_move_with_traffic() -> Result<()> {
         let (content_type, text) = scrape::fetch(&lab.client, &metrics_url(edge), false)?;
         ensure!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
         let plain = scrape::parse(&text, false)?;
-        ensure!(samples.len() == plain.len(), "both formats carry the same samples");
+        // The same samples (by name and labels; values move between the two scrapes).
+        let keys = |v: &[foobar_tests::scrape::Sample]| {
+            v.iter()
+                .map(|s| (s.name.clone(), s.labels.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let (open, text) = (keys(&samples), keys(&plain));
+        ensure!(
+            open == text,
+            "the formats differ: only in OpenMetrics {:?}; only in text {:?}",
+            open.difference(&text).collect::<Vec<_>>(),
+            text.difference(&open).collect::<Vec<_>>()
+        );
         for s in &samples {
             ensure!(
                 ["foobar_", "node_", "process_"].iter().any(|p| s.name.starts_with(p)),
@@ -284,18 +296,36 @@ timeout_ms = 1000
         !report.contains("Non-2xx") && !report.contains("Socket errors"),
         "{report}"
     );
-    let dropped = || -> Result<f64> {
+    // (dropped records, buffered bytes) as the exporter reports them.
+    let buffer = || -> Result<(f64, f64)> {
         let (_, text) = foobar_tests::scrape::fetch(&lab.ns, &format!("http://{ADDR}:9180/metrics"), false)?;
         let samples = foobar_tests::scrape::parse(&text, false)?;
-        Ok(foobar_tests::scrape::sum(
-            &samples,
-            "foobar_push_dropped_records_total",
-            &[],
+        Ok((
+            foobar_tests::scrape::sum(&samples, "foobar_push_dropped_records_total", &[]),
+            foobar_tests::scrape::sum(&samples, "foobar_push_buffered_bytes", &[]),
         ))
     };
+    let mut fullest = 0.0f64;
     wait_until(Duration::from_secs(10), "records to be dropped", || {
-        dropped().is_ok_and(|d| d > 0.0)
+        buffer().is_ok_and(|(dropped, buffered)| {
+            fullest = fullest.max(buffered);
+            dropped > 0.0
+        })
     })?;
+    // The buffer filled up to its bound (262144 bytes) and never past it, while dropping.
+    for _ in 0..5 {
+        let (_, buffered) = buffer()?;
+        fullest = fullest.max(buffered);
+        ensure!(
+            buffered <= 262_144.0,
+            "{buffered} bytes buffered, over the 262144 bound"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        fullest >= 262_144.0 * 0.75,
+        "the buffer never came near its bound ({fullest} bytes): the drops were not the bound's"
+    );
     let (_, text) = foobar_tests::scrape::fetch(&lab.ns, &format!("http://{ADDR}:9180/metrics"), false)?;
     let samples = foobar_tests::scrape::parse(&text, false)?;
     ensure!(foobar_tests::scrape::sum(&samples, "foobar_push_retries_total", &[]) >= 2.0);

@@ -164,13 +164,15 @@ fn our_view(socket: &std::path::Path) -> (String, Option<IpAddr>) {
 }
 
 fn keepalived_with_foobar(unicast: bool) -> Result<()> {
-    let scratch = Scratch::new(if unicast { "ka-uni" } else { "ka-multi" })?;
-    let ka = Netns::new("kap")?;
-    let us = Netns::new("usp")?;
+    // Names of their own per variant: the two variants may run at once in one process.
+    let variant = if unicast { "uni" } else { "multi" };
+    let scratch = Scratch::new(&format!("ka-{variant}"))?;
+    let ka = Netns::new(&format!("ka{variant}"))?;
+    let us = Netns::new(&format!("us{variant}"))?;
     veth(&ka, "kav", &us, "usv")?;
     ka.exec(&["ip", "addr", "add", &format!("{KA_ADDR}/24"), "dev", "kav"])?;
     us.exec(&["ip", "addr", "add", &format!("{OUR_ADDR}/24"), "dev", "usv"])?;
-    let pins = PinDir::new(&format!("kap{}", unicast as u8));
+    let pins = PinDir::new(&format!("ka{variant}"));
     let socket = scratch.file("us.sock");
     let ka_conf = scratch.file("keepalived.conf");
     let our_conf = scratch.file("foobar.toml");

@@ -214,7 +214,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let envs = [("FOOBAR_BIN", bin.display().to_string())];
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // nextest runs every test in its own process and ends with one summary line for the whole
-    // suite; plain `cargo test` is the fallback where it is not installed.
+    // suite; plain `cargo test` is the fallback where it is not installed, one test at a time
+    // (tests of one binary share a process there, and scenario tests change the machine).
     let nextest = Command::new(env!("CARGO"))
         .args(["nextest", "--version"])
         .output()
@@ -222,9 +223,16 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let mut args = if nextest {
         vec!["nextest", "run", "--workspace", "--no-fail-fast"]
     } else {
+        eprintln!("xtask: cargo-nextest is not installed; running the suite with cargo test, one test at a time");
         vec!["test", "--workspace", "--no-fail-fast"]
     };
     args.extend(extra.iter().map(String::as_str));
+    if !nextest {
+        if !extra.iter().any(|a| a == "--") {
+            args.push("--");
+        }
+        args.push("--test-threads=1");
+    }
     cargo(root, &args, &envs)?;
     // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
     if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {
