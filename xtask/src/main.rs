@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a developer or operator runs. Builds make sure the BPF toolchain
 //! is there first (nightly rust-src, bpf-linker built against the nightly's own LLVM).
 
+mod benchdoc;
 mod toolchain;
 mod vm;
 
@@ -67,7 +68,10 @@ enum Task {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Benchmarks; writes target/bench/NAME.json.
+    /// Renders docs/benchmarks.md's result tables from docs/bench/*.json.
+    BenchDocs,
+    /// Benchmarks; writes target/bench/NAME.json, keeps it as docs/bench/NAME.json and renders
+    /// it into docs/benchmarks.md.
     Bench {
         /// Which benchmark: xdp (per-packet cost, map memory), failover (takeover time and
         /// surviving connections against keepalived + HAProxy), web (the web tier against
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
             run,
         } => vm_task(&root, shell, kernel, memory, accel, run),
         Task::Bench { name } => bench(&root, &name),
+        Task::BenchDocs => benchdoc::refresh(&root),
     }
 }
 
@@ -480,7 +485,8 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             ("FOOBAR_BENCH_OUT", &root.join("target/bench").display().to_string()),
             ("FOOBAR_BIN", &root.join("target/release/foobar").display().to_string()),
         ],
-    )
+    )?;
+    benchdoc::publish(root, name)
 }
 
 /// Removes namespaces and pinned objects a killed test run left behind (prefix `fbt`).

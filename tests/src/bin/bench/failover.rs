@@ -115,6 +115,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Rounds of each event for both systems, alternating, reported as medians.
 pub fn run() -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    let keepalived = crate::peer_version("keepalived", &["keepalived", "--version"])?;
+    let haproxy = crate::peer_version("HAProxy", &["haproxy", "-v"])?;
     for (event, label) in [(Event::Crash, "crash"), (Event::GracefulStop, "graceful_stop")] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -122,7 +124,7 @@ pub fn run() -> Result<Vec<Row>> {
             ours.push(foobar_round(event)?);
             theirs.push(classic_round(event)?);
         }
-        let baseline = format!("keepalived 2.2.7 + HAProxy 2.6 (TCP mode), {INTERVAL_MS} ms adverts");
+        let baseline = format!("{keepalived} + {haproxy} (TCP mode), {INTERVAL_MS} ms adverts");
         rows.push(Row {
             name: format!("takeover_after_{label}"),
             value: median(ours.iter().map(|t| t.ms).collect()),

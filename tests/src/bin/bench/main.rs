@@ -1,6 +1,7 @@
-//! `cargo xtask bench xdp|failover|web|mysql|pktgen`: each benchmark measures foobar against a baseline measured
-//! the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json` with the same table
-//! as Markdown in `NAME.md`.
+//! `cargo xtask bench xdp|failover|web|mysql|pktgen`: each benchmark measures foobar against a
+//! baseline measured the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json`
+//! (xtask renders it into docs/benchmarks.md). Peers are named with the versions their own
+//! binaries report.
 
 mod failover;
 mod mysql;
@@ -8,8 +9,8 @@ mod pktgen;
 mod web;
 mod xdp;
 
-use anyhow::{bail, Result};
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::{path::PathBuf, process::Command};
 
 /// One row of the results.
 pub struct Row {
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
     write(&out_dir, &name, &rows)
 }
 
-/// Writes `NAME.json` and `NAME.md` into `out_dir`.
+/// Writes `NAME.json` into `out_dir` and prints the rows.
 fn write(out_dir: &std::path::Path, name: &str, rows: &[Row]) -> Result<()> {
     std::fs::create_dir_all(out_dir)?;
     let results: Vec<serde_json::Value> = rows
@@ -56,27 +57,65 @@ fn write(out_dir: &std::path::Path, name: &str, rows: &[Row]) -> Result<()> {
             })
         })
         .collect();
-    let mut table = String::from(
-        "| result | value | unit | baseline | baseline value | ratio |\n| --- | ---: | --- | --- | ---: | ---: |\n",
-    );
     for r in rows {
-        table += &format!(
-            "| {} | {:.1} | {} | {} | {:.1} | {:.2} |\n",
+        println!(
+            "{:<48} {:>14.1} {:<14} {:>14.1}  {:>6.2}  {}",
             r.name,
             r.value,
             r.unit,
-            r.baseline,
             r.baseline_value,
-            r.ratio()
+            r.ratio(),
+            r.baseline
         );
     }
-    std::fs::write(out_dir.join(format!("{name}.md")), &table)?;
     let path = out_dir.join(format!("{name}.json"));
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&serde_json::json!({"bench": name, "results": results}))?,
     )?;
-    print!("{table}");
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// A peer program's name and version as its binary reports it (`nginx -v`: `nginx/1.22.1`;
+/// `haproxy -v`: `HAProxy version 2.6.12-1+deb12u2 ...`; `keepalived --version`:
+/// `Keepalived v2.2.7 ...`): "NAME X.Y.Z".
+pub fn peer_version(name: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let version = version_in(&text).with_context(|| format!("no version in {args:?}: {text}"))?;
+    Ok(format!("{name} {version}"))
+}
+
+/// The first dotted version number in `text`, up to three parts.
+fn version_in(text: &str) -> Option<String> {
+    let word = text
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .map(|w| w.trim_start_matches('v'))
+        .find(|w| w.split('.').count() >= 2 && w.split('.').all(|p| p.starts_with(|c: char| c.is_ascii_digit())))?;
+    Some(
+        word.split('.')
+            .take(3)
+            .map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_as_the_peers_print_them() {
+        for (text, version) in [
+            ("nginx version: nginx/1.22.1\n", "1.22.1"),
+            ("HAProxy version 2.6.12-1+deb12u2 2025/06/04 - https://haproxy.org/\n", "2.6.12"),
+            ("Keepalived v2.2.7 (01/16,2022)\n", "2.2.7"),
+            ("mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu\n", "10.11.19"),
+        ] {
+            assert_eq!(super::version_in(text).as_deref(), Some(version), "{text}");
+        }
+    }
 }

@@ -105,6 +105,8 @@ listen mysql
 pub fn run() -> Result<Vec<Row>> {
     let lab = DbLab::start("bench")?;
     let _haproxy = start_haproxy(&lab)?;
+    let haproxy_version = crate::peer_version("HAProxy", &["haproxy", "-v"])?;
+    let direct_version = crate::peer_version("MariaDB", &["mariadbd", "--version"])?;
     let primary = server_addr(0).to_string();
     let router = ROUTER.to_string();
     sysbench(&lab, "oltp_point_select", &primary, 3306, "prepare")?;
@@ -148,21 +150,21 @@ pub fn run() -> Result<Vec<Row>> {
             format!("{workload} through foobar"),
             foobar.queries_per_s,
             "queries/s",
-            "direct",
+            &format!("direct to {direct_version}"),
             direct.queries_per_s,
         ));
         rows.push(row(
             format!("{workload} through foobar"),
             foobar.queries_per_s,
             "queries/s",
-            "HAProxy 2.6 TCP",
+            &format!("{haproxy_version} TCP"),
             haproxy.queries_per_s,
         ));
         rows.push(row(
             format!("{workload} added p95 through foobar"),
             foobar.p95_ms - direct.p95_ms,
             "ms",
-            "HAProxy's added p95",
+            &format!("{haproxy_version}'s added p95"),
             haproxy.p95_ms - direct.p95_ms,
         ));
     }

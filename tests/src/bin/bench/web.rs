@@ -1,6 +1,6 @@
 //! `cargo xtask bench web`: foobar's web tier against Debian's nginx 1.22 in one run, in one
 //! namespace: same certificate (ECDSA P-256), same files, same upstream application servers,
-//! two workers each (foobar: a runtime thread per CPU, two here; nginx: two worker processes), access logs off
+//! as many workers each as this machine has CPUs (foobar's `[web] workers`, nginx's worker processes), access logs off
 //! for both, the same client (wrk, HTTP/1.1). Measured, alternating servers, best of rounds:
 //! small-file keep-alive HTTPS requests/s with p99 latency, new TLS 1.3 connections/s (one
 //! request per connection: a full handshake each), proxied requests/s to keep-alive upstreams,
@@ -132,12 +132,12 @@ fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-fn start_nginx(lab: &WebLab) -> Result<ChildGuard> {
+fn start_nginx(lab: &WebLab, workers: usize) -> Result<ChildGuard> {
     let dir = lab.scratch.path.display().to_string();
     let conf = format!(
         r#"daemon off;
 master_process on;
-worker_processes 2;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/nginx-error.log;
 events {{ worker_connections 4096; }}
@@ -201,11 +201,12 @@ fn pid_of(child: &ChildGuard) -> Result<u32> {
 
 /// Runs every measurement against both servers.
 pub fn run() -> Result<Vec<Row>> {
-    // foobar's runtime has one thread per CPU: two here, like nginx's two workers. No access
-    // log for either.
+    // The same number of workers for both, one per CPU. No access log for either.
     std::env::set_var("RUST_LOG", "info,foobar::access=off");
-    let lab = WebLab::start("bench")?;
-    let nginx = start_nginx(&lab)?;
+    let workers = std::thread::available_parallelism()?.get();
+    let lab = WebLab::start_with("bench", &format!("\n[web]\nworkers = {workers}\n"))?;
+    let nginx = start_nginx(&lab, workers)?;
+    let nginx_version = crate::peer_version("nginx", &["nginx", "-v"])?;
     let foobar_pid = lab.foobar.as_ref().map(pid_of).transpose()?.unwrap_or(0);
     let nginx_pid = pid_of(&nginx)?;
     let only = std::env::var("FOOBAR_BENCH_CASES").unwrap_or_default();
@@ -245,7 +246,7 @@ pub fn run() -> Result<Vec<Row>> {
             }
         }
         let (a, b) = (best_ours.context("no run")?, best_theirs.context("no run")?);
-        let baseline = "nginx 1.22, 2 workers".to_string();
+        let baseline = format!("{nginx_version}, {workers} workers (foobar: {workers})");
         rows.push(Row {
             name: format!("{name}_requests_per_s"),
             value: a.requests_per_s,
@@ -272,7 +273,7 @@ pub fn run() -> Result<Vec<Row>> {
         name: "resident_memory".into(),
         value: rss_kib(foobar_pid) as f64 / 1024.0,
         unit: "MiB",
-        baseline: "nginx 1.22, master + 2 workers".into(),
+        baseline: format!("{nginx_version}, master + {workers} workers"),
         baseline_value: rss_kib(nginx_pid) as f64 / 1024.0,
     });
     Ok(rows)
