@@ -3,6 +3,7 @@
 //! problem is refused as a whole.
 
 pub mod database;
+pub mod decode;
 pub mod files;
 pub mod monitoring;
 pub mod web;
@@ -393,18 +394,26 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 fn checked(text: &str, with_files: bool) -> Result<Config, Vec<Problem>> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        vec![problem(text, &span, e.message().trim().replace('\n', "; "))]
-    })?;
-    let mut found = Vec::new();
-    let mut report = |span: &Range<usize>, reason: String| found.push((span.clone(), reason));
-    validate(&config, &mut report);
+    let decoded = decode::decode(text);
+    let mut found = decoded.problems.clone();
+    let Some(config) = decoded.config.as_ref() else {
+        return Err(found
+            .into_iter()
+            .map(|(span, reason)| problem(text, &span, reason))
+            .collect());
+    };
+    let mut report = |span: &Range<usize>, reason: String| {
+        // Problems of what decoding had to patch are reported already.
+        if !decoded.about_patched(span, &reason) {
+            found.push((span.clone(), reason))
+        }
+    };
+    validate(config, &mut report);
     if with_files {
-        files::check(&config, &mut report);
+        files::check(config, &mut report);
     }
     if found.is_empty() {
-        return Ok(config);
+        return decoded.config.ok_or_else(Vec::new);
     }
     found.sort_by_key(|(span, _)| span.start);
     Err(found
@@ -719,7 +728,10 @@ weight = 50
         let bad = GOOD.replace("address = \"10.0.0.2\"", "address = \"10.0.0.300\"");
         let p = problems(&bad);
         assert_eq!(p[0].line, 14, "{p:?}");
-        assert!(p[0].reason.contains("invalid IP address"), "{p:?}");
+        assert_eq!(
+            p[0].reason, "service[0].backend[0].address = \"10.0.0.300\": expected an IPv4 or IPv6 address",
+            "{p:?}"
+        );
         let bad = GOOD.replace("weight = 50", "wieght = 50");
         let p = problems(&bad);
         assert_eq!(p[0].line, 18, "{p:?}");

@@ -98,7 +98,7 @@ pub async fn run(path: &Path) -> Result<()> {
     let (claims_tx, mut claims_rx) = mpsc::channel::<Claim>(16);
     let mut instances = Vec::new();
     for (i, v) in config.vrrp.iter().enumerate() {
-        let spec = Spec::resolve(v)
+        let spec = Spec::resolve(v, &config.node.name)
             .await
             .with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
         instances.push(Handle::start(i, spec, claims_tx.clone())?);
@@ -157,7 +157,8 @@ pub async fn run(path: &Path) -> Result<()> {
         node = config.node.name,
         services = config.services.len(),
         vrrp_instances = instances.len(),
-        "foobar is forwarding"
+        forwarding = dataplane.forwarding(),
+        "foobar is running"
     );
 
     let mut hangup = signal(SignalKind::hangup())?;

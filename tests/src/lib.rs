@@ -305,12 +305,12 @@ pub fn foobar_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("foobar"))
 }
 
-/// Starts `foobar run` and waits until it says it is forwarding.
+/// Starts `foobar run` and waits until it says it is running (everything started).
 pub fn start_foobar(ns: &Netns, config: &std::path::Path, log: &std::path::Path) -> Result<ChildGuard> {
     let config = config.display().to_string();
     let child = ns.spawn(&foobar_bin(), &["run", "--config", &config], log)?;
     wait_until(Duration::from_secs(10), "foobar to forward", || {
-        std::fs::read_to_string(log).is_ok_and(|l| l.contains("foobar is forwarding"))
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("foobar is running"))
     })
     .with_context(|| child.log_text())?;
     Ok(child)

@@ -66,3 +66,56 @@ address = "10.0.0.2"
     );
     Ok(())
 }
+
+#[test]
+fn wrong_types_unknown_keys_and_semantic_problems_come_in_one_run() -> Result<()> {
+    let scratch = Scratch::new("badtypes")?;
+    let path = scratch.file("bad.toml");
+    std::fs::write(
+        &path,
+        r#"[node]
+name = "edge"
+interfaces = ["lo"]
+
+[dataplane]
+maglev_table_size = 1000
+
+[[service]]
+name = "web"
+vip = "192.0.2.1"
+port = "https"
+forwarding = "l2dsr"
+[[service.backend]]
+address = "10.0.0.300"
+wieght = 5
+
+[[vrrp]]
+name = "v"
+vrid = 300
+interface = "lo"
+priority = 100
+vips = ["192.0.2.1"]
+"#,
+    )?;
+    let file = path.display().to_string();
+    let out = Command::new(foobar_bin()).args(["check-config", &file]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for expected in [
+        format!("{file}:6:21: maglev_table_size 1000 is not a prime"),
+        format!(
+            "{file}:11:8: service[0].port = \"https\": invalid type: string \"https\", expected an integer 0..=65535"
+        ),
+        format!("{file}:14:11: service[0].backend[0].address = \"10.0.0.300\": expected an IPv4 or IPv6 address"),
+        format!("{file}:15:1: service[0].backend[0].wieght = 5: unknown field `wieght`"),
+        format!("{file}:19:8: vrrp[0].vrid = 300: invalid value: integer `300`, expected an integer 0..=255"),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert_eq!(
+        stderr.lines().count(),
+        5,
+        "placeholders made up problems of their own:\n{stderr}"
+    );
+    Ok(())
+}

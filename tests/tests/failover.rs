@@ -430,7 +430,11 @@ fn tracked_conditions_put_the_master_in_fault() -> Result<()> {
     became_master(&lab, 1)?;
     // The notify command saw every change.
     let notes = lab.notifications(0);
-    for expected in ["vip fault fault", "vip backup fault_cleared", "vip master master_down"] {
+    for expected in [
+        "vip fault fault edge1",
+        "vip backup fault_cleared edge1",
+        "vip master master_down edge1",
+    ] {
         if !notes.contains(expected) {
             bail!("edge1's notify command did not see {expected:?}:\n{notes}");
         }

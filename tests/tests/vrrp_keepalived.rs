@@ -184,7 +184,7 @@ fn keepalived_with_foobar(unicast: bool) -> Result<()> {
         let log = scratch.file("foobar.log");
         let child = us.spawn(&foobar_bin(), &["run", "--config", &conf], &log)?;
         wait_until(Duration::from_secs(10), "foobar to start", || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is forwarding"))
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is running"))
         })
         .with_context(|| child.log_text())?;
         Ok(child)

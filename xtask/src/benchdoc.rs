@@ -23,7 +23,13 @@ pub fn refresh(root: &Path) -> Result<()> {
     let path = root.join(PAGE);
     let page = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let rendered = render_page(&page, |name| {
-        std::fs::read_to_string(root.join("docs/bench").join(format!("{name}.json"))).ok()
+        let json = std::fs::read_to_string(root.join("docs/bench").join(format!("{name}.json"))).ok();
+        if json.is_none() {
+            eprintln!(
+                "xtask: no docs/bench/{name}.json yet: its block stays as it is (run `cargo xtask bench {name}`)"
+            );
+        }
+        json
     })?;
     if rendered != page {
         std::fs::write(&path, rendered)?;
@@ -32,7 +38,8 @@ pub fn refresh(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The page with every `<!-- bench:NAME -->` block replaced by NAME's results table.
+/// The page with every `<!-- bench:NAME -->` block replaced by NAME's results table; a block
+/// whose JSON `json` cannot give stays as it is.
 fn render_page(page: &str, json: impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::new();
     let mut rest = page;
@@ -43,11 +50,15 @@ fn render_page(page: &str, json: impl Fn(&str) -> Option<String>) -> Result<Stri
         let Some(close_at) = rest[open_end..].find(&close).map(|i| open_end + i) else {
             bail!("{PAGE}: block {name} has no {close}");
         };
-        let text = json(&name).with_context(|| format!("docs/bench/{name}.json is missing"))?;
-        out.push_str(&rest[..open_end]);
-        out.push('\n');
-        out.push_str(&table(&text).with_context(|| format!("docs/bench/{name}.json"))?);
-        out.push_str(&close);
+        match json(&name) {
+            Some(text) => {
+                out.push_str(&rest[..open_end]);
+                out.push('\n');
+                out.push_str(&table(&text).with_context(|| format!("docs/bench/{name}.json"))?);
+                out.push_str(&close);
+            }
+            None => out.push_str(&rest[..close_at + close.len()]),
+        }
         rest = &rest[close_at + close.len()..];
     }
     out.push_str(rest);
@@ -89,7 +100,11 @@ mod tests {
             out,
             "intro\n<!-- bench:x -->\n| result | value | unit | baseline | baseline value | ratio |\n| --- | ---: | --- | --- | ---: | ---: |\n| a | 2.0 | ns | b | 1.0 | 2.00 |\n<!-- /bench:x -->\nend\n"
         );
-        assert!(render_page(page, |_| None).is_err(), "a block without its JSON");
+        assert_eq!(
+            render_page(page, |_| None).expect("renders"),
+            page,
+            "a block without its JSON stays"
+        );
     }
 
     #[test]
@@ -98,7 +113,9 @@ mod tests {
         let page = std::fs::read_to_string(root.join(PAGE)).expect("the page");
         assert!(page.contains("<!-- bench:"), "the page has no generated block");
         let rendered = render_page(&page, |name| {
-            std::fs::read_to_string(root.join("docs/bench").join(format!("{name}.json"))).ok()
+            let json = std::fs::read_to_string(root.join("docs/bench").join(format!("{name}.json")));
+            assert!(json.is_ok(), "block {name} has no docs/bench/{name}.json");
+            json.ok()
         })
         .expect("renders");
         assert!(

@@ -50,12 +50,14 @@ pub struct Spec {
     pub checksum: Ipv4Checksum,
     /// Command run on state changes.
     pub notify: Option<PathBuf>,
+    /// This node's name (`[node] name`), the notify command's last argument.
+    pub node: String,
 }
 
 impl Spec {
     /// Resolves a configured instance; the source address defaults to the interface's (waiting
     /// up to 5 s for it: an IPv6 link-local address appears only after the link comes up).
-    pub async fn resolve(v: &VrrpInstance) -> Result<Self> {
+    pub async fn resolve(v: &VrrpInstance, node: &str) -> Result<Self> {
         let interface = v.interface.get_ref().clone();
         let vips = v.vips.get_ref().clone();
         let v4 = vips.first().is_none_or(|a| a.is_ipv4());
@@ -91,6 +93,7 @@ impl Spec {
                 ChecksumConvention::MessageOnly => Ipv4Checksum::MessageOnly,
             },
             notify: v.notify.clone(),
+            node: node.to_owned(),
         })
     }
 }
@@ -483,7 +486,12 @@ impl Runner {
         );
         if let Some(command) = &self.spec.notify {
             let mut cmd = tokio::process::Command::new(command);
-            cmd.args([self.spec.name.as_str(), state.name(), reason.name()]);
+            cmd.args([
+                self.spec.name.as_str(),
+                state.name(),
+                reason.name(),
+                self.spec.node.as_str(),
+            ]);
             let name = self.spec.name.clone();
             tokio::spawn(async move {
                 match cmd.status().await {

@@ -111,9 +111,15 @@ mod tests {
     fn versions_as_the_peers_print_them() {
         for (text, version) in [
             ("nginx version: nginx/1.22.1\n", "1.22.1"),
-            ("HAProxy version 2.6.12-1+deb12u2 2025/06/04 - https://haproxy.org/\n", "2.6.12"),
+            (
+                "HAProxy version 2.6.12-1+deb12u2 2025/06/04 - https://haproxy.org/\n",
+                "2.6.12",
+            ),
             ("Keepalived v2.2.7 (01/16,2022)\n", "2.2.7"),
-            ("mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu\n", "10.11.19"),
+            (
+                "mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu\n",
+                "10.11.19",
+            ),
         ] {
             assert_eq!(super::version_in(text).as_deref(), Some(version), "{text}");
         }
