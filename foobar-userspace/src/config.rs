@@ -59,6 +59,11 @@ pub struct Node {
     /// IPIP packets addressed to them are decapsulated.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// The only sources whose IPIP / IPv6-in-IPv6 packets to `addresses` are decapsulated (the
+    /// edges, on a backend; the other edges, on an edge that is a backend of its peers); tunnel
+    /// packets from anyone else are dropped and counted.
+    #[serde(default)]
+    pub tunnel_peers: Vec<IpAddr>,
     /// Outer source address of IPv4 tunnels (required when an IPv4 backend is reached by IPIP).
     pub tunnel_source_v4: Option<Spanned<IpAddr>>,
     /// Outer source address of IPv6 tunnels (required when an IPv6 backend is reached by IPIP).

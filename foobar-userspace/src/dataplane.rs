@@ -242,6 +242,7 @@ impl Dataplane {
         };
         self.maps.node.set(0, self.node, 0)?;
         replace_set(&mut self.maps.locals, &plan.locals)?;
+        replace_set(&mut self.maps.tunnel_peers, &plan.tunnel_peers)?;
         let links = &mut self.maps.link_macs;
         let stale: Vec<u32> = links.keys().collect::<Result<Vec<_>, _>>()?;
         for (ifindex, mac) in &plan.links {

@@ -173,10 +173,11 @@ pub fn changes(running: &Config, new: &Config) -> Vec<String> {
         }
     }
     if running.node.addresses != new.node.addresses
+        || running.node.tunnel_peers != new.node.tunnel_peers
         || running.node.tunnel_source_v4 != new.node.tunnel_source_v4
         || running.node.tunnel_source_v6 != new.node.tunnel_source_v6
     {
-        out.push("[node] addresses or tunnel sources changed".into());
+        out.push("[node] addresses, tunnel peers or tunnel sources changed".into());
     }
     if running.dataplane.maglev_seed != new.dataplane.maglev_seed
         || running.dataplane.new_flow_cap != new.dataplane.new_flow_cap

@@ -170,6 +170,14 @@ pub fn edge_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 1 + i as u8)
 }
 
+/// The edges' addresses as a TOML list's items: the tunnel peers of backends and of edges.
+fn edge_peers(edges: usize) -> String {
+    (0..edges)
+        .map(|i| format!("\"{}\"", edge_addr(i)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One edge: its namespace, pins and foobar process. Fields drop in order: process, pins,
 /// namespace.
 pub struct Edge {
@@ -309,11 +317,12 @@ impl LbLab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\ntunnel_peers = [{}]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
                     backend_name(i),
                     // The last backend decapsulates in generic (skb) mode, the others natively.
                     if i + 1 == n { "generic" } else { "native" },
                     backend_addr(i),
+                    edge_peers(spec.edges),
                     pins.path.display(),
                     scratch.file(&format!("{}.sock", backend_name(i))).display(),
                 ),
@@ -421,6 +430,7 @@ impl LbLab {
 name = "{name}"
 interfaces = ["eth0"]
 addresses = ["{addr}"]
+tunnel_peers = [{peers}]
 tunnel_source_v4 = "{addr}"
 pin_dir = "{pins}"
 control_socket = "{socket}"
@@ -438,6 +448,7 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = {check_timeout}, rise 
 "#,
             name = edge.name,
             addr = edge.addr,
+            peers = edge_peers(self.spec.edges),
             pins = edge.pins.path.display(),
             socket = self.edge_socket(i).display(),
             forwarding = self.spec.forwarding,

@@ -68,6 +68,7 @@ pub fn config_text(pin: &str, variant: Variant) -> String {
 name = "testrun"
 interfaces = ["t0"]
 addresses = ["10.20.0.1", "fd20::1"]
+tunnel_peers = ["10.20.0.9", "fd20::9"]
 tunnel_source_v4 = "10.20.0.1"
 tunnel_source_v6 = "fd20::1"
 pin_dir = "{pin}"

@@ -279,6 +279,32 @@ fn send_raw(lab: &LbLab, message: Vec<u8>, ttl: u8) -> Result<()> {
     })?
 }
 
+/// Sends `inner` (a whole IPv4 packet) in an IPIP tunnel from the client to `to`, three times.
+fn send_tunnelled(lab: &LbLab, to: Ipv4Addr, inner: Vec<u8>) -> Result<()> {
+    lab.client.run(move || -> Result<()> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc_ipproto_raw())))?;
+        socket.set_header_included_v4(true)?;
+        let total = (20 + inner.len()) as u16;
+        let mut packet = vec![0x45, 0];
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+        packet.extend_from_slice(&foobar_tests::lab::CLIENT.octets());
+        packet.extend_from_slice(&to.octets());
+        packet.extend_from_slice(&inner);
+        let dest = SockAddr::from(std::net::SocketAddrV4::new(to, 0));
+        for _ in 0..3 {
+            socket.send_to(&packet, &dest)?;
+        }
+        Ok(())
+    })?
+}
+
+/// IPPROTO_RAW: a raw socket that sends whole IP packets of any protocol.
+fn libc_ipproto_raw() -> i32 {
+    255
+}
+
 #[test]
 fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
     let lab = lab(true)?;
@@ -357,6 +383,41 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
         ensure!(
             v.transitions == *transitions_before,
             "edge{} changed state on hostile adverts",
+            i + 1
+        );
+    }
+    ensure!(lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "backup");
+    // The same advert in an IPIP tunnel to each edge's own address (which it decapsulates for
+    // its peers), posing as edge1 with priority 254 and a good checksum: anyone who can route a
+    // packet to an edge used to have it passed up as if it came from the link. Dropped as from
+    // no tunnel peer, counted, and the election does not move.
+    let edge1 = IpAddr::V4(foobar_tests::lab::edge_addr(0));
+    let mut posing = advert(51, VIP, 10).encode(edge1, group, Ipv4Checksum::PseudoHeader);
+    seal(&mut posing, edge1, group, Ipv4Checksum::PseudoHeader);
+    let mut inner = vec![0x45, 0xc0];
+    inner.extend_from_slice(&((20 + posing.len()) as u16).to_be_bytes());
+    inner.extend_from_slice(&[0, 0, 0, 0, 255, IPPROTO_VRRP, 0, 0]);
+    inner.extend_from_slice(&foobar_tests::lab::edge_addr(0).octets());
+    inner.extend_from_slice(&[224, 0, 0, 18]);
+    inner.extend_from_slice(&posing);
+    let not_peer = |i: usize| -> Result<u64> {
+        let snap = foobar::stats::snapshot(&lab.edges[i].pins.path)?;
+        Ok(snap
+            .counters
+            .iter()
+            .find(|(n, _)| n == "drop_tunnel_not_peer")
+            .map_or(0, |(_, v)| *v))
+    };
+    for i in 0..2 {
+        send_tunnelled(&lab, foobar_tests::lab::edge_addr(i), inner.clone())?;
+    }
+    wait_until(Duration::from_secs(3), "the tunnelled adverts to be dropped", || {
+        (0..2).all(|i| not_peer(i).is_ok_and(|n| n >= 3))
+    })?;
+    for (i, transitions_before) in before.iter().enumerate() {
+        ensure!(
+            lab.status(i)?.vrrp[0].transitions == *transitions_before,
+            "edge{} changed state on a tunnelled advert",
             i + 1
         );
     }

@@ -308,6 +308,45 @@ fn ipip_to_this_node_is_decapsulated() -> Result<()> {
     Ok(())
 }
 
+/// A VRRPv3 advert for VRID 51 at priority 255 (what would take a VIP over), as its IP payload.
+fn hostile_advert() -> Vec<u8> {
+    vec![0x31, 51, 255, 1, 0x00, 0x0a, 0, 0, 192, 0, 2, 1]
+}
+
+#[test]
+fn tunnels_only_from_peers_and_never_with_link_only_packets() -> Result<()> {
+    let mut fx = Fixture::new("t-tunnel")?;
+    // From an address that is not a tunnel peer (anyone who can route to the node): dropped,
+    // whatever it carries; the same packet from a peer is decapsulated.
+    let inner = Spec::tcp("198.51.100.7", 40000, "192.0.2.9", 443, SYN).ip();
+    let stranger = Spec::new("203.0.113.66", "10.20.0.1", 4, inner.clone()).frame();
+    assert_eq!(fx.run(&stranger)?.0, XDP_DROP);
+    assert_eq!(fx.counter("drop_tunnel_not_peer")?, 1);
+    let from_peer = Spec::new("10.20.0.9", "10.20.0.1", 4, inner).frame();
+    assert_eq!(fx.run(&from_peer)?.0, XDP_PASS);
+    assert_eq!(fx.counter("decapsulated")?, 1);
+    // Even from a peer, a VRRP advert or IPv6 neighbour discovery never comes out of a tunnel:
+    // the same frames not in a tunnel are passed to the host (the control).
+    let advert = Spec::new("10.20.0.9", "224.0.0.18", 112, hostile_advert()).ip();
+    let tunnelled = Spec::new("10.20.0.9", "10.20.0.1", 4, advert.clone()).frame();
+    assert_eq!(fx.run(&tunnelled)?.0, XDP_DROP);
+    let plain = Spec::new("10.20.0.9", "224.0.0.18", 112, hostile_advert()).frame();
+    assert_eq!(fx.run(&plain)?.0, XDP_PASS);
+    let mut ns = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>()?.octets());
+    let solicitation = Spec::new("fd20::9", "ff02::1:ff00:1", 58, ns).ip();
+    let tunnelled6 = Spec::new("fd20::9", "fd20::1", 41, solicitation).frame();
+    assert_eq!(fx.run(&tunnelled6)?.0, XDP_DROP);
+    let advert6 = Spec::new("fe80::9", "ff02::12", 112, hostile_advert()).ip();
+    assert_eq!(
+        fx.run(&Spec::new("fd20::9", "fd20::1", 41, advert6).frame())?.0,
+        XDP_DROP
+    );
+    assert_eq!(fx.counter("drop_tunnel_forbidden")?, 3);
+    assert_eq!(fx.counter("decapsulated")?, 1);
+    Ok(())
+}
+
 #[test]
 fn too_big_to_encapsulate_gets_icmp_back() -> Result<()> {
     let mut fx = Fixture::new("t-toobig")?;

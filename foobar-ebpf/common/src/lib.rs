@@ -40,6 +40,8 @@ pub mod names {
     pub const VIPS: &str = "VIPS";
     /// [`crate::AddrKey`] -> u32: this node's addresses that terminate IPIP tunnels.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// [`crate::AddrKey`] -> u32: the only sources whose tunnels this node decapsulates.
+    pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
     /// Per-CPU global counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU [`crate::TrafficStats`] indexed by service id.
@@ -369,6 +371,11 @@ counters! {
     /// "too big" or a neighbour advertisement built in place): the frame is passed or dropped
     /// as its path says.
     HelperFailed = "helper_failed",
+    /// Tunnel packets to this node from a source that is not a configured tunnel peer.
+    DropTunnelNotPeer = "drop_tunnel_not_peer",
+    /// Tunnel packets from a peer whose inner packet may not arrive through a tunnel (VRRP,
+    /// IPv6 neighbour discovery, IPv6 extension headers in front of them).
+    DropTunnelForbidden = "drop_tunnel_forbidden",
 }
 
 #[cfg(feature = "user")]

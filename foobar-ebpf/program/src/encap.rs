@@ -6,8 +6,8 @@ use crate::{
     balance, csum, icmp,
     maps::{count, CachedHop, FIB_SCRATCH, NEXT_HOPS},
     parse::{
-        ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseError, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
-        IPPROTO_IPV6, IPV4_LEN, IPV6_LEN,
+        ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseError, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS,
+        IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_ROUTING, IPPROTO_VRRP, IPV4_LEN, IPV6_LEN,
     },
 };
 use aya_ebpf::{
@@ -17,6 +17,10 @@ use aya_ebpf::{
 };
 use core::mem::{size_of, zeroed};
 use foobar_common::{Addr, Backend, Counter, FlowKey, NodeConfig, FAMILY_V4, MODE_L2DSR};
+
+/// ICMPv6 neighbour discovery: router solicitation (133) to redirect (137).
+const ND_FIRST: u8 = 133;
+const ND_LAST: u8 = 137;
 
 /// TTL / hop limit of outer headers.
 const OUTER_TTL: u8 = 64;
@@ -230,14 +234,26 @@ fn encapsulate(
     Ok(())
 }
 
-/// Strips an outer IPv4 (without options) or IPv6 header addressed to this node and passes the
-/// inner packet up. Other tunnel shapes go to the kernel untouched.
+/// Strips an outer IPv4 (without options) or IPv6 header addressed to this node by a tunnel
+/// peer and passes the inner packet up. What only the link may carry (VRRP, IPv6 neighbour
+/// discovery) is dropped instead; other tunnel shapes go to the kernel untouched.
 #[inline(always)]
 pub fn decapsulate(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let outer_len = if pkt.family == FAMILY_V4 { IPV4_LEN } else { IPV6_LEN };
     if pkt.ip_hdr_len != outer_len {
         count(Counter::Passed);
         return xdp_action::XDP_PASS;
+    }
+    match inner_allowed(ctx, pkt.l3_off + outer_len, pkt.proto == IPPROTO_IPIP) {
+        Ok(true) => {}
+        Ok(false) => {
+            count(Counter::DropTunnelForbidden);
+            return xdp_action::XDP_DROP;
+        }
+        Err(_) => {
+            count(Counter::DropMalformed);
+            return xdp_action::XDP_DROP;
+        }
     }
     let inner_type = if pkt.proto == IPPROTO_IPIP {
         ETH_P_IP
@@ -251,4 +267,25 @@ pub fn decapsulate(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Err(_) => Counter::MalformedPassed,
     });
     xdp_action::XDP_PASS
+}
+
+/// Whether the packet inside a tunnel (at `inner_off`, IPv4 when `v4`) may reach the host as if
+/// it had come from the link: not VRRP (an advert would take part in the election) and not
+/// IPv6 neighbour discovery (router, neighbour and redirect messages rewrite the host's
+/// tables); IPv6 extension headers, which could hide either, are refused too.
+#[inline(always)]
+fn inner_allowed(ctx: &XdpContext, inner_off: usize, v4: bool) -> Result<bool, ParseError> {
+    if v4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off)?;
+        return Ok(get!(ip.proto) != IPPROTO_VRRP);
+    }
+    let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off)?;
+    match get!(ip.next_hdr) {
+        IPPROTO_VRRP | IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => Ok(false),
+        IPPROTO_ICMPV6 => {
+            let icmp: *const IcmpHdr = ptr_at(ctx, inner_off + IPV6_LEN)?;
+            Ok(!(ND_FIRST..=ND_LAST).contains(&get!(icmp.kind)))
+        }
+        _ => Ok(true),
+    }
 }

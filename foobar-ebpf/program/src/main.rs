@@ -24,7 +24,7 @@ use foobar_common::{
     vip_filter_slot, Addr, AddrKey, Counter, FlowKey, ServiceInfo, ServiceKey, BACKEND_LOCAL, FAMILY_V6,
     NODE_FORWARDING, PROTO_TCP, PROTO_UDP,
 };
-use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, VIPS, VIP_FILTER};
+use maps::{account, count, BACKEND_STATS, LOCAL_ADDRS, NODE, SERVICES, SERVICE_STATS, TUNNEL_PEERS, VIPS, VIP_FILTER};
 use parse::{
     Frame, ParseError, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6,
     IPPROTO_ROUTING,
@@ -57,9 +57,18 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
         return pass(Counter::MalformedPassed);
     }
 
+    // Tunnels to this node: only from a configured peer (anyone else could otherwise hand the
+    // host packets as if they came from the link).
     if (pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6)
         && lookup(&LOCAL_ADDRS, addr_key(&flow.dst, pkt.family)).is_some()
     {
+        let mut outer_src = [0; 4];
+        if parse::read_addr(&ctx, &pkt, parse::End::Src, &mut outer_src).is_err() {
+            return pass(Counter::MalformedPassed);
+        }
+        if lookup(&TUNNEL_PEERS, addr_key(&outer_src, pkt.family)).is_none() {
+            return drop(Counter::DropTunnelNotPeer);
+        }
         return encap::decapsulate(&ctx, &pkt);
     }
 

@@ -77,6 +77,10 @@ pub static LINK_MACS: HashMap<u32, LinkMac> = HashMap::pinned(64, 0);
 #[map]
 pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::pinned(64, 0);
 
+/// The only sources whose tunnels to this node are decapsulated (`[node] tunnel_peers`).
+#[map]
+pub static TUNNEL_PEERS: HashMap<AddrKey, u32> = HashMap::pinned(1024, 0);
+
 /// Global counters.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

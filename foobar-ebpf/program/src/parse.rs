@@ -31,6 +31,8 @@ pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv6 next header: fragment extension header.
 pub const IPPROTO_FRAGMENT: u8 = 44;
+/// IP protocol number of VRRP.
+pub const IPPROTO_VRRP: u8 = 112;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 

@@ -15,6 +15,8 @@ pub(super) struct Maps {
     pub vips: BpfHashMap<MapData, AddrKey, u32>,
     /// This node's own addresses.
     pub locals: BpfHashMap<MapData, AddrKey, u32>,
+    /// The sources whose tunnels are decapsulated.
+    pub tunnel_peers: BpfHashMap<MapData, AddrKey, u32>,
     /// MACs of the attached interfaces.
     pub link_macs: BpfHashMap<MapData, u32, LinkMac>,
     /// Backends by id.
@@ -34,6 +36,7 @@ impl Maps {
             services: take(ebpf, names::SERVICES)?,
             vips: take(ebpf, names::VIPS)?,
             locals: take(ebpf, names::LOCAL_ADDRS)?,
+            tunnel_peers: take(ebpf, names::TUNNEL_PEERS)?,
             link_macs: take(ebpf, names::LINK_MACS)?,
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,

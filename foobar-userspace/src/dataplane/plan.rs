@@ -56,6 +56,8 @@ pub struct Plan {
     pub node: NodeConfig,
     /// This node's own addresses.
     pub locals: HashSet<AddrKey>,
+    /// The sources whose tunnels to this node are decapsulated.
+    pub tunnel_peers: HashSet<AddrKey>,
     /// MACs of the attached interfaces, by ifindex.
     pub links: Vec<(u32, [u8; 6])>,
     /// The configured VIPs.
@@ -280,6 +282,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
     Ok(Plan {
         node,
         locals: c.node.addresses.iter().map(|a| addr_key(*a)).collect(),
+        tunnel_peers: c.node.tunnel_peers.iter().map(|a| addr_key(*a)).collect(),
         links,
         vips: c.services.iter().map(|s| *s.vip.get_ref()).collect(),
         services,
