@@ -277,6 +277,10 @@ pub struct VrrpInstance {
     /// Advertisement interval in milliseconds: a multiple of 10 in 10..=40950.
     #[serde(default = "default_advert_interval_ms")]
     pub advert_interval_ms: Spanned<u32>,
+    /// The longest advertisement interval a backup adopts from a master, ms (a multiple of 10
+    /// in 10..=40950; default: `advert_interval_ms`). A forged advert with a long interval
+    /// cannot stretch the takeover past this; raise it for a peer that advertises more slowly.
+    pub max_master_interval_ms: Option<Spanned<u32>>,
     /// Whether a higher-priority backup takes over from a lower-priority master.
     #[serde(default = "default_true")]
     pub preempt: bool,
@@ -627,6 +631,15 @@ fn validate_vrrp(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
                 &v.advert_interval_ms.span(),
                 format!("advert_interval_ms {interval} must be a multiple of 10 in 10..=40950"),
             );
+        }
+        if let Some(max) = &v.max_master_interval_ms {
+            let ms = *max.get_ref();
+            if ms % 10 != 0 || !(10..=40950).contains(&ms) {
+                report(
+                    &max.span(),
+                    format!("max_master_interval_ms {ms} must be a multiple of 10 in 10..=40950"),
+                );
+            }
         }
         let delay = *v.preempt_delay_ms.get_ref();
         if delay % 10 != 0 || delay > 655_350 {

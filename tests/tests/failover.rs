@@ -306,6 +306,41 @@ fn libc_ipproto_raw() -> i32 {
 }
 
 #[test]
+fn a_forged_long_interval_does_not_stretch_the_takeover() -> Result<()> {
+    let mut lab = lab(true)?;
+    became_master(&lab, 0)?;
+    // The master dies; before its peer takes over, a forged advert (priority 149, above the
+    // backup's, claiming a 40.95 s interval) reaches the backup. Adopted as it is, the VIP
+    // would stay dark for three of those intervals.
+    stop_edge(&mut lab, 0, Signal::SIGKILL)?;
+    let received = lab.status(1)?.vrrp[0].adverts_received;
+    let src = IpAddr::V4(foobar_tests::lab::CLIENT);
+    let group = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
+    let mut forged = Advert {
+        vrid: 51,
+        priority: 149,
+        interval_cs: 4095,
+        addresses: vec![IpAddr::V4(VIP)],
+    }
+    .encode(src, group, Ipv4Checksum::PseudoHeader);
+    seal(&mut forged, src, group, Ipv4Checksum::PseudoHeader);
+    let sent = now_ms();
+    send_raw(&lab, forged, 255)?;
+    let took = became_master(&lab, 1)?.saturating_sub(sent);
+    // The probe reached the election: the three copies were accepted, none discarded.
+    let status = lab.status(1)?;
+    ensure!(
+        status.vrrp[0].adverts_received >= received + 3 && status.vrrp[0].discards.values().sum::<u64>() == 0,
+        "the forged adverts did not reach the election: {status:?}"
+    );
+    // The backup's ceiling (its own 100 ms interval) bounds the wait: 3 × 100 ms + skew.
+    let limit = master_down_interval_cs(PRIORITIES[1], (INTERVAL_MS / 10) as u16) as u64 * 10 + 100;
+    eprintln!("takeover {took} ms after a forged 40.95 s advert (limit {limit} ms)");
+    ensure!(took <= limit, "the forged interval stretched the takeover to {took} ms");
+    Ok(())
+}
+
+#[test]
 fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
     let lab = lab(true)?;
     let transitions = |i| -> Result<u64> { Ok(lab.status(i)?.vrrp[0].transitions) };

@@ -13,6 +13,8 @@ pub struct Settings {
     pub priority: u8,
     /// Our advertisement interval, centiseconds.
     pub interval_cs: u16,
+    /// The longest master advertisement interval adopted as a backup, centiseconds.
+    pub max_master_interval_cs: u16,
     /// Whether a higher-priority backup takes over from a lower-priority master.
     pub preempt: bool,
     /// After start, how long a higher-priority backup waits before preempting, centiseconds.
@@ -255,7 +257,7 @@ impl Election {
                 }
                 let may_preempt = self.settings.preempt && now_ms >= self.preempt_after_ms;
                 if !may_preempt || advert.priority >= ours {
-                    self.master_interval_cs = advert.interval_cs;
+                    self.master_interval_cs = advert.interval_cs.min(self.settings.max_master_interval_cs);
                     self.deadline_ms = now_ms + self.master_down_ms();
                 }
                 Vec::new()
@@ -271,7 +273,8 @@ impl Election {
                     // (a healed split brain) learns there were two masters and announces the
                     // VIPs again, so hosts that followed us move back at once.
                     let mut actions = vec![Action::Advertise(ours)];
-                    actions.extend(self.become_backup(now_ms, advert.interval_cs, Reason::Superseded));
+                    let interval_cs = advert.interval_cs.min(self.settings.max_master_interval_cs);
+                    actions.extend(self.become_backup(now_ms, interval_cs, Reason::Superseded));
                     return actions;
                 }
                 // Two masters (a healed split brain, or a peer that just started): the RFC
@@ -293,6 +296,7 @@ mod tests {
         Settings {
             priority,
             interval_cs: 10,
+            max_master_interval_cs: 100,
             preempt,
             preempt_delay_cs: delay_cs,
             address: "10.0.0.1".parse().expect("address"),
@@ -349,6 +353,25 @@ mod tests {
         // 3 x 1 s + (156 x 100 / 256 = 60 cs) after the advert.
         assert_eq!(e.deadline_ms(), Some(300 + 3600));
         assert!(e.on_timer(3899).is_empty());
+    }
+
+    #[test]
+    fn a_longer_advertised_interval_is_adopted_only_up_to_the_ceiling() {
+        // A forged advert claiming 40.95 s would leave the VIP dark for two minutes after the
+        // master dies; the backup keeps its ceiling (here 1 s) instead.
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_advert(300, peer(), &advert(200, 4095));
+        assert_eq!(e.master_interval_cs(), 100);
+        assert_eq!(e.deadline_ms(), Some(300 + 3600));
+        // A master superseded by such an advert likewise.
+        let mut m = Election::new(settings(100, true, 0));
+        m.start(0);
+        m.on_timer(400);
+        assert_eq!(m.state(), State::Master);
+        m.on_advert(500, peer(), &advert(200, 4095));
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.master_interval_cs(), 100);
     }
 
     #[test]

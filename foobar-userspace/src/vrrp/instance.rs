@@ -82,6 +82,12 @@ impl Spec {
             settings: Settings {
                 priority: *v.priority.get_ref(),
                 interval_cs: (*v.advert_interval_ms.get_ref() / 10) as u16,
+                max_master_interval_cs: (*v
+                    .max_master_interval_ms
+                    .as_ref()
+                    .unwrap_or(&v.advert_interval_ms)
+                    .get_ref()
+                    / 10) as u16,
                 preempt: v.preempt,
                 preempt_delay_cs: (*v.preempt_delay_ms.get_ref() / 10) as u16,
                 address,
