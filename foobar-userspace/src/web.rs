@@ -9,7 +9,7 @@ pub mod stats;
 pub mod tls;
 
 use crate::{
-    config::web::{Certificate, Limits, Listener, Site, Web},
+    config::web::{Certificate, Limits, Listener, Prefix, Web},
     workers::Workers,
 };
 use anyhow::{Context, Result};
@@ -63,11 +63,13 @@ pub fn status_page(status: StatusCode) -> Response<Body> {
     response
 }
 
-/// The sites, routed by host name, and the upstream pools they proxy to.
+/// The sites, routed by host name, the upstream pools they proxy to, and the peers trusted to
+/// be proxies.
 struct Sites {
     names: names::NameTable<Arc<SiteHandle>>,
     default: Arc<SiteHandle>,
     pools: HashMap<String, Arc<proxy::Pool>>,
+    trusted_proxies: Vec<Prefix>,
 }
 
 struct SiteHandle {
@@ -112,7 +114,8 @@ fn pools(web: &Web, running: Option<&Sites>) -> HashMap<String, Arc<proxy::Pool>
 }
 
 impl Sites {
-    fn new(sites: &[Site], pools: HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
+    fn new(web: &Web, pools: HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
+        let sites = web.sites.get_ref();
         let mut names = names::NameTable::default();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
@@ -152,10 +155,16 @@ impl Sites {
                 default = Some(handle);
             }
         }
+        let trusted_proxies = web
+            .trusted_proxies
+            .iter()
+            .map(|p| Prefix::parse(p.get_ref()).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?;
         Ok(Self {
             names,
             default: default.context("no site configured")?,
             pools,
+            trusted_proxies,
         })
     }
 
@@ -264,7 +273,7 @@ impl WebTier {
     pub async fn start(web: &Web) -> Result<Self> {
         let limits = web.limits.get_ref().clone();
         let stats = stats::WebStats::default();
-        let sites = Sites::new(web.sites.get_ref(), pools(web, None), &stats.routes)?;
+        let sites = Sites::new(web, pools(web, None), &stats.routes)?;
         let shared = Arc::new(Shared {
             stats,
             tls: tls::Tls::new(&web.certificates)?,
@@ -313,11 +322,7 @@ impl WebTier {
     /// the running tier; listeners, workers and limits are restart-only (`reload::RESTART_ONLY`).
     pub fn prepare(&self, web: &Web) -> Result<Prepared> {
         let running = self.shared.sites.load();
-        let sites = Sites::new(
-            web.sites.get_ref(),
-            pools(web, Some(&running)),
-            &self.shared.stats.routes,
-        )?;
+        let sites = Sites::new(web, pools(web, Some(&running)), &self.shared.stats.routes)?;
         let tls = self.shared.tls.prepare(&web.certificates)?;
         Ok(Prepared {
             sites,
@@ -527,8 +532,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         redirect_to_https(host, &req)
     } else if let Some(proxied) = site.proxy_for(path) {
         route = &proxied.requests;
+        let client = conn.peer.ip();
         let origin = proxy::Origin {
-            client: conn.peer.ip(),
+            client,
+            trusted: sites.trusted_proxies.iter().any(|p| p.contains(client)),
             https: conn.tls.is_some(),
             host,
         };

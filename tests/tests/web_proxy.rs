@@ -67,6 +67,47 @@ fn requests_reach_the_app_with_forwarding_headers_and_pooled_connections() -> Re
         names.matches("app1").count() == 10 && names.matches("app2").count() == 10,
         "{names}"
     );
+    // The edge is the first proxy: a client's own forwarding headers are replaced by what the
+    // connection says...
+    let spoofed = [
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Real-IP: 6.6.6.6",
+        "-H",
+        "Forwarded: for=6.6.6.6",
+        "-H",
+        "X-Forwarded-Host: evil.example",
+    ];
+    let echo = format!("{URL}/api/echo");
+    let mut args = spoofed.to_vec();
+    args.push(&echo);
+    let out = lab.curl(&args)?;
+    ensure!(
+        out.contains("x-forwarded-for: 10.99.0.1\n")
+            && out.contains("x-real-ip: 10.99.0.1\n")
+            && out.contains("forwarded: for=10.99.0.1;")
+            && out.contains("x-forwarded-host: www.foobar.com\n")
+            && !out.contains("6.6.6.6")
+            && !out.contains("evil.example"),
+        "spoofed forwarding headers reached the app:\n{out}"
+    );
+    // ...unless the client is a trusted proxy: then they reach the app, appended to (the
+    // control: the same headers do get through where they should).
+    let config = std::fs::read_to_string(lab.config())?;
+    std::fs::write(lab.config(), config + "\n[web]\ntrusted_proxies = [\"10.99.0.0/24\"]\n")?;
+    let reload = std::process::Command::new(foobar_tests::foobar_bin())
+        .args(["reload", "--socket"])
+        .arg(lab.socket())
+        .output()?;
+    ensure!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stdout));
+    let out = lab.curl(&args)?;
+    ensure!(
+        out.contains("x-forwarded-for: 6.6.6.6, 10.99.0.1\n")
+            && out.contains("x-real-ip: 6.6.6.6\n")
+            && out.contains("forwarded: for=6.6.6.6, for=10.99.0.1;"),
+        "a trusted proxy's forwarding headers were not kept:\n{out}"
+    );
     for _ in 0..10 {
         lab.curl(&[&format!("{URL}/api/name")])?;
     }

@@ -283,6 +283,55 @@ fn paths_never_escape_the_document_root() -> Result<()> {
 }
 
 #[test]
+fn dotfiles_are_not_served_unless_the_site_says_so() -> Result<()> {
+    let lab = WebLab::start("dots")?;
+    let root = lab.root();
+    std::fs::create_dir_all(root.join(".git"))?;
+    std::fs::write(root.join(".git/config"), "[remote \"origin\"] secret\n")?;
+    std::fs::write(root.join(".env"), "DB_PASSWORD=secret\n")?;
+    std::fs::create_dir_all(root.join(".well-known/acme-challenge"))?;
+    std::fs::write(root.join(".well-known/acme-challenge/token"), "token\n")?;
+    let get = |path: &str| -> Result<(String, String)> {
+        let out = lab.curl(&["--path-as-is", "-w", "\n%{http_code}", &format!("{URL}{path}")])?;
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        Ok((status.to_string(), body.to_string()))
+    };
+    for path in ["/.git/config", "/%2egit/config", "/.env", "/./.env"] {
+        let (status, body) = get(path)?;
+        ensure!(
+            status == "404" && !body.contains("secret"),
+            "{path} gave {status}: {body}"
+        );
+    }
+    // ACME's challenges stay reachable.
+    ensure!(get("/.well-known/acme-challenge/token")? == ("200".into(), "token\n".into()));
+    // The control: with serve_dotfiles the same requests get the files (they are there, and
+    // the probe reaches them).
+    let config = std::fs::read_to_string(lab.config())?;
+    std::fs::write(
+        lab.config(),
+        config.replacen(
+            "hsts_max_age_s = 31536000",
+            "hsts_max_age_s = 31536000\nserve_dotfiles = true",
+            1,
+        ),
+    )?;
+    let reload = std::process::Command::new(foobar_tests::foobar_bin())
+        .args(["reload", "--socket"])
+        .arg(lab.socket())
+        .output()?;
+    ensure!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stdout));
+    for path in ["/.git/config", "/.env"] {
+        let (status, body) = get(path)?;
+        ensure!(
+            status == "200" && body.contains("secret"),
+            "{path} with serve_dotfiles gave {status}: {body}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn certificates_reload_under_load_and_bad_ones_are_refused() -> Result<()> {
     let lab = WebLab::start("reload")?;
     // wrk reaches the listener by address (no SNI): the default certificate.

@@ -29,6 +29,63 @@ pub struct Web {
     /// Connection and request limits.
     #[serde(default = "default_limits")]
     pub limits: Spanned<Limits>,
+    /// Peers (addresses or prefixes, `10.0.0.0/8`) that are proxies themselves: their
+    /// X-Forwarded-For, X-Real-IP and Forwarded are kept and appended to. From anyone else
+    /// those headers are replaced by the connection's own address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+/// An address prefix, `ADDRESS/LENGTH` (a bare address is the whole address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// The network's address.
+    pub addr: std::net::IpAddr,
+    /// Its length in bits.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Parses `ADDRESS` or `ADDRESS/LENGTH`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or ADDRESS/LENGTH prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, len })
+    }
+
+    /// Whether `ip` is inside the prefix.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let bits = |a: std::net::IpAddr| -> u128 {
+            match a {
+                std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                std::net::IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        if self.len == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - u32::from(self.len));
+        bits(self.addr) & mask == bits(ip) & mask
+    }
 }
 
 /// One `[[web.upstream]]`: a pool of application servers.
@@ -154,6 +211,10 @@ pub struct Site {
     /// Strict-Transport-Security max-age on HTTPS responses, seconds (0: no header).
     #[serde(default)]
     pub hsts_max_age_s: u64,
+    /// Serve files and directories whose name starts with a dot (`.git/`, `.env`); refused
+    /// with 404 by default, except under `/.well-known/`.
+    #[serde(default)]
+    pub serve_dotfiles: bool,
     /// Cache-Control by path prefix; the longest matching prefix wins.
     #[serde(default, rename = "cache")]
     pub cache_rules: Vec<CacheRule>,
@@ -219,6 +280,11 @@ fn default_index() -> Vec<String> {
 
 /// Reports every problem of the `[web]` section.
 pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
+    for p in &w.trusted_proxies {
+        if let Err(why) = Prefix::parse(p.get_ref()) {
+            report(&p.span(), why);
+        }
+    }
     let mut addresses = HashSet::new();
     for l in &w.listeners {
         let addr = *l.address.get_ref();
@@ -334,5 +400,29 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
             "[web.limits]: timeouts, connection and stream limits must be positive, max_header_bytes at least 1024"
                 .into(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prefix;
+
+    #[test]
+    fn prefixes_match_their_family_and_bits() {
+        let net = Prefix::parse("10.1.0.0/16").expect("prefix");
+        assert!(net.contains("10.1.255.3".parse().expect("ip")));
+        assert!(!net.contains("10.2.0.1".parse().expect("ip")));
+        assert!(
+            !net.contains("::ffff:10.1.0.1".parse().expect("ip")),
+            "families do not mix"
+        );
+        let host = Prefix::parse("2001:db8::7").expect("prefix");
+        assert!(host.contains("2001:db8::7".parse().expect("ip")));
+        assert!(!host.contains("2001:db8::8".parse().expect("ip")));
+        assert!(Prefix::parse("2001:db8::/32")
+            .expect("prefix")
+            .contains("2001:db8:1::1".parse().expect("ip")));
+        assert!(Prefix::parse("10.0.0.0/33").is_err());
+        assert!(Prefix::parse("proxy.example").is_err());
     }
 }

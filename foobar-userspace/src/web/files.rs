@@ -47,8 +47,43 @@ pub struct Files {
     index: Vec<String>,
     /// (prefix, Cache-Control), longest prefix first.
     cache_rules: Vec<(String, HeaderValue)>,
-    /// Small files by request path.
+    /// Small files by normalised path ([`normalise`]), so spellings of one path share an entry.
     cache: Mutex<HashMap<String, Arc<Cached>>>,
+    /// Serve names that start with a dot.
+    dotfiles: bool,
+}
+
+/// A request path (still percent-encoded, starting with `/`) as a path relative to the root:
+/// segments decoded, empty and `.` ones dropped. `..` and a separator or NUL inside a segment
+/// are refused (400); so is a name starting with a dot (404, outside `/.well-known/`) unless
+/// `dotfiles`.
+fn normalise(raw: &str, dotfiles: bool) -> Result<String, StatusCode> {
+    if !raw.starts_with('/') {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let mut relative = String::with_capacity(raw.len());
+    for segment in raw.split('/') {
+        let decoded = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        match decoded.as_ref() {
+            "" | "." => {}
+            // Never walk up, however it is spelled.
+            ".." => return Err(StatusCode::BAD_REQUEST),
+            s if s.contains(['/', '\\', '\0']) => return Err(StatusCode::BAD_REQUEST),
+            s => {
+                let well_known = relative.is_empty() && s == ".well-known";
+                if s.starts_with('.') && !dotfiles && !well_known {
+                    return Err(StatusCode::NOT_FOUND);
+                }
+                if !relative.is_empty() {
+                    relative.push('/');
+                }
+                relative.push_str(s);
+            }
+        }
+    }
+    Ok(relative)
 }
 
 /// A variant of a file: the plain file or a precompressed twin.
@@ -122,6 +157,7 @@ impl Files {
             index: site.index.clone(),
             cache_rules,
             cache: Mutex::new(HashMap::new()),
+            dotfiles: site.serve_dotfiles,
         })
     }
 
@@ -134,10 +170,15 @@ impl Files {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let variants = match self.cached(path) {
+        let key = match normalise(path, self.dotfiles) {
+            Ok(relative) if path.ends_with('/') => format!("{relative}/"),
+            Ok(relative) => relative,
+            Err(status) => return status_page(status),
+        };
+        let variants = match self.cached(&key) {
             Some(variants) => variants,
-            None => match self.resolve(path) {
-                Ok(Found::File(plain)) => match self.load(path, plain) {
+            None => match self.resolve(&key) {
+                Ok(Found::File(plain)) => match self.load(&key, plain) {
                     Ok(variants) => variants,
                     Err(status) => return status_page(status),
                 },
@@ -196,29 +237,10 @@ impl Files {
         Ok((file, metadata))
     }
 
-    /// Maps a request path to an open file inside the root.
-    fn resolve(&self, raw: &str) -> Result<Found, StatusCode> {
-        if !raw.starts_with('/') {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        let mut relative = String::with_capacity(raw.len());
-        for segment in raw.split('/') {
-            let decoded = percent_encoding::percent_decode_str(segment)
-                .decode_utf8()
-                .map_err(|_| StatusCode::BAD_REQUEST)?;
-            match decoded.as_ref() {
-                "" | "." => {}
-                // Never walk up, however it is spelled.
-                ".." => return Err(StatusCode::BAD_REQUEST),
-                s if s.contains(['/', '\\', '\0']) => return Err(StatusCode::BAD_REQUEST),
-                s => {
-                    if !relative.is_empty() {
-                        relative.push('/');
-                    }
-                    relative.push_str(s);
-                }
-            }
-        }
+    /// Maps a normalised path ([`normalise`], `/`-terminated for a directory request) to an
+    /// open file inside the root.
+    fn resolve(&self, key: &str) -> Result<Found, StatusCode> {
+        let relative = key.trim_end_matches('/').to_string();
         let (file, metadata) = self.open_beneath(&relative).map_err(|_| StatusCode::NOT_FOUND)?;
         if metadata.is_file() {
             return Ok(Found::File(Variant::open(file, &metadata, relative.into(), None)));
@@ -226,7 +248,7 @@ impl Files {
         if !metadata.is_dir() {
             return Err(StatusCode::NOT_FOUND);
         }
-        if !raw.ends_with('/') {
+        if !key.ends_with('/') {
             return Ok(Found::AddSlash);
         }
         for index in &self.index {
@@ -244,7 +266,7 @@ impl Files {
         Err(StatusCode::FORBIDDEN)
     }
 
-    /// The variants of a path from the cache, if it holds them and they are fresh.
+    /// The variants of a normalised path from the cache, if it holds them and they are fresh.
     fn cached(&self, path: &str) -> Option<Vec<Variant>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let hit = cache.get(path).filter(|c| c.checked.elapsed() < CACHE_VALID)?;
@@ -527,6 +549,25 @@ fn body(source: Source, start: u64, count: u64) -> std::io::Result<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_of_a_path_normalise_alike_and_dotfiles_stay_hidden() {
+        for spelling in ["/a/b.css", "/a//b.css", "/a/./b.css", "/%61/b%2ecss", "/a/%2E/b.css"] {
+            assert_eq!(normalise(spelling, false), Ok("a/b.css".to_string()), "{spelling}");
+        }
+        for hidden in ["/.git/config", "/%2egit/config", "/sub/.env", "/.env"] {
+            assert_eq!(normalise(hidden, false), Err(StatusCode::NOT_FOUND), "{hidden}");
+            assert!(normalise(hidden, true).is_ok(), "{hidden} with dotfiles served");
+        }
+        assert_eq!(
+            normalise("/.well-known/acme-challenge/t", false),
+            Ok(".well-known/acme-challenge/t".to_string())
+        );
+        assert_eq!(normalise("/sub/.well-known/x", false), Err(StatusCode::NOT_FOUND));
+        for bad in ["/a/../b", "/%2e%2e/etc/passwd", "/a%2fb", "relative"] {
+            assert_eq!(normalise(bad, true), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

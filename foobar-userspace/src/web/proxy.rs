@@ -95,6 +95,8 @@ impl Drop for Pool {
 pub struct Origin<'a> {
     /// The client's address.
     pub client: IpAddr,
+    /// The client is a trusted proxy: its forwarding headers are kept and appended to.
+    pub trusted: bool,
     /// Whether the request came over TLS.
     pub https: bool,
     /// The Host the client asked for.
@@ -512,16 +514,36 @@ fn end_to_end(headers: &HeaderMap, upgrade: bool, extra: usize) -> HeaderMap {
     kept
 }
 
-/// The request headers sent upstream: the client's end-to-end ones, with the forwarding
-/// headers appended and the Host kept.
+/// Headers that say who the client is and how it came: set by the first proxy from the
+/// connection, never taken from a client that is not a trusted proxy.
+const FORWARDING: [&str; 5] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// The request headers sent upstream: the client's end-to-end ones, the Host kept, and the
+/// forwarding headers set from the connection (appended to a trusted proxy's).
 fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> HeaderMap {
-    let mut headers = end_to_end(incoming, upgrade, 5);
+    let mut headers = end_to_end(incoming, upgrade, 6);
+    let before = |name: &str| {
+        origin
+            .trusted
+            .then(|| incoming.get(name).and_then(|v| v.to_str().ok()))
+            .flatten()
+    };
     let client = origin.client.to_string();
     let proto = if origin.https { "https" } else { "http" };
-    let xff = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match before("x-forwarded-for") {
         Some(before) => format!("{before}, {client}"),
         None => client.clone(),
     };
+    let real_ip = before("x-real-ip").map_or_else(|| client.clone(), str::to_owned);
+    for name in FORWARDING {
+        headers.remove(name);
+    }
     let node = if origin.client.is_ipv6() {
         format!("\"[{client}]\"")
     } else {
@@ -537,10 +559,14 @@ fn forward_headers(incoming: &HeaderMap, origin: &Origin<'_>, upgrade: bool) -> 
             headers.insert(header::HOST, v);
         }
     }
-    if let Some(before) = incoming.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+    if let Some(before) = before("forwarded") {
         forwarded = format!("{before}, {forwarded}");
     }
-    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded)] {
+    for (name, value) in [
+        ("x-forwarded-for", xff),
+        ("forwarded", forwarded),
+        ("x-real-ip", real_ip),
+    ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
         }
@@ -593,6 +619,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_clients_own_forwarding_headers_are_replaced_unless_it_is_a_trusted_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        let mut origin = Origin {
+            client: "198.51.100.9".parse().expect("ip"),
+            trusted: false,
+            https: false,
+            host: None,
+        };
+        let out = forward_headers(&h, &origin, false);
+        assert_eq!(out["x-forwarded-for"], "198.51.100.9");
+        assert_eq!(out["x-real-ip"], "198.51.100.9");
+        assert_eq!(out["forwarded"], "for=198.51.100.9;proto=http");
+        assert!(!out.contains_key("x-forwarded-host"));
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        origin.trusted = true;
+        let out = forward_headers(&h, &origin, false);
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 198.51.100.9");
+        assert_eq!(out["x-real-ip"], "6.6.6.6");
+        assert_eq!(out["forwarded"], "for=6.6.6.6, for=198.51.100.9;proto=http");
+    }
+
+    #[test]
     fn forwarding_headers_append_and_hop_by_hop_go() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
@@ -602,6 +654,7 @@ mod tests {
         h.insert("x-app", HeaderValue::from_static("kept"));
         let origin = Origin {
             client: "2001:db8::7".parse().expect("ip"),
+            trusted: true,
             https: true,
             host: Some("www.foobar.com"),
         };
