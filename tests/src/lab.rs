@@ -409,6 +409,27 @@ impl LbLab {
         if lab.spec.vrrp.is_some() {
             lab.wait_for_master(Duration::from_secs(10))?;
         }
+        // An edge that started before its peers marked them down (their listeners were not up
+        // yet); every test starts once each edge sees every backend up again.
+        crate::wait_until(Duration::from_secs(15), "every edge to see every backend up", || {
+            (0..lab.edges.len()).all(|i| {
+                lab.status(i).is_ok_and(|s| {
+                    s.services.iter().all(|svc| {
+                        svc.backends
+                            .iter()
+                            .all(|b| b.standing != foobar::health::Standing::Down)
+                    })
+                })
+            })
+        })
+        .with_context(|| {
+            format!(
+                "{:?}",
+                (0..lab.edges.len())
+                    .map(|i| lab.status(i).map(|s| s.services))
+                    .collect::<Vec<_>>()
+            )
+        })?;
         Ok(lab)
     }
 
