@@ -195,7 +195,11 @@ fn upstream_trouble_gives_502_503_504_and_413_never_a_hang() -> Result<()> {
         "%{http_code}",
         &format!("{URL}/api/slow?ms=800"),
     ]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(3), "the slow request to reach app2", || {
+        lab.apps[1]
+            .as_ref()
+            .is_some_and(|a| a.received().contains(&"GET /api/slow".to_string()))
+    })?;
     let Some(mut app2) = lab.apps[1].take() else {
         bail!("app2 already stopped");
     };
@@ -435,6 +439,86 @@ fn a_client_over_its_connection_cap_is_closed_and_others_are_served() -> Result<
         )
         .is_ok_and(|o| o.starts_with("HTTP/1.1 301"))
     })?;
+    Ok(())
+}
+
+#[test]
+fn request_bodies_arrive_intact_and_a_clients_bad_body_benches_no_upstream() -> Result<()> {
+    let lab = WebLab::start("bodies")?;
+    let ca = std::fs::read(lab.pem("www-ec.crt"))?;
+    // An HTTP/2 PUT whose body has no content-length (DATA frames only) reaches the app whole.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = data.clone();
+    let echoed = lab.ns.run(move || -> Result<Vec<u8>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let tls = foobar_tests::weblab::tls_connect(&ca, b"h2").await?;
+            let (client, connection) = h2::client::handshake(tls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut client = client.ready().await?;
+            let request = hyper::Request::put(format!("https://{HOST}/api/echo")).body(())?;
+            let (response, mut stream) = client.send_request(request, false)?;
+            for chunk in sent.chunks(16_000) {
+                stream.reserve_capacity(chunk.len());
+                futures_util::future::poll_fn(|cx| stream.poll_capacity(cx)).await;
+                stream.send_data(bytes::Bytes::copy_from_slice(chunk), false)?;
+            }
+            stream.send_data(bytes::Bytes::new(), true)?;
+            let mut body = response.await?.into_body();
+            let mut out = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out)
+        })
+    })??;
+    let head_end = echoed.windows(2).position(|w| w == b"\n\n").context("no echo head")? + 2;
+    let head = String::from_utf8_lossy(&echoed[..head_end]);
+    ensure!(head.starts_with("PUT /api/echo\n"), "{head}");
+    ensure!(
+        echoed[head_end..] == data[..],
+        "the app received {} of {} body bytes",
+        echoed.len() - head_end,
+        data.len()
+    );
+    // A chunked body over max_request_body_bytes (1 MiB) is the client's fault: 413, and the
+    // server it was streaming to stays in rotation.
+    let big = lab.scratch.file("big-body");
+    std::fs::write(&big, vec![b'x'; 2 * 1024 * 1024])?;
+    let body = format!("@{}", big.display());
+    let code = lab.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--http1.1",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &body,
+        &format!("{URL}/api/echo"),
+    ])?;
+    ensure!(code == "413", "an over-limit chunked body gave {code}");
+    // The probe reached an upstream server (it was streaming the body there)...
+    ensure!(
+        lab.apps
+            .iter()
+            .flatten()
+            .any(|a| a.received().contains(&"POST /api/echo".to_string())),
+        "the over-limit body never reached an app"
+    );
+    // ...which still serves: round-robin keeps reaching both.
+    let names = lab.curl(&["--http1.1", &format!("{URL}/api/name"), &format!("{URL}/api/name")])?;
+    let names = names + &lab.curl(&["--http1.1", &format!("{URL}/api/name"), &format!("{URL}/api/name")])?;
+    ensure!(
+        names.contains("app1") && names.contains("app2"),
+        "a server was taken out over a client's body: {names:?}"
+    );
+    ensure!(!lab.log().contains("connecting upstream failed"), "{}", lab.log());
     Ok(())
 }
 

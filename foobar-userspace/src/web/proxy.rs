@@ -344,7 +344,9 @@ impl Pool {
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let has_body = declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+        // Whatever the framing (a length, chunks, or HTTP/2 DATA frames without a length), a
+        // request has a body unless its stream has already ended.
+        let has_body = !body.is_end_stream();
         let idempotent = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -408,18 +410,27 @@ impl Pool {
                     tried.pop();
                     continue;
                 }
-                Ok(Err(SendFailure::Stale(e) | SendFailure::Exchange(e))) => {
-                    self.mark_failed(i);
-                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "upstream request failed");
+                Ok(Err(SendFailure::Stale(e) | SendFailure::Exchange(e))) if e.is_user() => {
+                    // The client's own body failed (over the limit, a bad chunk, gone): its
+                    // fault, not the server's, which stays in rotation.
                     let large = too_large(&e);
                     return Outcome {
                         response: status_page(if large {
                             StatusCode::PAYLOAD_TOO_LARGE
                         } else {
-                            StatusCode::BAD_GATEWAY
+                            StatusCode::BAD_REQUEST
                         }),
                         upstream: Some(server.addr),
-                        error: (!large).then_some(UpstreamError::Failed),
+                        error: None,
+                    };
+                }
+                Ok(Err(SendFailure::Stale(e) | SendFailure::Exchange(e))) => {
+                    self.mark_failed(i);
+                    warn!(upstream = self.name, server = %server.addr, error = %error_chain(&e), "upstream request failed");
+                    return Outcome {
+                        response: status_page(StatusCode::BAD_GATEWAY),
+                        upstream: Some(server.addr),
+                        error: Some(UpstreamError::Failed),
                     };
                 }
                 Err(_) => {
