@@ -87,6 +87,7 @@ impl Ownership {
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(path: &Path) -> Result<()> {
     let mut config = config::load(path)?;
+    crate::fdlimit::fit(&config)?;
     let mut dataplane = Dataplane::load(&config)?;
     let (health_tx, mut health_rx) = watch::channel(Health::default());
     dataplane

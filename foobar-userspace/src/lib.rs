@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
+pub mod fdlimit;
 pub mod health;
 pub mod iface;
 pub mod listen;

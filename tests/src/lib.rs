@@ -321,8 +321,14 @@ pub fn start_foobar(ns: &Netns, config: &std::path::Path, log: &std::path::Path)
 /// successfully, or is still running after `limit` (it accepted what it should refuse), fails
 /// the test, and is killed.
 pub fn foobar_refuses(ns: &Netns, args: &[&str], limit: Duration) -> Result<String> {
+    command_refuses(ns, &foobar_bin(), args, limit)
+}
+
+/// [`foobar_refuses`] for any program (a wrapper such as `prlimit` or `setpriv` that runs
+/// foobar in the end).
+pub fn command_refuses(ns: &Netns, program: &Path, args: &[&str], limit: Duration) -> Result<String> {
     let mut child = ns
-        .command(&foobar_bin())?
+        .command(program)?
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

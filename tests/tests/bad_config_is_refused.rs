@@ -2,7 +2,7 @@
 //! `run`, and nothing is attached or pinned.
 
 use anyhow::Result;
-use foobar_tests::{foobar_bin, foobar_refuses, Netns, PinDir, Scratch};
+use foobar_tests::{command_refuses, foobar_bin, foobar_refuses, wait_until, Netns, PinDir, Scratch};
 use std::{process::Command, time::Duration};
 
 #[test]
@@ -116,6 +116,91 @@ vips = ["192.0.2.1"]
         stderr.lines().count(),
         5,
         "placeholders made up problems of their own:\n{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_to_fit_the_configuration_or_the_start_is_refused() -> Result<()> {
+    let scratch = Scratch::new("fdlimit")?;
+    let pins = PinDir::new("fdlimit");
+    let ns = Netns::new("fdlimit")?;
+    let path = scratch.file("fd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[node]
+name = "fd"
+interfaces = ["lo"]
+pin_dir = "{}"
+control_socket = "{}"
+
+[[web.listener]]
+address = "127.0.0.1:8080"
+redirect_to_https = true
+
+[[web.site]]
+names = ["fd.example"]
+root = "{}"
+
+[web.limits]
+max_connections = 4000
+"#,
+            pins.path.display(),
+            scratch.file("fd.sock").display(),
+            scratch.path.display()
+        ),
+    )?;
+    let config = path.display().to_string();
+    let foobar = foobar_bin().display().to_string();
+    // A service manager's soft limit of 1024 with room above it: raised to 4000 clients + as
+    // many upstream connections + 1024 headroom.
+    let log = scratch.file("fd.log");
+    let child = ns.spawn(
+        std::path::Path::new("/usr/bin/prlimit"),
+        &["--nofile=1024:16384", "--", &foobar, "run", "--config", &config],
+        &log,
+    )?;
+    wait_until(Duration::from_secs(10), "foobar to run", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("foobar is running"))
+    })?;
+    let pid = child.pid().map(|p| p.to_string()).unwrap_or_default();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "9024", "16384", "files"],
+        "{limits}"
+    );
+    drop(child);
+    let _ = foobar_tests::sh(&[&foobar, "detach", "--pin-dir", &pins.path.display().to_string()]);
+    // Without the right to raise the hard limit (2048, below the 4000 clients + 1024 headroom
+    // the configuration needs at least) the start is refused, with the numbers.
+    let out = command_refuses(
+        &ns,
+        std::path::Path::new("/usr/bin/setpriv"),
+        &[
+            "--bounding-set",
+            "-sys_resource",
+            "--inh-caps",
+            "-sys_resource",
+            "/usr/bin/prlimit",
+            "--nofile=1024:2048",
+            "--",
+            &foobar,
+            "run",
+            "--config",
+            &config,
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        out.contains("the descriptor limit is 1024 (hard 2048) and cannot be raised to the 5024"),
+        "{out}"
     );
     Ok(())
 }
