@@ -206,7 +206,20 @@ impl Connections {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
+    /// Who a connection counts against: its IPv4 address, or its IPv6 address's prefix.
+    fn client_key(&self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(_) => addr,
+            IpAddr::V6(v6) => {
+                let len = u32::from(self.limits.client_ipv6_prefix_len.clamp(1, 128));
+                let mask = u128::MAX << (128 - len);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Admitted> {
+        let client = self.client_key(addr);
         let mut open = self.lock();
         if open.total >= self.limits.max_connections
             || open
@@ -616,6 +629,34 @@ fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_share_their_prefix_cap_and_ipv4_ones_do_not() {
+        let connections = Arc::new(Connections {
+            limits: Limits {
+                max_connections_per_client: 2,
+                ..Limits::default()
+            },
+            open: Mutex::new(OpenConnections::default()),
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let a = connections.admit(ip("2001:db8:1:2::1"));
+        let b = connections.admit(ip("2001:db8:1:2::ffff"));
+        assert!(a.is_some() && b.is_some());
+        // A third address in the same /64 is the same client.
+        assert!(connections.admit(ip("2001:db8:1:2:abcd::9")).is_none());
+        // Another /64, and IPv4 addresses next to each other, are clients of their own.
+        assert!(connections.admit(ip("2001:db8:1:3::1")).is_some());
+        let v4: Vec<_> = ["192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2"]
+            .iter()
+            .map(|s| connections.admit(ip(s)))
+            .collect();
+        assert!(v4.iter().all(Option::is_some));
+        assert!(connections.admit(ip("192.0.2.1")).is_none());
+        // A slot given back is a slot taken again.
+        drop(a);
+        assert!(connections.admit(ip("2001:db8:1:2::7")).is_some());
+    }
 
     #[test]
     fn smuggling_shapes_are_named() {

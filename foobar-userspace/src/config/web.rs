@@ -250,6 +250,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections from one client address.
     pub max_connections_per_client: usize,
+    /// IPv6 clients are counted per prefix of this length (one host usually holds a whole
+    /// /64); IPv4 clients per address.
+    pub client_ipv6_prefix_len: u8,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_concurrent_streams: u32,
     /// On shutdown, how long open connections get to finish, ms.
@@ -267,6 +270,7 @@ impl Default for Limits {
             max_headers: 100,
             max_connections: 10_000,
             max_connections_per_client: 256,
+            client_ipv6_prefix_len: 64,
             h2_max_concurrent_streams: 128,
             drain_timeout_ms: 10_000,
             max_request_body_bytes: 16 * 1024 * 1024,
@@ -399,6 +403,15 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
             &w.limits.span(),
             "[web.limits]: timeouts, connection and stream limits must be positive, max_header_bytes at least 1024"
                 .into(),
+        );
+    }
+    if !(1..=128).contains(&l.client_ipv6_prefix_len) {
+        report(
+            &w.limits.span(),
+            format!(
+                "[web.limits] client_ipv6_prefix_len {} must be 1..=128",
+                l.client_ipv6_prefix_len
+            ),
         );
     }
 }
