@@ -235,9 +235,12 @@ impl Cluster {
 
     /// Picks a server for a new connection and takes a place on it (counted until the lease
     /// drops), with a receiver that changes when the router closes that server's connections.
-    fn lease(self: &Arc<Self>, role: Role, tried: &[usize]) -> Result<Lease, String> {
+    fn lease(self: &Arc<Self>, role: Role, tried: &[usize]) -> Result<Lease, route::Refusal> {
         let view = self.view.borrow();
-        let primary = self.primary.lock().map_err(|_| String::from("router state poisoned"))?;
+        let primary = self.primary.lock().map_err(|_| route::Refusal {
+            public: "router state poisoned".into(),
+            detail: "router state poisoned".into(),
+        })?;
         let active: Vec<u32> = self.servers.iter().map(|s| s.active.load(Ordering::Relaxed)).collect();
         let server = route::pick(
             role,
@@ -350,8 +353,10 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
             Err(why) => {
                 cluster.refused[role.index()].fetch_add(1, Ordering::Relaxed);
                 let name = cluster.config.name.get_ref();
-                let message = format!("foobar: database {name} ({}): {why}", role.name());
-                warn!(database = name, client = %peer, reason = why, "refusing a database connection");
+                // The client, not yet authenticated, learns why in counts; the log has the
+                // servers' addresses and the monitor's errors.
+                let message = format!("foobar: database {name} ({}): {}", role.name(), why.public);
+                warn!(database = name, client = %peer, reason = why.detail, "refusing a database connection");
                 refuse(&mut client, &message).await;
                 return;
             }

@@ -25,6 +25,22 @@ pub fn primary(servers: &[ServerState], current: Option<usize>) -> Option<usize>
     current.filter(writable).or_else(|| (0..servers.len()).find(writable))
 }
 
+/// Why no server qualifies, twice: for the client, who may not be trusted with internal
+/// addresses or the monitor's errors, and for the log and status, which say everything.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Refusal {
+    /// What the client is told: the reason and how many servers stand where.
+    pub public: String,
+    /// The same with each server's address and standing.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(public: String, detail: String) -> Self {
+        Self { public, detail }
+    }
+}
+
 /// The server a new connection of `role` goes to, or why there is none. `active` holds each
 /// server's open connections; `tried` the servers this connection already failed to reach.
 pub fn pick(
@@ -35,25 +51,37 @@ pub fn pick(
     active: &[u32],
     tried: &[usize],
     rules: &Rules,
-) -> Result<usize, String> {
+) -> Result<usize, Refusal> {
     let full = |i: usize| rules.max_connections != 0 && active.get(i).copied().unwrap_or(0) >= rules.max_connections;
     let name = |i: usize| {
         addresses
             .get(i)
             .map_or_else(|| format!("server {i}"), |a| a.to_string())
     };
-    let use_primary = |why_not: String| match primary {
-        None => Err(format!("no primary ({})", describe(servers, addresses, tried, rules))),
-        Some(p) if tried.contains(&p) => Err(format!("{why_not}; primary {} is unreachable", name(p))),
-        Some(p) if full(p) => Err(format!(
-            "{why_not}; primary {} has {} connections (max_connections_per_server)",
-            name(p),
-            rules.max_connections
+    let use_primary = |why_not: &str| match primary {
+        None => Err(Refusal::new(
+            format!("no primary ({})", summarise(servers, tried, rules)),
+            format!("no primary ({})", describe(servers, addresses, tried, rules)),
+        )),
+        Some(p) if tried.contains(&p) => Err(Refusal::new(
+            format!("{why_not}; the primary did not accept the connection"),
+            format!("{why_not}; primary {} is unreachable", name(p)),
+        )),
+        Some(p) if full(p) => Err(Refusal::new(
+            format!(
+                "{why_not}; the primary has {} connections (max_connections_per_server)",
+                rules.max_connections
+            ),
+            format!(
+                "{why_not}; primary {} has {} connections (max_connections_per_server)",
+                name(p),
+                rules.max_connections
+            ),
         )),
         Some(p) => Ok(p),
     };
     match role {
-        Role::ReadWrite => use_primary(String::from("no writable server")),
+        Role::ReadWrite => use_primary("no writable server"),
         Role::ReadOnly => {
             let best = (0..servers.len())
                 .filter(|&i| Some(i) != primary && !tried.contains(&i) && !full(i))
@@ -64,44 +92,104 @@ pub fn pick(
                 .min_by_key(|&i| active.get(i).copied().unwrap_or(0));
             match (best, rules.when_no_replica) {
                 (Some(i), _) => Ok(i),
-                (None, NoReplica::Primary) => use_primary(format!(
-                    "no replica qualifies ({})",
-                    describe(servers, addresses, tried, rules)
-                )),
-                (None, NoReplica::Refuse) => Err(format!(
-                    "no replica qualifies ({}); when_no_replica = refuse",
-                    describe(servers, addresses, tried, rules)
+                (None, NoReplica::Primary) => use_primary("no replica qualifies").map_err(|r| Refusal {
+                    detail: format!("{}; replicas: {}", r.detail, describe(servers, addresses, tried, rules)),
+                    ..r
+                }),
+                (None, NoReplica::Refuse) => Err(Refusal::new(
+                    format!(
+                        "no replica qualifies ({}); when_no_replica = refuse",
+                        summarise(servers, tried, rules)
+                    ),
+                    format!(
+                        "no replica qualifies ({}); when_no_replica = refuse",
+                        describe(servers, addresses, tried, rules)
+                    ),
                 )),
             }
         }
     }
 }
 
-/// Each server's standing, for error messages: `10.0.0.2:3306 lags 35 s (max 10)`.
+/// Where one server stands, for refusals.
+enum Standing {
+    DidNotAccept,
+    Down,
+    Writable,
+    ReplicationStopped,
+    NotConnected,
+    Lagging(u64),
+    ReadOnly(u64),
+}
+
+impl Standing {
+    fn of(i: usize, s: &ServerState, tried: &[usize], rules: &Rules, primary_up: bool) -> Self {
+        if tried.contains(&i) {
+            return Standing::DidNotAccept;
+        }
+        if !s.up {
+            return Standing::Down;
+        }
+        if !s.read_only {
+            return Standing::Writable;
+        }
+        let lag = s.effective_lag(rules.unknown_lag_s, primary_up);
+        let over = lag > rules.max_lag_s;
+        match s.lag {
+            Lag::Stopped => Standing::ReplicationStopped,
+            Lag::Disconnected(_) if over => Standing::NotConnected,
+            _ if over => Standing::Lagging(lag),
+            _ => Standing::ReadOnly(lag),
+        }
+    }
+
+    /// The category, as the client's summary counts it.
+    fn category(&self) -> &'static str {
+        match self {
+            Standing::DidNotAccept => "did not accept",
+            Standing::Down => "down",
+            Standing::Writable => "writable",
+            Standing::ReplicationStopped => "replication stopped",
+            Standing::NotConnected => "not connected to the primary",
+            Standing::Lagging(_) => "lagging",
+            Standing::ReadOnly(_) => "read-only",
+        }
+    }
+}
+
+/// The servers' standing as counts, for the client: `servers: 1 down, 1 lagging`.
+fn summarise(servers: &[ServerState], tried: &[usize], rules: &Rules) -> String {
+    let primary_up = servers.iter().any(|s| s.up && !s.read_only);
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let category = Standing::of(i, s, tried, rules, primary_up).category();
+        match counts.iter_mut().find(|(c, _)| *c == category) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((category, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    format!("servers: {}", parts.join(", "))
+}
+
+/// Each server's standing, for the log and status: `10.0.0.2:3306 lags 35 s (max 10)`.
 fn describe(servers: &[ServerState], addresses: &[SocketAddr], tried: &[usize], rules: &Rules) -> String {
     let primary_up = servers.iter().any(|s| s.up && !s.read_only);
     let standing: Vec<String> = servers
         .iter()
         .zip(addresses)
         .enumerate()
-        .map(|(i, (s, a))| {
-            if tried.contains(&i) {
-                format!("{a} did not accept the connection")
-            } else if !s.up {
+        .map(|(i, (s, a))| match Standing::of(i, s, tried, rules, primary_up) {
+            Standing::DidNotAccept => format!("{a} did not accept the connection"),
+            Standing::Down => {
                 let why = s.last_error.as_deref().unwrap_or("not checked yet");
                 format!("{a} is down: {why}")
-            } else if !s.read_only {
-                format!("{a} is writable")
-            } else {
-                let lag = s.effective_lag(rules.unknown_lag_s, primary_up);
-                let over = lag > rules.max_lag_s;
-                match s.lag {
-                    Lag::Stopped => format!("{a} has its replication SQL thread stopped"),
-                    Lag::Disconnected(_) if over => format!("{a} is not connected to its primary"),
-                    _ if over => format!("{a} lags {lag} s (max {})", rules.max_lag_s),
-                    _ => format!("{a} is read-only, lag {lag} s"),
-                }
             }
+            Standing::Writable => format!("{a} is writable"),
+            Standing::ReplicationStopped => format!("{a} has its replication SQL thread stopped"),
+            Standing::NotConnected => format!("{a} is not connected to its primary"),
+            Standing::Lagging(lag) => format!("{a} lags {lag} s (max {})", rules.max_lag_s),
+            Standing::ReadOnly(lag) => format!("{a} is read-only, lag {lag} s"),
         })
         .collect();
     standing.join("; ")
@@ -196,12 +284,18 @@ mod tests {
         );
         let refused = pick(Role::ReadOnly, &s, &a, Some(0), &[0; 3], &[], &rules(NoReplica::Refuse));
         let why = refused.err().unwrap_or_default();
-        assert!(why.contains("10.0.0.3:3306 lags 35 s (max 10)"), "{why}");
+        assert!(why.detail.contains("10.0.0.3:3306 lags 35 s (max 10)"), "{why:?}");
         assert!(
-            why.contains("10.0.0.2:3306 has its replication SQL thread stopped"),
-            "{why}"
+            why.detail
+                .contains("10.0.0.2:3306 has its replication SQL thread stopped"),
+            "{why:?}"
         );
-        assert!(why.contains("when_no_replica = refuse"), "{why}");
+        assert!(why.detail.contains("when_no_replica = refuse"), "{why:?}");
+        // The client is told the same in counts, without addresses.
+        assert_eq!(
+            why.public,
+            "no replica qualifies (servers: 1 writable, 1 replication stopped, 1 lagging); when_no_replica = refuse"
+        );
     }
 
     #[test]
@@ -226,9 +320,11 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(
-            why.contains("no primary (10.0.0.1:3306 is down: login: Connection refused"),
-            "{why}"
+            why.detail
+                .contains("no primary (10.0.0.1:3306 is down: login: Connection refused"),
+            "{why:?}"
         );
+        assert_eq!(why.public, "no primary (servers: 1 down, 1 read-only)");
         assert_eq!(
             pick(Role::ReadOnly, &s, &a, None, &[0; 2], &[], &rules(NoReplica::Primary)),
             Ok(1),
@@ -243,6 +339,14 @@ mod tests {
             &[],
             &rules(NoReplica::Primary),
         );
-        assert!(full.err().unwrap_or_default().contains("max_connections_per_server"));
+        let full = full.err().unwrap_or_default();
+        assert!(
+            full.detail.contains("primary 10.0.0.2:3306 has 2 connections"),
+            "{full:?}"
+        );
+        assert_eq!(
+            full.public,
+            "no writable server; the primary has 2 connections (max_connections_per_server)"
+        );
     }
 }
