@@ -1,0 +1,68 @@
+//! Documentation that runs: every TOML example of the configuration reference, put together as
+//! the reference presents it (one configuration, section by section), passes `foobar
+//! check-config`, and the credentials file example loads. An example that drifts from what
+//! foobar accepts fails here.
+
+use anyhow::{ensure, Context, Result};
+use foobar_tests::{foobar_bin, Scratch};
+use std::process::Command;
+
+/// The ```toml blocks of a Markdown file, in order.
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```toml") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_configuration_reference_examples_pass_check_config() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let reference = std::fs::read_to_string(root.join("docs/configuration.md"))?;
+    let blocks = toml_blocks(&reference);
+    ensure!(blocks.len() >= 4, "found {} TOML examples", blocks.len());
+    let scratch = Scratch::new("docs-examples")?;
+    // Sections (with a table header) make up one configuration; a block without one is the
+    // credentials file.
+    let (sections, others): (Vec<&String>, Vec<&String>) = blocks
+        .iter()
+        .partition(|b| b.lines().any(|l| l.trim_start().starts_with('[')));
+    let config = scratch.file("reference.toml");
+    std::fs::write(
+        &config,
+        sections.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+    )?;
+    let out = Command::new(foobar_bin())
+        .args(["check-config", "--skip-files"])
+        .arg(&config)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the reference's examples fail check-config:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(others.len() == 1, "unexpected examples: {others:?}");
+    let credentials = scratch.file("monitor.toml");
+    std::fs::write(&credentials, others[0])?;
+    std::fs::set_permissions(&credentials, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    foobar::mysql::monitor::Credentials::load(&credentials).context("the credentials example")?;
+    // The control: the same check refuses the configuration once an example goes wrong.
+    let broken = std::fs::read_to_string(&config)?.replacen("vrid = 51", "vrid = 300", 1);
+    std::fs::write(&config, broken)?;
+    let out = Command::new(foobar_bin())
+        .args(["check-config", "--skip-files"])
+        .arg(&config)
+        .output()?;
+    ensure!(!out.status.success(), "a broken example passed");
+    Ok(())
+}
