@@ -66,3 +66,39 @@ fn the_configuration_reference_examples_pass_check_config() -> Result<()> {
     ensure!(!out.status.success(), "a broken example passed");
     Ok(())
 }
+
+#[test]
+fn every_whole_configuration_in_the_docs_passes_check_config() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = Scratch::new("docs-whole")?;
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md") && !path.ends_with("configuration.md") {
+            pages.push(path);
+        }
+    }
+    let mut checked = 0;
+    for page in pages {
+        for (i, block) in toml_blocks(&std::fs::read_to_string(&page)?).iter().enumerate() {
+            if !block.lines().any(|l| l.trim() == "[node]") {
+                continue;
+            }
+            let file = scratch.file(&format!("example{checked}.toml"));
+            std::fs::write(&file, block)?;
+            let out = Command::new(foobar_bin())
+                .args(["check-config", "--skip-files"])
+                .arg(&file)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "example {i} of {} fails check-config:\n{}",
+                page.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    ensure!(checked >= 1, "no whole configuration found in the docs");
+    Ok(())
+}
