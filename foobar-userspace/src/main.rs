@@ -49,11 +49,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the data plane's counters from its pinned maps.
+    /// Print the data plane's counters from its pinned maps (services named after a
+    /// configuration file when one is given).
     Stats {
         /// bpffs directory the data plane is pinned under.
         #[arg(long, default_value = "/sys/fs/bpf/foobar")]
         pin_dir: PathBuf,
+        /// The configuration to name the services after.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -121,8 +125,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 ctl::print(&status);
             }
         }
-        Command::Stats { pin_dir, json } => {
-            let snapshot = stats::snapshot(&pin_dir)?;
+        Command::Stats { pin_dir, config, json } => {
+            let mut snapshot = stats::snapshot(&pin_dir)?;
+            if let Some(path) = config {
+                stats::name_services(&mut snapshot, &config::load_with(&path, false)?);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&snapshot)?);
             } else {

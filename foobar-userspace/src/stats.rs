@@ -24,6 +24,8 @@ pub struct Snapshot {
 /// One service's traffic.
 #[derive(Debug, Serialize)]
 pub struct ServiceStats {
+    /// Its name, when a configuration was given to name it ([`name_services`]).
+    pub name: Option<String>,
     /// VIP and port.
     pub vip: SocketAddr,
     /// "tcp" or "udp".
@@ -85,6 +87,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
     for entry in service_map.iter() {
         let (key, info) = entry?;
         services.push(ServiceStats {
+            name: None,
             vip: SocketAddr::new(ip_from(&key.addr, key.family), u16::from_be(key.port_be)),
             protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" },
             id: info.id,
@@ -116,6 +119,18 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
     })
 }
 
+/// Names the snapshot's services after the configuration's `[[service]]` sections (by VIP, port
+/// and protocol).
+pub fn name_services(s: &mut Snapshot, c: &crate::config::Config) {
+    for svc in &mut s.services {
+        svc.name = c
+            .services
+            .iter()
+            .find(|cs| SocketAddr::new(*cs.vip.get_ref(), cs.port) == svc.vip && cs.protocol.name() == svc.protocol)
+            .map(|cs| cs.name.get_ref().clone());
+    }
+}
+
 /// Prints a snapshot as aligned text.
 pub fn print(s: &Snapshot) {
     println!("counters");
@@ -123,11 +138,26 @@ pub fn print(s: &Snapshot) {
         println!("  {name:<26} {value:>14}");
     }
     println!("services");
+    // A service as people know it: its name, or its VIP, port and protocol.
+    let label = |id: u32| {
+        s.services.iter().find(|svc| svc.id == id).map_or_else(
+            || format!("service {id}"),
+            |svc| {
+                svc.name
+                    .clone()
+                    .unwrap_or_else(|| format!("{} {}", svc.vip, svc.protocol))
+            },
+        )
+    };
     for svc in &s.services {
         let t = &svc.traffic;
         println!(
-            "  {:<28} {:<4} packets {:>12} bytes {:>14} new_flows {:>10}",
-            svc.vip, svc.protocol, t.packets, t.bytes, t.new_flows
+            "  {:<28} {:<28} packets {:>12} bytes {:>14} new_flows {:>10}",
+            svc.name.as_deref().unwrap_or("-"),
+            format!("{} {}", svc.vip, svc.protocol),
+            t.packets,
+            t.bytes,
+            t.new_flows
         );
     }
     println!("backends");
@@ -135,8 +165,13 @@ pub fn print(s: &Snapshot) {
         let t = &b.traffic;
         let state = if b.active { "up" } else { "down" };
         println!(
-            "  {:<28} svc {:<3} {:<4} packets {:>12} bytes {:>14} new_flows {:>10}",
-            b.address, b.service_id, state, t.packets, t.bytes, t.new_flows
+            "  {:<28} {:<28} {:<4} packets {:>12} bytes {:>14} new_flows {:>10}",
+            b.address,
+            label(b.service_id),
+            state,
+            t.packets,
+            t.bytes,
+            t.new_flows
         );
     }
 }

@@ -229,5 +229,22 @@ fn l2_dsr_spreads_real_connections() -> Result<()> {
     if backends != 3 {
         bail!("stats should show traffic on 3 backends:\n{json}");
     }
+    // Given the configuration, services and their backends go by the service's name.
+    let config = lab.edge_config(0).display().to_string();
+    let text = foobar_tests::sh(&[
+        &foobar_tests::foobar_bin().display().to_string(),
+        "stats",
+        "--pin-dir",
+        &pin_dir,
+        "--config",
+        &config,
+    ])?;
+    let named = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("10.10.0.1") && l.contains(" web "))
+        .count();
+    if named != 3 || !text.lines().any(|l| l.trim_start().starts_with("web ")) {
+        bail!("stats --config does not name the service:\n{text}");
+    }
     Ok(())
 }
