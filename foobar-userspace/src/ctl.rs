@@ -227,10 +227,12 @@ pub fn print(s: &NodeStatus) {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         println!(
-            "    adverts sent {}, received {}, transitions {}, discarded: {}",
+            "    adverts sent {}, received {}, transitions {}, answers suppressed {}, notify runs suppressed {}, discarded: {}",
             v.adverts_sent,
             v.adverts_received,
             v.transitions,
+            v.answers_suppressed,
+            v.notify_suppressed,
             if discards.is_empty() {
                 "none".into()
             } else {

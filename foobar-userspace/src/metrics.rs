@@ -225,6 +225,16 @@ fn vrrp_families(status: &NodeStatus) -> Vec<Family> {
         Kind::Counter,
         "Received packets discarded, by reason.",
     );
+    let mut answers = Family::new(
+        "foobar_vrrp_answers_suppressed",
+        Kind::Counter,
+        "Answers to a lower-priority master's adverts left out (one per interval is sent).",
+    );
+    let mut notifies = Family::new(
+        "foobar_vrrp_notify_suppressed",
+        Kind::Counter,
+        "Notify runs left out (at most 10 a minute).",
+    );
     for v in &status.vrrp {
         let name = [("instance", v.name.as_str())];
         for s in crate::vrrp::election::State::ALL {
@@ -241,8 +251,20 @@ fn vrrp_families(status: &NodeStatus) -> Vec<Family> {
         for (reason, n) in &v.discards {
             discarded.sample(&[("instance", &v.name), ("reason", reason)], *n as f64);
         }
+        answers.sample(&name, v.answers_suppressed as f64);
+        notifies.sample(&name, v.notify_suppressed as f64);
     }
-    vec![state, priority, faults, transitions, sent, received, discarded]
+    vec![
+        state,
+        priority,
+        faults,
+        transitions,
+        sent,
+        received,
+        discarded,
+        answers,
+        notifies,
+    ]
 }
 
 fn web_families(status: &NodeStatus) -> Vec<Family> {

@@ -422,6 +422,35 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
         );
     }
     ensure!(lab.vrrp_state(0) == "master" && lab.vrrp_state(1) == "backup");
+    // A flood of valid adverts from a lower-priority "master": each reaches the election, the
+    // real master answers (an advert and a burst of announcements per VIP) once per interval,
+    // the rest are counted as suppressed.
+    let received = lab.status(0)?.vrrp[0].adverts_received;
+    let mut low = Advert {
+        vrid: 51,
+        priority: 120,
+        interval_cs: 10,
+        addresses: vec![IpAddr::V4(VIP)],
+    }
+    .encode(src, group, Ipv4Checksum::PseudoHeader);
+    seal(&mut low, src, group, Ipv4Checksum::PseudoHeader);
+    for _ in 0..7 {
+        send_raw(&lab, low.clone(), 255)?;
+    }
+    wait_until(Duration::from_secs(3), "the flood to reach edge1's election", || {
+        lab.status(0).is_ok_and(|s| s.vrrp[0].adverts_received >= received + 21)
+    })?;
+    let status = lab.status(0)?;
+    ensure!(
+        status.vrrp[0].answers_suppressed >= 15 && status.vrrp[0].transitions == before[0],
+        "a flood of lower-priority adverts was answered one by one: {status:?}"
+    );
+    ensure!(lab.vrrp_state(0) == "master");
+    // The master's own adverts kept their rhythm: the backup hears it as master again.
+    let edge1_addr = IpAddr::V4(foobar_tests::lab::edge_addr(0));
+    wait_until(Duration::from_secs(2), "edge2 to hear edge1 again", || {
+        lab.status(1).is_ok_and(|s| s.vrrp[0].master == Some(edge1_addr))
+    })?;
     // The same advert in an IPIP tunnel to each edge's own address (which it decapsulates for
     // its peers), posing as edge1 with priority 254 and a good checksum: anyone who can route a
     // packet to an edge used to have it passed up as if it came from the link. Dropped as from

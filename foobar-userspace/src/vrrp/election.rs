@@ -280,8 +280,8 @@ impl Election {
                 // Two masters (a healed split brain, or a peer that just started): the RFC
                 // discards the loser's advert; like keepalived, answer it at once so the peer
                 // steps down now, and announce the VIPs again, since hosts may have followed
-                // the other master's announcements.
-                self.deadline_ms = now_ms + self.settings.interval_cs as u64 * 10;
+                // the other master's announcements. The regular adverts keep their rhythm (an
+                // answer the caller leaves out, when paced, must not delay them).
                 vec![Action::Advertise(ours), Action::Announce]
             }
         }

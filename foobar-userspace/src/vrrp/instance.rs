@@ -187,6 +187,13 @@ pub struct Status {
     pub adverts_received: u64,
     /// Received packets discarded, by reason.
     pub discards: BTreeMap<String, u64>,
+    /// Answers (an advert and gratuitous announcements) to a lower-priority master's adverts
+    /// left out: at most one per advertisement interval is sent.
+    #[serde(default)]
+    pub answers_suppressed: u64,
+    /// Notify runs left out: at most [`NOTIFY_BUDGET`] a minute.
+    #[serde(default)]
+    pub notify_suppressed: u64,
 }
 
 impl Status {
@@ -258,6 +265,9 @@ impl Handle {
             claims,
             clock: Instant::now(),
             announce_again: None,
+            answers: Pacer::new(1, Duration::from_millis(u64::from(spec.settings.interval_cs) * 10)),
+            notifies: Pacer::new(NOTIFY_BUDGET, NOTIFY_WINDOW),
+            discard_logs: BTreeMap::new(),
         };
         let task = tokio::spawn(runner.run(faults_rx, stop_rx));
         Ok(Self {
@@ -282,6 +292,43 @@ impl Handle {
     }
 }
 
+/// Notify runs allowed per [`NOTIFY_WINDOW`]; a flapping instance runs no more.
+pub const NOTIFY_BUDGET: u32 = 10;
+/// The window of [`NOTIFY_BUDGET`].
+const NOTIFY_WINDOW: Duration = Duration::from_secs(60);
+/// A discard reason is logged at most once per this long (every discard is counted).
+const DISCARD_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Allows an event at most `budget` times per `window`.
+#[derive(Debug)]
+struct Pacer {
+    budget: u32,
+    window: Duration,
+    started: Option<Instant>,
+    used: u32,
+}
+
+impl Pacer {
+    fn new(budget: u32, window: Duration) -> Self {
+        Self {
+            budget,
+            window,
+            started: None,
+            used: 0,
+        }
+    }
+
+    /// Whether one more event may happen at `now`.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.started.is_none_or(|s| now.duration_since(s) >= self.window) {
+            self.started = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= self.budget
+    }
+}
+
 struct Runner {
     index: usize,
     spec: Spec,
@@ -295,6 +342,12 @@ struct Runner {
     clock: Instant,
     /// When the takeover announcement is due again.
     announce_again: Option<Instant>,
+    /// Answers to a lower-priority master: one per advertisement interval.
+    answers: Pacer,
+    /// Notify runs.
+    notifies: Pacer,
+    /// Discard log lines, by reason.
+    discard_logs: BTreeMap<&'static str, Pacer>,
 }
 
 impl Runner {
@@ -371,17 +424,31 @@ impl Runner {
         let advert = match verdict {
             Ok(advert) => advert,
             Err(reason) => {
-                // Adverts of other routers on a shared link are normal; the rest is worth a look.
-                if reason != Discard::Vrid {
-                    warn!(instance = self.spec.name, from = %packet.src, reason = reason.name(), "discarded a VRRP packet");
+                // Adverts of other routers on a shared link are normal; the rest is worth a look,
+                // once in a while (a flood of them is counted, not logged line by line).
+                let log = self
+                    .discard_logs
+                    .entry(reason.name())
+                    .or_insert_with(|| Pacer::new(1, DISCARD_LOG_EVERY))
+                    .allow(Instant::now());
+                if reason != Discard::Vrid && log {
+                    warn!(instance = self.spec.name, from = %packet.src, reason = reason.name(), "discarded a VRRP packet (more of this kind within 10 s are counted, not logged)");
                 }
                 *self.lock_status().discards.entry(reason.name().into()).or_default() += 1;
                 return Vec::new();
             }
         };
-        let actions = self.election.on_advert(self.now_ms(), packet.src, &advert);
+        let mut actions = self.election.on_advert(self.now_ms(), packet.src, &advert);
+        // A master answers another master's adverts (an advert and announcements) at most once
+        // per interval: each forged lower-priority advert would otherwise cost a burst.
+        let answer = actions.contains(&Action::Announce) && self.election.state() == State::Master;
+        let suppressed = answer && !self.answers.allow(Instant::now());
+        if suppressed {
+            actions.clear();
+        }
         let mut status = self.lock_status();
         status.adverts_received += 1;
+        status.answers_suppressed += u64::from(suppressed);
         if advert.priority > 0 && self.election.state() == State::Backup {
             status.master = Some(packet.src);
             status.master_priority = Some(advert.priority);
@@ -491,6 +558,14 @@ impl Runner {
             "vrrp state changed"
         );
         if let Some(command) = &self.spec.notify {
+            if !self.notifies.allow(Instant::now()) {
+                self.lock_status().notify_suppressed += 1;
+                warn!(
+                    instance = self.spec.name,
+                    "notify command not run: more than {NOTIFY_BUDGET} state changes within a minute"
+                );
+                return;
+            }
             let mut cmd = tokio::process::Command::new(command);
             cmd.args([
                 self.spec.name.as_str(),
@@ -507,5 +582,20 @@ impl Runner {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pacer_allows_its_budget_per_window() {
+        let start = Instant::now();
+        let mut p = Pacer::new(2, Duration::from_secs(1));
+        assert!(p.allow(start));
+        assert!(p.allow(start + Duration::from_millis(10)));
+        assert!(!p.allow(start + Duration::from_millis(20)), "over the budget");
+        assert!(p.allow(start + Duration::from_millis(1010)), "a new window");
     }
 }
