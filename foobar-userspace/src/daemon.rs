@@ -95,6 +95,11 @@ pub async fn run(path: &Path) -> Result<()> {
         .context("writing the data-plane maps")?;
     dataplane.attach(&config)?;
     let mut checks = health::spawn_checks(&config, &health_tx);
+    // The VIP claim is a lease this process renews on every tracking tick: three of the
+    // fastest advert intervals, so that a dead control plane's node stops answering ARP / ND
+    // before a peer takes over (its master-down interval is three intervals and a skew).
+    let lease = claim_lease(&config);
+    dataplane.renew_claim(lease).context("writing the claim lease")?;
 
     let (claims_tx, mut claims_rx) = mpsc::channel::<Claim>(16);
     let mut instances = Vec::new();
@@ -180,6 +185,9 @@ pub async fn run(path: &Path) -> Result<()> {
             }
             Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
             _ = track.tick(), if !instances.is_empty() => {
+                if let Err(e) = dataplane.renew_claim(lease) {
+                    error!("renewing the VIP claim lease failed: {e:#}");
+                }
                 let health = health_rx.borrow().clone();
                 update_faults(&config, &instances, &health, &mut dataplane);
             }
@@ -229,6 +237,13 @@ pub async fn run(path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&config.node.control_socket);
     info!("stopping; the pinned data plane keeps forwarding (foobar detach removes it)");
     Ok(())
+}
+
+/// How long the data plane's VIP claim lasts without renewal: three of the fastest advert
+/// intervals (at least three tracking ticks); none without VRRP (no peer to take over).
+fn claim_lease(c: &Config) -> Option<Duration> {
+    let fastest = c.vrrp.iter().map(|v| *v.advert_interval_ms.get_ref()).min()?;
+    Some((3 * Duration::from_millis(u64::from(fastest))).max(3 * TRACK_INTERVAL))
 }
 
 /// Waits for every stopping instance (they stop concurrently; this only collects them).

@@ -31,6 +31,16 @@ use std::{
 };
 use tracing::info;
 
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock the program reads (`bpf_ktime_get_coarse_ns`).
+fn coarse_now_ns() -> Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        bail!("reading the coarse clock: {}", std::io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// The XDP program, built by build.rs and embedded in the binary.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar-xdp.o"));
 
@@ -270,6 +280,18 @@ impl Dataplane {
         self.forwarding = forwarding;
         self.node.flags = if forwarding { NODE_FORWARDING } else { 0 };
         self.maps.node.set(0, self.node, 0)?;
+        Ok(())
+    }
+
+    /// Lets the data plane answer ARP / ND for the VIPs it claims for `lease` more (`None`: for
+    /// good, a node without VRRP). Renewed while the control plane lives; a dead one's claim
+    /// lapses, so only the peer that took over answers.
+    pub fn renew_claim(&mut self, lease: Option<std::time::Duration>) -> Result<()> {
+        let until = match lease {
+            None => u64::MAX,
+            Some(lease) => coarse_now_ns()?.saturating_add(lease.as_nanos() as u64),
+        };
+        self.maps.claim_lease.set(0, until, 0)?;
         Ok(())
     }
 

@@ -195,6 +195,8 @@ impl Fixture {
         enter(&format!("/run/netns/{}", ns.name))?;
         let mut dp = Dataplane::load(&config)?;
         dp.sync(&config, &Health::default())?;
+        // No control plane renews a lease here: the claim stands for good.
+        dp.renew_claim(None)?;
         // Every BPF_PROG_TEST_RUN of an XDP program adds it to and removes it from the kernel's
         // XDP dispatcher, each change waiting for an RCU grace period (milliseconds), unless the
         // program is attached somewhere already. Attach each to a spare veth for the duration

@@ -114,6 +114,30 @@ fn crash_of_the_master_moves_the_vip_and_every_transfer_survives() -> Result<()>
         neigh.contains(&mac2),
         "client neighbour entry {neigh:?} is not edge2's {mac2}"
     );
+    // Only the new master answers ARP for the VIP now: the crashed edge's claim was a lease its
+    // dead control plane no longer renews. Its data plane still sees the requests (counted as
+    // lapsed claims), so the probe reaches it.
+    let counter = |i: usize, name: &str| -> Result<u64> {
+        let snap = foobar::stats::snapshot(&lab.edges[i].pins.path)?;
+        Ok(snap.counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v))
+    };
+    let (replied1, lapsed1, replied2) = (
+        counter(0, "arp_replied")?,
+        counter(0, "claim_lapsed")?,
+        counter(1, "arp_replied")?,
+    );
+    lab.client
+        .exec(&["ip", "neigh", "flush", "to", &VIP.to_string(), "dev", "eth0"])?;
+    let vip_addr = lab.vip();
+    lab.client
+        .run(move || foobar_tests::EchoClient::connect(vip_addr).map(drop))??;
+    wait_until(Duration::from_secs(3), "edge2 to answer ARP for the VIP", || {
+        counter(1, "arp_replied").is_ok_and(|n| n > replied2)
+    })?;
+    ensure!(
+        counter(0, "arp_replied")? == replied1 && counter(0, "claim_lapsed")? > lapsed1,
+        "the crashed edge still answers ARP for the VIP"
+    );
     // The crashed edge's data plane carries on without its control plane (pinned program and
     // maps): new connections sent to its MAC are balanced by it and reach a backend.
     let mac1 = foobar_tests::mac_of(&lab.edges[0].ns, "eth0")?;

@@ -35,6 +35,9 @@ pub mod names {
     pub const CONNTRACK6: &str = "CONNTRACK6";
     /// Single-entry array holding the [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
+    /// Single-entry array: until when (`CLOCK_MONOTONIC_COARSE` ns) this node may answer ARP /
+    /// ND for the VIPs it claims. The control plane renews it; a dead one lets it lapse.
+    pub const CLAIM_LEASE: &str = "CLAIM_LEASE";
     /// [`crate::AddrKey`] -> u32 flags ([`crate::VIP_CLAIMED`]): the VIPs (any service); traffic
     /// to them is balanced or dropped.
     pub const VIPS: &str = "VIPS";
@@ -376,6 +379,9 @@ counters! {
     /// Tunnel packets from a peer whose inner packet may not arrive through a tunnel (VRRP,
     /// IPv6 neighbour discovery, IPv6 extension headers in front of them).
     DropTunnelForbidden = "drop_tunnel_forbidden",
+    /// ARP requests or neighbour solicitations for a claimed VIP left unanswered because the
+    /// control plane's claim lease lapsed (it is dead or stuck; the peer takes over).
+    ClaimLapsed = "claim_lapsed",
 }
 
 #[cfg(feature = "user")]

@@ -65,6 +65,10 @@ pub static CONNTRACK6: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(16384
 #[map]
 pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
 
+/// Until when (coarse monotonic ns) the VIPs may be answered for (`CLAIM_LEASE`).
+#[map]
+pub static CLAIM_LEASE: Array<u64> = Array::pinned(1, 0);
+
 /// The VIPs of all services (value unused, 1).
 #[map]
 pub static VIPS: HashMap<AddrKey, u32> = HashMap::pinned(256, 0);

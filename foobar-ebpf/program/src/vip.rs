@@ -4,9 +4,9 @@
 //! `lo`), so only the master claims them.
 
 use crate::{
-    access::{adjust_tail, lookup},
+    access::{adjust_tail, coarse_now_ns, lookup},
     csum,
-    maps::{count, LINK_MACS, VIPS},
+    maps::{count, CLAIM_LEASE, LINK_MACS, VIPS},
     parse::{ptr_at, ArpHdr, EthHdr, Ipv6Hdr, NdMsg, Packet, ParseError, IPPROTO_ICMPV6, IPV6_LEN},
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
@@ -42,6 +42,12 @@ fn claimant(ctx: &XdpContext, node: &NodeConfig, vip: Addr, family: u8) -> Optio
         },
     )?;
     if flags & VIP_CLAIMED == 0 {
+        return None;
+    }
+    // The claim is a lease the control plane renews: a dead one stops answering within the
+    // lease, before the peer takes over, while forwarding goes on.
+    if CLAIM_LEASE.get(0).is_none_or(|until| coarse_now_ns() >= *until) {
+        count(Counter::ClaimLapsed);
         return None;
     }
     let ifindex = ctx.ingress_ifindex() as u32;

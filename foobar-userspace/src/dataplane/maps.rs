@@ -25,6 +25,8 @@ pub(super) struct Maps {
     pub maglev: Array<MapData, MaglevSlots>,
     /// Node settings (one entry).
     pub node: Array<MapData, NodeConfig>,
+    /// Until when the VIPs may be answered for (one entry, coarse monotonic ns).
+    pub claim_lease: Array<MapData, u64>,
     /// The VIP pre-filter's bit words.
     pub vip_filter: Array<MapData, u64>,
 }
@@ -41,6 +43,7 @@ impl Maps {
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,
             node: take(ebpf, names::NODE)?,
+            claim_lease: take(ebpf, names::CLAIM_LEASE)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
         })
     }
