@@ -279,6 +279,18 @@ fn split_brain_keeps_delivering_and_heals_within_an_interval() -> Result<()> {
     Ok(())
 }
 
+/// A valid advert for the lab's router (VRID 51, its VIP) from `src` to the VRRP group.
+fn advert_from(src: IpAddr, priority: u8, interval_cs: u16) -> Vec<u8> {
+    let group = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
+    Advert {
+        vrid: 51,
+        priority,
+        interval_cs,
+        addresses: vec![IpAddr::V4(VIP)],
+    }
+    .encode(src, group, Ipv4Checksum::PseudoHeader)
+}
+
 /// Sends `message` as a VRRP packet with this TTL from the client to the VRRP group.
 fn send_raw(lab: &LbLab, message: Vec<u8>, ttl: u8) -> Result<()> {
     lab.client.run(move || -> Result<()> {
@@ -338,16 +350,7 @@ fn a_forged_long_interval_does_not_stretch_the_takeover() -> Result<()> {
     // would stay dark for three of those intervals.
     stop_edge(&mut lab, 0, Signal::SIGKILL)?;
     let received = lab.status(1)?.vrrp[0].adverts_received;
-    let src = IpAddr::V4(foobar_tests::lab::CLIENT);
-    let group = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
-    let mut forged = Advert {
-        vrid: 51,
-        priority: 149,
-        interval_cs: 4095,
-        addresses: vec![IpAddr::V4(VIP)],
-    }
-    .encode(src, group, Ipv4Checksum::PseudoHeader);
-    seal(&mut forged, src, group, Ipv4Checksum::PseudoHeader);
+    let forged = advert_from(IpAddr::V4(foobar_tests::lab::CLIENT), 149, 4095);
     let sent = now_ms();
     send_raw(&lab, forged, 255)?;
     let took = became_master(&lab, 1)?.saturating_sub(sent);
@@ -450,14 +453,7 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
     // real master answers (an advert and a burst of announcements per VIP) once per interval,
     // the rest are counted as suppressed.
     let received = lab.status(0)?.vrrp[0].adverts_received;
-    let mut low = Advert {
-        vrid: 51,
-        priority: 120,
-        interval_cs: 10,
-        addresses: vec![IpAddr::V4(VIP)],
-    }
-    .encode(src, group, Ipv4Checksum::PseudoHeader);
-    seal(&mut low, src, group, Ipv4Checksum::PseudoHeader);
+    let low = advert_from(src, 120, 10);
     for _ in 0..7 {
         send_raw(&lab, low.clone(), 255)?;
     }
@@ -479,9 +475,7 @@ fn hostile_adverts_are_discarded_and_counted() -> Result<()> {
     // its peers), posing as edge1 with priority 254 and a good checksum: anyone who can route a
     // packet to an edge used to have it passed up as if it came from the link. Dropped as from
     // no tunnel peer, counted, and the election does not move.
-    let edge1 = IpAddr::V4(foobar_tests::lab::edge_addr(0));
-    let mut posing = advert(51, VIP, 10).encode(edge1, group, Ipv4Checksum::PseudoHeader);
-    seal(&mut posing, edge1, group, Ipv4Checksum::PseudoHeader);
+    let posing = advert_from(IpAddr::V4(foobar_tests::lab::edge_addr(0)), 254, 10);
     let mut inner = vec![0x45, 0xc0];
     inner.extend_from_slice(&((20 + posing.len()) as u16).to_be_bytes());
     inner.extend_from_slice(&[0, 0, 0, 0, 255, IPPROTO_VRRP, 0, 0]);

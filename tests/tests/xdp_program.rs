@@ -188,20 +188,26 @@ fn local_backend_is_delivered_to_the_kernel() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn icmp_frag_needed_goes_to_the_flows_backend() -> Result<()> {
-    let mut fx = Fixture::new("t-icmp")?;
-    // Flows established on web4's one backend; then a second backend joins, and Maglev sends
-    // part of every new flow set there. An ICMP error about an established flow's reply (VIP ->
-    // client) must still reach the backend the flow is on.
+/// Opens flows from `client` to `vip`:80 while its service has one backend, then gives the
+/// service a second one (Maglev sends part of every new flow set there); the flows' ports.
+fn flows_then_a_second_backend(fx: &mut Fixture, client: &str, vip: &str) -> Result<Vec<u16>> {
     let ports: Vec<u16> = (40000..40032).collect();
     for &port in &ports {
-        fx.run(&Spec::tcp("198.51.100.7", port, "192.0.2.1", 80, SYN).frame())?;
+        fx.run(&Spec::tcp(client, port, vip, 80, SYN).frame())?;
     }
     fx.reconfigure(Variant {
         extra_backend: true,
         ..Variant::default()
     })?;
+    Ok(ports)
+}
+
+#[test]
+fn icmp_frag_needed_goes_to_the_flows_backend() -> Result<()> {
+    let mut fx = Fixture::new("t-icmp")?;
+    // An ICMP error about an established flow's reply (VIP -> client) must reach the backend
+    // the flow is on, though new flows now split between two.
+    let ports = flows_then_a_second_backend(&mut fx, "198.51.100.7", "192.0.2.1")?;
     let mut moved = 0;
     for &port in &ports {
         let reply = Spec::tcp("192.0.2.1", 80, "198.51.100.7", port, ACK).ip();
@@ -442,14 +448,7 @@ fn ipv6_l2_dsr_and_local_delivery() -> Result<()> {
 fn icmpv6_packet_too_big_goes_to_the_flows_backend() -> Result<()> {
     let mut fx = Fixture::new("t-icmp6")?;
     // As for IPv4: flows on web6's one backend, then a second joins.
-    let ports: Vec<u16> = (40000..40032).collect();
-    for &port in &ports {
-        fx.run(&Spec::tcp("2001:db8:ffff::7", port, "2001:db8::1", 80, SYN).frame())?;
-    }
-    fx.reconfigure(Variant {
-        extra_backend: true,
-        ..Variant::default()
-    })?;
+    let ports = flows_then_a_second_backend(&mut fx, "2001:db8:ffff::7", "2001:db8::1")?;
     let mut moved = 0;
     for &port in &ports {
         let reply = Spec::tcp("2001:db8::1", 80, "2001:db8:ffff::7", port, ACK).ip();
