@@ -276,11 +276,12 @@ pub fn print(s: &NodeStatus) {
     }
     for d in &s.databases {
         println!(
-            "database {}: primary {}; refused read-write {}, read-only {}",
+            "database {}: primary {}; refused read-write {}, read-only {}; timed out {}",
             d.name,
             d.primary.as_deref().unwrap_or("none"),
             d.refused_read_write,
-            d.refused_read_only
+            d.refused_read_only,
+            d.timed_out
         );
         for server in &d.servers {
             let st = &server.state;

@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod mysql;
 pub mod push;
+pub mod relay;
 pub mod reload;
 pub mod stats;
 pub mod vrrp;

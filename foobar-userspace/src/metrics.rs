@@ -347,6 +347,11 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         "refused_connections",
         "Client connections refused with an error packet, by role.",
     );
+    let mut timed_out = Family::new(
+        "foobar_database_timed_out_connections",
+        Kind::Counter,
+        "Client connections closed for sending no login within handshake_timeout_ms, or for idle_timeout_ms without a byte.",
+    );
     for d in &status.databases {
         for s in &d.servers {
             let labels = [("database", d.name.as_str()), ("server", s.address.as_str())];
@@ -370,8 +375,11 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
             &[("database", &d.name), ("role", Role::ReadOnly.name())],
             d.refused_read_only as f64,
         );
+        timed_out.sample(&[("database", &d.name)], d.timed_out as f64);
     }
-    vec![up, primary, read_only, lag, open, total, failures, closed, refused]
+    vec![
+        up, primary, read_only, lag, open, total, failures, closed, refused, timed_out,
+    ]
 }
 
 /// Serves the management endpoints on `addr` until the task is dropped.

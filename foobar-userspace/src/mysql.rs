@@ -9,7 +9,7 @@ pub mod route;
 
 use crate::{
     config::database::{Database, Role},
-    listen,
+    listen, relay,
     workers::Workers,
 };
 use anyhow::{Context, Result};
@@ -57,6 +57,8 @@ struct Cluster {
     closers: Vec<[watch::Sender<u64>; 2]>,
     /// Connections refused, by role.
     refused: [AtomicU64; 2],
+    /// Connections closed by the handshake or idle deadline.
+    timed_out: AtomicU64,
 }
 
 /// Per-server connection counters.
@@ -81,6 +83,10 @@ pub struct DatabaseStatus {
     pub refused_read_write: u64,
     /// Read-only connections refused.
     pub refused_read_only: u64,
+    /// Connections closed because the client sent no login in time, or nothing moved for the
+    /// idle timeout.
+    #[serde(default)]
+    pub timed_out: u64,
 }
 
 /// One server's state and counters.
@@ -127,6 +133,7 @@ impl DatabaseRouter {
                     .map(|_| [watch::channel(0).0, watch::channel(0).0])
                     .collect(),
                 refused: Default::default(),
+                timed_out: AtomicU64::new(0),
             });
             for (role, addr) in db.listeners() {
                 let cluster = cluster.clone();
@@ -221,6 +228,7 @@ impl Cluster {
                 .collect(),
             refused_read_write: self.refused[0].load(Ordering::Relaxed),
             refused_read_only: self.refused[1].load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
         }
     }
 
@@ -373,10 +381,20 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
         tried.push(lease.server);
     };
     let _ = server.set_nodelay(true);
+    let config = &cluster.config;
+    let deadlines = relay::Deadlines {
+        handshake: Some(Duration::from_millis(config.handshake_timeout_ms)),
+        idle: (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms)),
+    };
     tokio::select! {
-        result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {
-            if let Err(e) = result {
-                debug!(client = %peer, "database connection ended: {e}");
+        result = relay::relay(&mut client, &mut server, RELAY_BUFFER, deadlines) => {
+            match result {
+                Ok(Some(expired)) => {
+                    cluster.timed_out.fetch_add(1, Ordering::Relaxed);
+                    debug!(client = %peer, ?expired, "database connection closed: its deadline passed");
+                }
+                Ok(None) => {}
+                Err(e) => debug!(client = %peer, "database connection ended: {e}"),
             }
         }
         _ = lease.closed.changed() => {

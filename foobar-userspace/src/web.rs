@@ -554,7 +554,12 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         };
         let outcome = proxied
             .pool
-            .forward(req, &origin, shared.limits.max_request_body_bytes)
+            .forward(
+                req,
+                &origin,
+                shared.limits.max_request_body_bytes,
+                Duration::from_millis(shared.limits.upgrade_idle_timeout_ms),
+            )
             .await;
         if let Some(kind) = outcome.error {
             shared.stats.upstream_error(kind);

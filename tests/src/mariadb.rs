@@ -237,6 +237,7 @@ credentials = "{credentials}"
 max_lag_s = 5
 when_no_replica = "{when_no_replica}"
 drain_timeout_ms = 1000
+handshake_timeout_ms = 1000
 monitor = {{ interval_ms = 200, timeout_ms = 1000, rise = 1, fall = 2 }}
 "#,
         servers = servers.join(", "),

@@ -223,6 +223,7 @@ health = {{ kind = "http", path = "/api/name", interval_ms = 200, timeout_ms = 1
 header_read_timeout_ms = 2000
 max_connections_per_client = 64
 max_request_body_bytes = 1048576
+upgrade_idle_timeout_ms = 1000
 "#,
             pins = self.pins.path.display(),
             socket = self.socket().display(),

@@ -349,3 +349,33 @@ fn database_services_on_the_vip_are_routed_by_both_edges() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_client_that_never_logs_in_is_closed_after_the_handshake_timeout() -> Result<()> {
+    let lab = DbLab::start("hs")?;
+    // A login within handshake_timeout_ms (1 s) is relayed as always (the control).
+    ensure!(lab.must_query(MAIN.0, "SELECT @@server_id")? == "1");
+    // A client that takes the server's greeting and sends nothing holds a server connection:
+    // closed after the timeout, and counted.
+    let (greeting, closed_after) = lab.client.run(|| -> Result<(usize, Duration)> {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect((ROUTER, MAIN.0))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let began = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let greeting = stream.read(&mut buf)?;
+        let rest = stream.read(&mut buf);
+        ensure!(matches!(rest, Ok(0)), "the silent client was not closed: {rest:?}");
+        Ok((greeting, began.elapsed()))
+    })??;
+    ensure!(greeting > 0, "no greeting: the probe never reached a server");
+    ensure!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    wait_until(NOTICE, "the timeout to be counted", || {
+        lab.status()
+            .is_ok_and(|s| s.databases.iter().any(|d| d.name == "main" && d.timed_out == 1))
+    })?;
+    Ok(())
+}

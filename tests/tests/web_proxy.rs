@@ -151,12 +151,29 @@ fn websocket_upgrades_pass_through() -> Result<()> {
             let (mut ws, response) = tokio_tungstenite::client_async(format!("wss://{HOST}/api/ws"), tls).await?;
             ensure!(response.status() == 101, "{response:?}");
             let mut out = Vec::new();
+            // Exchanges 600 ms apart outlast upgrade_idle_timeout_ms (1 s) in all: the
+            // timeout counts idleness, not age.
             for text in ["first", "second frame", "third"] {
                 ws.send(text.into()).await?;
                 let back = ws.next().await.context("the socket closed")??;
                 out.push(back.into_text()?.to_string());
+                tokio::time::sleep(Duration::from_millis(600)).await;
             }
-            ws.close(None).await?;
+            // Then nothing for longer than the timeout: the edge closes the upgraded
+            // connection (both sides of it).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let after = tokio::time::timeout(Duration::from_secs(3), async {
+                let _ = ws.send("late".into()).await;
+                ws.next().await
+            })
+            .await;
+            ensure!(
+                matches!(
+                    after,
+                    Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))))
+                ),
+                "an idle upgraded connection was kept open: {after:?}"
+            );
             Ok(out)
         })
     })??;

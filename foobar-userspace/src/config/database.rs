@@ -49,6 +49,14 @@ pub struct Database {
     /// On shutdown, open connections get this long to finish, ms; then they are closed.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// A client that sends nothing (its login) this long after connecting is closed, ms; it
+    /// holds a server connection meanwhile.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A connection with no byte moving either way for this long is closed, ms (0: never;
+    /// keep it above the applications' pool idle times).
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
     /// How the servers are watched.
     #[serde(default)]
     pub monitor: Monitor,
@@ -126,6 +134,10 @@ impl Default for Monitor {
             fall: 2,
         }
     }
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_read_write_port() -> u16 {

@@ -259,6 +259,9 @@ pub struct Limits {
     pub drain_timeout_ms: u64,
     /// Largest request body passed to an upstream, bytes (then 413).
     pub max_request_body_bytes: u64,
+    /// An upgraded connection (WebSocket) with no byte moving either way for this long is
+    /// closed, ms.
+    pub upgrade_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -274,6 +277,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 128,
             drain_timeout_ms: 10_000,
             max_request_body_bytes: 16 * 1024 * 1024,
+            upgrade_idle_timeout_ms: 300_000,
         }
     }
 }
@@ -398,6 +402,7 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
         || l.max_connections == 0
         || l.max_connections_per_client == 0
         || l.h2_max_concurrent_streams == 0
+        || l.upgrade_idle_timeout_ms == 0
     {
         report(
             &w.limits.span(),

@@ -9,7 +9,7 @@
 use super::{stats::UpstreamError, status_page, Body};
 use crate::{
     config::web::{Balance, Upstream},
-    health,
+    health, relay,
 };
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Limited};
@@ -30,7 +30,10 @@ use std::{
     task::{Context, Poll},
     time::{Duration, Instant},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+/// Buffer size of each direction of an upgraded connection's relay.
+const UPGRADE_BUFFER: usize = 16 * 1024;
 
 /// Body of a request sent upstream.
 type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -327,7 +330,13 @@ impl Pool {
     }
 
     /// Forwards a request and returns the upstream's response, or 502/503/504/413.
-    pub async fn forward(&self, mut req: Request<Incoming>, origin: &Origin<'_>, max_body: u64) -> Outcome {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        origin: &Origin<'_>,
+        max_body: u64,
+        upgrade_idle: Duration,
+    ) -> Outcome {
         let fail = |status, error| Outcome {
             response: status_page(status),
             upstream: None,
@@ -443,7 +452,7 @@ impl Pool {
                 }
             };
             return Outcome {
-                response: self.relay(response, client_upgrade, in_flight, checkin),
+                response: self.relay(response, client_upgrade, in_flight, checkin, upgrade_idle),
                 upstream: Some(server.addr),
                 error: None,
             };
@@ -457,6 +466,7 @@ impl Pool {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: InFlight,
         checkin: Checkin,
+        upgrade_idle: Duration,
     ) -> Response<Body> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -467,9 +477,16 @@ impl Pool {
                     let _in_flight = in_flight;
                     match tokio::try_join!(client_side, upstream_side) {
                         Ok((client, upstream)) => {
-                            let mut client = TokioIo::new(client);
-                            let mut upstream = TokioIo::new(upstream);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            let deadlines = relay::Deadlines {
+                                handshake: None,
+                                idle: Some(upgrade_idle),
+                            };
+                            let relayed =
+                                relay::relay(TokioIo::new(client), TokioIo::new(upstream), UPGRADE_BUFFER, deadlines)
+                                    .await;
+                            if let Ok(Some(expired)) = relayed {
+                                debug!(upstream = name, ?expired, "upgraded connection closed: idle");
+                            }
                         }
                         Err(e) => warn!(upstream = name, "upgrade failed: {e}"),
                     }
