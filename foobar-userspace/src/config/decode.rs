@@ -170,11 +170,18 @@ fn locate(table: &dyn TableLike, prefix: &str, at: usize) -> Option<Entry> {
     None
 }
 
-/// Replaces `range` of `text` with spaces, keeping line breaks (and so every position).
+/// Replaces `range` of `text` with spaces, byte for byte, keeping line breaks (and so every
+/// position, whatever characters stood there).
 fn blank(text: &mut String, range: Range<usize>) {
     let replaced: String = text[range.clone()]
         .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .map(|c| {
+            if c == '\n' {
+                "\n".to_string()
+            } else {
+                " ".repeat(c.len_utf8())
+            }
+        })
         .collect();
     text.replace_range(range, &replaced);
 }
@@ -230,6 +237,25 @@ mod tests {
         assert!(reasons.iter().any(|r| r.contains("wieght")), "{reasons:?}");
         assert_eq!(decoded.problems.len(), 3, "{reasons:?}");
         assert!(decoded.config.is_some(), "the rest decodes");
+    }
+
+    #[test]
+    fn blanking_keeps_every_position_whatever_the_characters() {
+        let bad = GOOD.replace(
+            "name = \"edge1\"",
+            "name = \"edge1\"\n\"nöte\" = \"épée ✓\"\nvrid_typo = 1",
+        );
+        let decoded = decode(&bad);
+        let reasons: Vec<&str> = decoded.problems.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("node.nöte = \"épée ✓\": unknown field"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("node.vrid_typo = 1: unknown field"),
+            "{reasons:?}"
+        );
     }
 
     #[test]
