@@ -118,8 +118,7 @@ impl DatabaseRouter {
         let pool = Workers::start("db", 0, Duration::from_millis(drain))?;
         for db in databases {
             let name = db.name.get_ref();
-            let credentials =
-                Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {name}"))?;
+            let credentials = credentials_of(db)?;
             let servers = db.servers.get_ref();
             let (view_tx, view) = watch::channel(vec![ServerState::default(); servers.len()]);
             let cluster = Arc::new(Cluster {
@@ -157,12 +156,7 @@ impl DatabaseRouter {
 
     /// Reads the monitor credentials of every cluster again without using them yet.
     pub fn prepare_credentials(&self, databases: &[Database]) -> Result<Vec<Credentials>> {
-        databases
-            .iter()
-            .map(|db| {
-                Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {}", db.name.get_ref()))
-            })
-            .collect()
+        databases.iter().map(credentials_of).collect()
     }
 
     /// Makes prepared credentials the ones the next monitor login uses.
@@ -349,6 +343,11 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
             return;
         }
     }
+}
+
+/// The monitor credentials of a cluster, read from its file.
+fn credentials_of(db: &Database) -> Result<Credentials> {
+    Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {}", db.name.get_ref()))
 }
 
 /// Relays one client connection to the server chosen for it, or refuses it.

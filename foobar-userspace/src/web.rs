@@ -210,11 +210,7 @@ impl Connections {
     fn client_key(&self, addr: IpAddr) -> IpAddr {
         match addr {
             IpAddr::V4(_) => addr,
-            IpAddr::V6(v6) => {
-                let len = u32::from(self.limits.client_ipv6_prefix_len.clamp(1, 128));
-                let mask = u128::MAX << (128 - len);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
+            IpAddr::V6(_) => crate::config::web::truncate(addr, self.limits.client_ipv6_prefix_len),
         }
     }
 

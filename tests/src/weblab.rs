@@ -145,6 +145,16 @@ impl WebLab {
         self.scratch.file("control.sock")
     }
 
+    /// `foobar reload` against the lab's daemon: its exit status and everything it printed.
+    pub fn reload(&self) -> Result<(i32, String)> {
+        let out = std::process::Command::new(crate::foobar_bin())
+            .args(["reload", "--socket"])
+            .arg(self.socket())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
     /// foobar's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.scratch.file("foobar.log")).unwrap_or_default()

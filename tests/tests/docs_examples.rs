@@ -25,6 +25,15 @@ fn toml_blocks(markdown: &str) -> Vec<String> {
     blocks
 }
 
+/// `foobar check-config --skip-files FILE`: whether it passed, and what it said.
+fn check_config(file: &std::path::Path) -> Result<(bool, String)> {
+    let out = Command::new(foobar_bin())
+        .args(["check-config", "--skip-files"])
+        .arg(file)
+        .output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
 #[test]
 fn the_configuration_reference_examples_pass_check_config() -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -42,15 +51,8 @@ fn the_configuration_reference_examples_pass_check_config() -> Result<()> {
         &config,
         sections.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
     )?;
-    let out = Command::new(foobar_bin())
-        .args(["check-config", "--skip-files"])
-        .arg(&config)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "the reference's examples fail check-config:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (passed, said) = check_config(&config)?;
+    ensure!(passed, "the reference's examples fail check-config:\n{said}");
     ensure!(others.len() == 1, "unexpected examples: {others:?}");
     let credentials = scratch.file("monitor.toml");
     std::fs::write(&credentials, others[0])?;
@@ -59,11 +61,7 @@ fn the_configuration_reference_examples_pass_check_config() -> Result<()> {
     // The control: the same check refuses the configuration once an example goes wrong.
     let broken = std::fs::read_to_string(&config)?.replacen("vrid = 51", "vrid = 300", 1);
     std::fs::write(&config, broken)?;
-    let out = Command::new(foobar_bin())
-        .args(["check-config", "--skip-files"])
-        .arg(&config)
-        .output()?;
-    ensure!(!out.status.success(), "a broken example passed");
+    ensure!(!check_config(&config)?.0, "a broken example passed");
     Ok(())
 }
 
@@ -86,16 +84,8 @@ fn every_whole_configuration_in_the_docs_passes_check_config() -> Result<()> {
             }
             let file = scratch.file(&format!("example{checked}.toml"));
             std::fs::write(&file, block)?;
-            let out = Command::new(foobar_bin())
-                .args(["check-config", "--skip-files"])
-                .arg(&file)
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "example {i} of {} fails check-config:\n{}",
-                page.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (passed, said) = check_config(&file)?;
+            ensure!(passed, "example {i} of {} fails check-config:\n{said}", page.display());
             checked += 1;
         }
     }

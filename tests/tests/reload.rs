@@ -64,16 +64,6 @@ credentials = "{}/monitor.toml"
     )
 }
 
-/// `foobar reload` against the lab: exit status and everything it printed.
-fn reload(lab: &WebLab) -> Result<(i32, String)> {
-    let out = Command::new(foobar_bin())
-        .args(["reload", "--socket"])
-        .arg(lab.socket())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Ok((out.status.code().unwrap_or(-1), text))
-}
-
 /// Rewrites the configuration file.
 fn edit(lab: &WebLab, change: impl Fn(&str) -> String) -> Result<()> {
     let text = std::fs::read_to_string(lab.config())?;
@@ -201,7 +191,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
         if what.contains("credentials") {
             std::fs::remove_file(&credentials)?;
         }
-        let (status, out) = reload(&lab)?;
+        let (status, out) = lab.reload()?;
         ensure!(
             status == *code && out.contains(says),
             "{what}: exit {status}, expected {code} saying {says:?}:\n{out}"
@@ -226,7 +216,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     std::fs::write(lab.config(), &running)?;
     let halves = maps::services(lab.pin_dir())?;
     edit(&lab, |t| weigh(t, 50))?;
-    let (status, out) = reload(&lab)?;
+    let (status, out) = lab.reload()?;
     ensure!(
         status == 0 && out.contains("service l4b: 1 weight(s) changed"),
         "exit {status}:\n{out}"
@@ -257,7 +247,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     edit(&lab, |t| {
         t.replace("pool_idle_timeout_ms = 5000", "pool_idle_timeout_ms = 6000")
     })?;
-    let (status, out) = reload(&lab)?;
+    let (status, out) = lab.reload()?;
     ensure!(
         status == 0 && out.contains("upstream app changed"),
         "exit {status}:\n{out}"
@@ -279,7 +269,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     let failed = failures(&lab);
     ensure!(failed >= 1, "the stopped server was never tried:\n{}", lab.log());
     edit(&lab, |t| weigh(t, 60))?;
-    ensure!(reload(&lab)?.0 == 0, "the weight change was not applied");
+    ensure!(lab.reload()?.0 == 0, "the weight change was not applied");
     let names = proxied_requests(&lab, 6)?;
     ensure!(names.matches("app1").count() == 6, "{names}");
     ensure!(
@@ -290,13 +280,13 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     edit(&lab, |t| {
         t.replace("pool_idle_timeout_ms = 6000", "pool_idle_timeout_ms = 7000")
     })?;
-    ensure!(reload(&lab)?.0 == 0, "the upstream change was not applied");
+    ensure!(lab.reload()?.0 == 0, "the upstream change was not applied");
     proxied_requests(&lab, 6)?;
     ensure!(failures(&lab) > failed, "a new pool did not try the stopped server");
 
     // Weight 0 drains: status, metrics and the page agree that the backend is up but drained.
     edit(&lab, |t| weigh(t, 0))?;
-    ensure!(reload(&lab)?.0 == 0, "the drain was not applied");
+    ensure!(lab.reload()?.0 == 0, "the drain was not applied");
     let status = foobar::ctl::query(&lab.socket())?;
     let standing = |service: &str, addr: &str| {
         status
@@ -393,7 +383,7 @@ fn check_config_names_each_file_problem_at_its_key() -> Result<()> {
     }
     // The running daemon refuses the same file on reload, with the same places.
     std::fs::write(lab.config(), &bad)?;
-    let (status, out) = reload(&lab)?;
+    let (status, out) = lab.reload()?;
     ensure!(
         status == 1 && out.contains("others may read or write it"),
         "exit {status}:\n{out}"

@@ -96,11 +96,8 @@ fn requests_reach_the_app_with_forwarding_headers_and_pooled_connections() -> Re
     // control: the same headers do get through where they should).
     let config = std::fs::read_to_string(lab.config())?;
     std::fs::write(lab.config(), config + "\n[web]\ntrusted_proxies = [\"10.99.0.0/24\"]\n")?;
-    let reload = std::process::Command::new(foobar_tests::foobar_bin())
-        .args(["reload", "--socket"])
-        .arg(lab.socket())
-        .output()?;
-    ensure!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stdout));
+    let (status, out) = lab.reload()?;
+    ensure!(status == 0, "{out}");
     let out = lab.curl(&args)?;
     ensure!(
         out.contains("x-forwarded-for: 6.6.6.6, 10.99.0.1\n")

@@ -316,11 +316,8 @@ fn dotfiles_are_not_served_unless_the_site_says_so() -> Result<()> {
             1,
         ),
     )?;
-    let reload = std::process::Command::new(foobar_tests::foobar_bin())
-        .args(["reload", "--socket"])
-        .arg(lab.socket())
-        .output()?;
-    ensure!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stdout));
+    let (status, out) = lab.reload()?;
+    ensure!(status == 0, "{out}");
     for path in ["/.git/config", "/.env"] {
         let (status, body) = get(path)?;
         ensure!(

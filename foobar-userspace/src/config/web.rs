@@ -71,20 +71,22 @@ impl Prefix {
 
     /// Whether `ip` is inside the prefix.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        let bits = |a: std::net::IpAddr| -> u128 {
-            match a {
-                std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
-                std::net::IpAddr::V6(v) => u128::from(v),
-            }
-        };
-        if self.addr.is_ipv4() != ip.is_ipv4() {
-            return false;
+        self.addr.is_ipv4() == ip.is_ipv4() && truncate(self.addr, self.len) == truncate(ip, self.len)
+    }
+}
+
+/// `ip` with every bit past the first `len` cleared (`len` counts within its family).
+pub fn truncate(ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    let keep = |bits: u32| {
+        if len == 0 {
+            0
+        } else {
+            u128::MAX << (bits - u32::from(len).min(bits))
         }
-        if self.len == 0 {
-            return true;
-        }
-        let mask = u128::MAX << (128 - u32::from(self.len));
-        bits(self.addr) & mask == bits(ip) & mask
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4) & keep(32) as u32).into()),
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6) & keep(128)).into()),
     }
 }
 
