@@ -74,6 +74,10 @@ pub struct Node {
     /// Unix socket `foobar status` reads the running state from.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// The user to run as once the program is attached and every socket is open (unset: stay
+    /// root). The thread that writes the maps keeps only the capabilities it needs; the
+    /// threads that serve clients keep none.
+    pub user: Option<Spanned<String>>,
 }
 
 /// XDP attach mode.

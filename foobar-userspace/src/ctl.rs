@@ -6,6 +6,7 @@ use crate::{
     config::Config,
     health::{Health, Standing},
     mysql::DatabaseStatus,
+    privileges::Privileges,
     reload::Outcome,
     vrrp::instance::Status as VrrpStatus,
     web::stats::WebSummary,
@@ -45,6 +46,9 @@ pub struct NodeStatus {
     /// Each L4 service of the VIPs and where its backends stand.
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// The user the daemon runs as and its threads' capabilities.
+    #[serde(default)]
+    pub privileges: Option<Privileges>,
 }
 
 /// One `[[service]]` as status shows it.
@@ -197,6 +201,21 @@ pub fn print(s: &NodeStatus) {
         if s.forwarding { "forwarding" } else { "not forwarding" },
         s.claimed.join(", ")
     );
+    if let Some(p) = &s.privileges {
+        let list = |caps: &[String]| {
+            if caps.is_empty() {
+                "none".to_string()
+            } else {
+                caps.join(", ")
+            }
+        };
+        println!(
+            "runs as uid {}; capabilities: control thread {}; threads serving clients {}",
+            p.uid,
+            list(&p.control_thread),
+            list(&p.other_threads)
+        );
+    }
     if s.vrrp.is_empty() {
         println!("no VRRP instances: this node owns every VIP");
     }
@@ -324,6 +343,7 @@ pub fn source(
             web: web.as_ref().map(|summary| summary()),
             databases: databases(),
             services: services(&config.borrow(), &health.borrow()),
+            privileges: crate::privileges::current().ok(),
         }
     })
 }

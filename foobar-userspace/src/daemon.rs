@@ -9,7 +9,7 @@ use crate::{
     health::{self, Health},
     metrics,
     mysql::DatabaseRouter,
-    push,
+    notify, push,
     reload::{self, Outcome},
     vrrp::{
         election::Reason,
@@ -145,6 +145,10 @@ pub async fn run(path: &Path) -> Result<()> {
             let exporter = exporter.clone();
             Arc::new(move || exporter.get().map(|e| e.families()).unwrap_or_default())
         },
+        counters: crate::stats::CounterMaps::open(&config.node.pin_dir)
+            .map(Arc::new)
+            .map_err(|e| warn!("the data plane's counters will be missing from the metrics: {e:#}"))
+            .ok(),
     };
     let mut management = Vec::new();
     if let Some(m) = &config.monitoring {
@@ -157,6 +161,10 @@ pub async fn run(path: &Path) -> Result<()> {
             management.push(task);
         }
     }
+    // Every listener is bound: a socket kept from the previous run that none took is closed.
+    crate::listen::release_unadopted();
+    // Everything privileged is open: run as the configured user from here on.
+    crate::privileges::switch_to(config.node.user.as_ref().map(|u| u.get_ref().as_str()))?;
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -166,6 +174,7 @@ pub async fn run(path: &Path) -> Result<()> {
         forwarding = dataplane.forwarding(),
         "foobar is running"
     );
+    notify::ready("running");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -195,6 +204,7 @@ pub async fn run(path: &Path) -> Result<()> {
             _ = interrupt.recv() => break,
         }
         if let Some((asked_by, reply)) = reload_request {
+            notify::reloading();
             let mut running = Running {
                 config: &mut config,
                 dataplane: &mut dataplane,
@@ -206,11 +216,13 @@ pub async fn run(path: &Path) -> Result<()> {
             };
             let outcome = running.reload(path);
             log_outcome(asked_by, &outcome);
+            notify::ready(outcome.summary());
             if let Some(reply) = reply {
                 let _ = reply.send(outcome);
             }
         }
     }
+    notify::stopping();
     // Masters send their priority-0 adverts and release their VIPs; the claims they make on
     // the way out are applied while they stop.
     let names: Vec<String> = instances.iter().map(|h| h.spec.name.clone()).collect();

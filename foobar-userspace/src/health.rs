@@ -15,7 +15,8 @@ use rustls::{
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, OnceLock},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{
@@ -199,6 +200,46 @@ struct RunningCheck {
 #[derive(Default)]
 pub struct Checks {
     running: HashMap<CheckKey, RunningCheck>,
+    credentials: CheckCredentials,
+}
+
+/// The MySQL checks' credentials by file, read on the control thread at start and on every
+/// reload: the checks themselves run on threads that may not read them (docs/security.md).
+#[derive(Clone, Default)]
+struct CheckCredentials(Arc<Mutex<HashMap<PathBuf, LoadedCredentials>>>);
+
+/// A credentials file as read: the login, or why it could not be read.
+type LoadedCredentials = Result<Arc<Credentials>, String>;
+
+impl CheckCredentials {
+    /// Reads every credentials file the MySQL checks of `c` name, replacing what was read.
+    fn reread(&self, c: &Config) {
+        let read: HashMap<_, _> = c
+            .services
+            .iter()
+            .filter_map(|svc| svc.health.credentials.clone())
+            .map(|path| {
+                let loaded = Credentials::load(&path).map(Arc::new).map_err(|e| format!("{e:#}"));
+                (path, loaded)
+            })
+            .collect();
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = read;
+        }
+    }
+
+    /// What was read from `path`.
+    fn get(&self, path: &Path) -> Result<Arc<Credentials>, ProbeError> {
+        let slot = self
+            .0
+            .lock()
+            .map_err(|_| ProbeError::Setup("credentials lock poisoned".into()))?;
+        match slot.get(path) {
+            Some(Ok(credentials)) => Ok(credentials.clone()),
+            Some(Err(e)) => Err(ProbeError::Setup(e.clone())),
+            None => Err(ProbeError::Setup(format!("{} was not read", path.display()))),
+        }
+    }
 }
 
 /// How a reload changed the checks.
@@ -232,6 +273,7 @@ impl Checks {
                 })
             })
             .collect();
+        self.credentials.reread(c);
         let mut changes = CheckChanges::default();
         self.running.retain(|key, check| {
             let keep = wanted.contains(key);
@@ -248,7 +290,14 @@ impl Checks {
             }
             let stop = CancellationToken::new();
             let (service, target, check) = key.clone();
-            let task = tokio::spawn(check_loop(service, target, check, health.clone(), stop.clone()));
+            let task = tokio::spawn(check_loop(
+                service,
+                target,
+                check,
+                self.credentials.clone(),
+                health.clone(),
+                stop.clone(),
+            ));
             self.running.insert(key, RunningCheck { task, stop });
             changes.started += 1;
         }
@@ -293,6 +342,7 @@ async fn check_loop(
     service: String,
     target: SocketAddr,
     check: HealthCheck,
+    credentials: CheckCredentials,
     health: watch::Sender<Health>,
     stop: CancellationToken,
 ) {
@@ -309,7 +359,15 @@ async fn check_loop(
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let result = probe_within(limit, target, &check).await;
+        let result = match check
+            .credentials
+            .as_deref()
+            .map(|path| credentials.get(path))
+            .transpose()
+        {
+            Ok(login) => probe_within(limit, target, &check, login.as_deref()).await,
+            Err(e) => Err(e),
+        };
         if let Some(up) = state.observe(result.is_ok()) {
             match &result {
                 Ok(()) => info!(service, backend = %target, "backend is up"),
@@ -321,21 +379,23 @@ async fn check_loop(
 }
 
 /// Checks `target` once within `limit`.
-pub async fn probe_within(limit: Duration, target: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
-    timeout(limit, probe(target, check))
+pub async fn probe_within(
+    limit: Duration,
+    target: SocketAddr,
+    check: &HealthCheck,
+    login: Option<&Credentials>,
+) -> Result<(), ProbeError> {
+    timeout(limit, probe(target, check, login))
         .await
         .unwrap_or(Err(ProbeError::Timeout(limit)))
 }
 
-/// Checks `target` once: Ok when it passes, otherwise why not.
-pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+/// Checks `target` once (a MySQL check logs in with `login`): Ok when it passes, otherwise
+/// why not.
+pub async fn probe(target: SocketAddr, check: &HealthCheck, login: Option<&Credentials>) -> Result<(), ProbeError> {
     if check.kind == CheckKind::Mysql {
-        let path = check
-            .credentials
-            .as_deref()
-            .ok_or_else(|| ProbeError::Setup("no credentials configured".into()))?;
-        let credentials = Credentials::load(path).map_err(|e| ProbeError::Setup(format!("{e:#}")))?;
-        return crate::mysql::monitor::login_check(target, &credentials).await;
+        let login = login.ok_or_else(|| ProbeError::Setup("no credentials configured".into()))?;
+        return crate::mysql::monitor::login_check(target, login).await;
     }
     let stream = TcpStream::connect(target)
         .await

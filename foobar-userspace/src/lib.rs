@@ -14,6 +14,8 @@ pub mod listen;
 pub mod maglev;
 pub mod metrics;
 pub mod mysql;
+pub mod notify;
+pub mod privileges;
 pub mod push;
 pub mod relay;
 pub mod reload;

@@ -104,6 +104,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run { config } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .on_thread_start(foobar::privileges::on_thread_start)
                 .build()
                 .context("starting the runtime")?;
             runtime.block_on(daemon::run(&config))?;

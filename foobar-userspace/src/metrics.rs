@@ -32,6 +32,8 @@ pub struct Sources {
     pub health: watch::Receiver<Health>,
     /// Extra families (the push exporter's own counters).
     pub extra: Arc<dyn Fn() -> Vec<Family> + Send + Sync>,
+    /// The data plane's counter maps (None when they could not be opened).
+    pub counters: Option<Arc<stats::CounterMaps>>,
 }
 
 /// What one gathering saw: the status, the data plane's counters (None when its maps could
@@ -51,12 +53,13 @@ impl Sources {
     /// Reads every source once.
     pub fn view(&self) -> View {
         let config = self.config.borrow().clone();
-        let dataplane = match stats::snapshot(&config.node.pin_dir) {
-            Ok(s) => Some(s),
-            Err(e) => {
+        let dataplane = match self.counters.as_deref().map(stats::CounterMaps::snapshot) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
                 debug!("reading the data plane's counters failed: {e:#}");
                 None
             }
+            None => None,
         };
         View {
             status: (self.status)(),
@@ -384,8 +387,8 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
 
 /// Serves the management endpoints on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, sources: Sources) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = crate::listen::bind(addr)
+        .and_then(|l| Ok(TcpListener::from_std(l)?))
         .with_context(|| format!("binding the management address {addr}"))?;
     info!(address = %addr, "metrics and status page up");
     let sources = Arc::new(sources);

@@ -48,6 +48,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         why: "the socket is bound at start",
     },
     RestartOnly {
+        key: "[node] user",
+        changed: |a, b| a.node.user.as_ref().map(|u| u.get_ref()) != b.node.user.as_ref().map(|u| u.get_ref()),
+        why: "the process switches to it at start and cannot switch back",
+    },
+    RestartOnly {
         key: "[dataplane] maglev_table_size",
         changed: |a, b| a.dataplane.maglev_table_size.get_ref() != b.dataplane.maglev_table_size.get_ref(),
         why: "it sizes a map",
@@ -238,6 +243,15 @@ impl Outcome {
             Outcome::Applied { .. } => 0,
             Outcome::Refused { .. } => 1,
             Outcome::NeedsRestart { .. } => 3,
+        }
+    }
+
+    /// A few words for the service manager's status line.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "running; last reload applied",
+            Outcome::Refused { .. } => "running; last reload refused (see the log)",
+            Outcome::NeedsRestart { .. } => "running; last reload needs a restart (see the log)",
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::dataplane::{ip_from, open_pinned};
 use anyhow::Result;
-use aya::maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use foobar_common::{
     names, Backend, Counter, ServiceInfo, ServiceKey, TrafficStats, BACKEND_ACTIVE, BACKEND_IN_USE, PROTO_TCP,
 };
@@ -70,53 +70,72 @@ fn sum(values: &[TrafficStats]) -> Traffic {
     })
 }
 
+/// The pinned maps the counters are read from, opened once (a daemon opens them before it
+/// switches to its unprivileged user).
+pub struct CounterMaps {
+    counters: PerCpuArray<MapData, u64>,
+    services: BpfHashMap<MapData, ServiceKey, ServiceInfo>,
+    service_stats: PerCpuArray<MapData, TrafficStats>,
+    backends: Array<MapData, Backend>,
+    backend_stats: PerCpuArray<MapData, TrafficStats>,
+}
+
+impl CounterMaps {
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::COUNTERS)?))?,
+            services: BpfHashMap::try_from(Map::HashMap(open_pinned(pin_dir, names::SERVICES)?))?,
+            service_stats: PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::SERVICE_STATS)?))?,
+            backends: Array::try_from(Map::Array(open_pinned(pin_dir, names::BACKENDS)?))?,
+            backend_stats: PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::BACKEND_STATS)?))?,
+        })
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut totals = Vec::new();
+        for c in Counter::ALL {
+            let per_cpu = self.counters.get(&(*c as u32), 0)?;
+            totals.push((c.name().to_string(), per_cpu.iter().sum()));
+        }
+        let mut services = Vec::new();
+        for entry in self.services.iter() {
+            let (key, info) = entry?;
+            services.push(ServiceStats {
+                name: None,
+                vip: SocketAddr::new(ip_from(&key.addr, key.family), u16::from_be(key.port_be)),
+                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" },
+                id: info.id,
+                traffic: sum(&self.service_stats.get(&info.id, 0)?),
+            });
+        }
+        services.sort_by_key(|s| s.id);
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let b = self.backends.get(&id, 0)?;
+            if b.flags & BACKEND_IN_USE == 0 {
+                continue;
+            }
+            backends.push(BackendStats {
+                id,
+                service_id: b.service_id,
+                address: ip_from(&b.addr, b.family),
+                active: b.flags & BACKEND_ACTIVE != 0,
+                traffic: sum(&self.backend_stats.get(&id, 0)?),
+            });
+        }
+        Ok(Snapshot {
+            counters: totals,
+            services,
+            backends,
+        })
+    }
+}
+
 /// Reads every counter from the pinned maps under `pin_dir`.
 pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::COUNTERS)?))?;
-    let mut totals = Vec::new();
-    for c in Counter::ALL {
-        let per_cpu = counters.get(&(*c as u32), 0)?;
-        totals.push((c.name().to_string(), per_cpu.iter().sum()));
-    }
-    let service_map: BpfHashMap<_, ServiceKey, ServiceInfo> =
-        BpfHashMap::try_from(Map::HashMap(open_pinned(pin_dir, names::SERVICES)?))?;
-    let service_stats: PerCpuArray<_, TrafficStats> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::SERVICE_STATS)?))?;
-    let mut services = Vec::new();
-    for entry in service_map.iter() {
-        let (key, info) = entry?;
-        services.push(ServiceStats {
-            name: None,
-            vip: SocketAddr::new(ip_from(&key.addr, key.family), u16::from_be(key.port_be)),
-            protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" },
-            id: info.id,
-            traffic: sum(&service_stats.get(&info.id, 0)?),
-        });
-    }
-    services.sort_by_key(|s| s.id);
-    let backend_map: Array<_, Backend> = Array::try_from(Map::Array(open_pinned(pin_dir, names::BACKENDS)?))?;
-    let backend_stats: PerCpuArray<_, TrafficStats> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_pinned(pin_dir, names::BACKEND_STATS)?))?;
-    let mut backends = Vec::new();
-    for id in 0..backend_map.len() {
-        let b = backend_map.get(&id, 0)?;
-        if b.flags & BACKEND_IN_USE == 0 {
-            continue;
-        }
-        backends.push(BackendStats {
-            id,
-            service_id: b.service_id,
-            address: ip_from(&b.addr, b.family),
-            active: b.flags & BACKEND_ACTIVE != 0,
-            traffic: sum(&backend_stats.get(&id, 0)?),
-        });
-    }
-    Ok(Snapshot {
-        counters: totals,
-        services,
-        backends,
-    })
+    CounterMaps::open(pin_dir)?.snapshot()
 }
 
 /// Names the snapshot's services after the configuration's `[[service]]` sections (by VIP, port

@@ -465,9 +465,21 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.limits.clone();
+    let draining = shutdown.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, conn).await) }
+        let (shared, draining) = (shared.clone(), draining.clone());
+        async move {
+            let mut response = handle(req, &shared, conn).await;
+            // While draining, an HTTP/1.1 response says it is the connection's last: the
+            // client opens a new connection for its next request (to the process that took
+            // over the listener) instead of finding this one closed under it.
+            if !h2 && *draining.borrow() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let io = TokioIo::new(io);
     if h2 {
@@ -481,7 +493,7 @@ where
             .keep_alive_interval(Some(Duration::from_millis(limits.idle_timeout_ms)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection(io, service);
-        until_done_or_drained(conn, &mut shutdown, |c| c.graceful_shutdown()).await;
+        until_done_or_drained(conn, &mut shutdown, Duration::ZERO, |c| c.graceful_shutdown()).await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -491,25 +503,34 @@ where
             .max_headers(limits.max_headers)
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
-        until_done_or_drained(conn, &mut shutdown, |c| c.graceful_shutdown()).await;
+        let grace = CLOSE_ON_RESPONSE_GRACE.min(Duration::from_millis(limits.drain_timeout_ms));
+        until_done_or_drained(conn, &mut shutdown, grace, |c| c.graceful_shutdown()).await;
     }
 }
 
-/// Runs a connection to its end; on shutdown starts its graceful end (`drain`: GOAWAY, or
-/// close after the current response) and waits for it.
+/// How long a draining HTTP/1.1 connection may go on before it is closed where it stands: a
+/// busy keep-alive client's next request gets a `Connection: close` response in this time,
+/// which it follows cleanly (closing under it could lose a request already on the wire).
+const CLOSE_ON_RESPONSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs a connection to its end; on shutdown gives it `grace` to end by itself, then starts
+/// its graceful end (`drain`: GOAWAY, or close after the current response) and waits for it.
 async fn until_done_or_drained<C: std::future::Future>(
     conn: C,
     shutdown: &mut watch::Receiver<bool>,
+    grace: Duration,
     drain: impl FnOnce(std::pin::Pin<&mut C>),
 ) {
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.changed() => {
-            drain(conn.as_mut());
-            let _ = conn.await;
-        }
+        _ = conn.as_mut() => return,
+        _ = shutdown.changed() => {}
     }
+    if tokio::time::timeout(grace, conn.as_mut()).await.is_ok() {
+        return;
+    }
+    drain(conn.as_mut());
+    let _ = conn.await;
 }
 
 /// Answers one request and writes its access-log line.

@@ -191,7 +191,10 @@ impl Workers {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
-                .spawn(move || run(worker, incoming, drain))
+                .spawn(move || {
+                    crate::privileges::on_thread_start();
+                    run(worker, incoming, drain)
+                })
                 .with_context(|| format!("starting {name} worker thread {index}"))?;
             threads.push(thread);
         }

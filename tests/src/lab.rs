@@ -455,6 +455,7 @@ tunnel_peers = [{peers}]
 tunnel_source_v4 = "{addr}"
 pin_dir = "{pins}"
 control_socket = "{socket}"
+user = "nobody"
 
 [dataplane]
 maglev_table_size = 65537
@@ -716,9 +717,12 @@ pub fn wire(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> 
     Ok(())
 }
 
-/// A notify command that appends `UNIX_MS ARGS...` to `out` (for foobar and keepalived).
+/// A notify command that appends `UNIX_MS ARGS...` to `out` (for foobar and keepalived; `out`
+/// is writable by anyone, since foobar runs it as its `[node] user`).
 pub fn notify_script(script: &Path, out: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::write(out, "")?;
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o666))?;
     std::fs::write(
         script,
         format!("#!/bin/sh\necho \"$(date +%s%3N) $*\" >> {}\n", out.display()),

@@ -125,6 +125,20 @@ impl WebLab {
         Ok(())
     }
 
+    /// Launches `command` (which ends by running `foobar run --config` on this lab's file, as
+    /// a wrapper or a service manager would) with its output in the lab's log, without waiting.
+    pub fn launch(&mut self, mut command: std::process::Command) -> Result<()> {
+        let log = self.scratch.file("foobar.log");
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdout(std::process::Stdio::from(file.try_clone()?))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("launching {command:?}"))?;
+        self.foobar = Some(ChildGuard::adopt(child, &log));
+        Ok(())
+    }
+
     /// The document root.
     pub fn root(&self) -> PathBuf {
         self.scratch.file("www")

@@ -48,9 +48,9 @@ fn tcp_and_http_checks_tell_up_from_down() -> Result<()> {
     let failing = http_server(503)?;
     let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?; // dropped: nothing listens
     rt.block_on(async {
-        assert_eq!(probe(ok, &check(CheckKind::Tcp, 200)).await, Ok(()));
-        assert_eq!(probe(ok, &check(CheckKind::Http, 200)).await, Ok(()));
-        let err = probe(failing, &check(CheckKind::Http, 200))
+        assert_eq!(probe(ok, &check(CheckKind::Tcp, 200), None).await, Ok(()));
+        assert_eq!(probe(ok, &check(CheckKind::Http, 200), None).await, Ok(()));
+        let err = probe(failing, &check(CheckKind::Http, 200), None)
             .await
             .expect_err("503 is down");
         assert_eq!(
@@ -60,12 +60,12 @@ fn tcp_and_http_checks_tell_up_from_down() -> Result<()> {
                 expected: 200
             }
         );
-        let err = probe(closed, &check(CheckKind::Tcp, 200))
+        let err = probe(closed, &check(CheckKind::Tcp, 200), None)
             .await
             .expect_err("nothing listens");
         assert!(matches!(err, ProbeError::Connect(_)), "{err}");
         // "Up" means whatever status the check expects.
-        assert_eq!(probe(failing, &check(CheckKind::Http, 503)).await, Ok(()));
+        assert_eq!(probe(failing, &check(CheckKind::Http, 503), None).await, Ok(()));
     });
     Ok(())
 }
@@ -114,14 +114,14 @@ fn https_check_talks_tls_to_a_real_server() -> Result<()> {
     rt.block_on(async {
         let mut last = Err(ProbeError::NoStatusLine);
         for _ in 0..50 {
-            last = probe(target, &check(CheckKind::Https, 200)).await;
+            last = probe(target, &check(CheckKind::Https, 200), None).await;
             if last.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(last, Ok(()), "HTTPS check against s_server");
-        let err = probe(target, &check(CheckKind::Https, 204))
+        let err = probe(target, &check(CheckKind::Https, 204), None)
             .await
             .expect_err("200 is not 204");
         assert_eq!(
@@ -132,7 +132,7 @@ fn https_check_talks_tls_to_a_real_server() -> Result<()> {
             }
         );
         // Plain HTTP against a TLS port is not a pass.
-        assert!(probe(target, &check(CheckKind::Http, 200)).await.is_err());
+        assert!(probe(target, &check(CheckKind::Http, 200), None).await.is_err());
     });
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! is there first (nightly rust-src, bpf-linker built against the nightly's own LLVM).
 
 mod benchdoc;
+mod package;
 mod toolchain;
 mod vm;
 
@@ -68,6 +69,9 @@ enum Task {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Build the Debian package target/package/foobar_VERSION_amd64.deb from a release build
+    /// and check it (lintian, systemd-analyze verify, the example configuration).
+    Package,
     /// Renders docs/benchmarks.md's result tables from docs/bench/*.json.
     BenchDocs,
     /// Benchmarks; writes target/bench/NAME.json, keeps it as docs/bench/NAME.json and renders
@@ -97,6 +101,7 @@ fn main() -> Result<()> {
             run,
         } => vm_task(&root, shell, kernel, memory, accel, run),
         Task::Bench { name } => bench(&root, &name),
+        Task::Package => package::package(&root).map(drop),
         Task::BenchDocs => benchdoc::refresh(&root),
     }
 }
@@ -239,6 +244,10 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         args.push("--test-threads=1");
     }
     cargo(root, &args, &envs)?;
+    // The Debian package builds and passes lintian and systemd-analyze verify.
+    if extra.is_empty() {
+        package::package(root)?;
+    }
     // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
     if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {
         eprintln!("xtask: the data-plane suite in the test VM (FOOBAR_SKIP_VM=1 skips it)");
@@ -331,6 +340,7 @@ const VM_SUITE: &[&str] = &[
     "load_balancing",
     "health_checks",
     "bad_config_is_refused",
+    "least_privilege",
 ];
 
 /// Builds the suite's test binaries and `foobar` here; the guest's commands that run them.

@@ -53,6 +53,10 @@ impl Dataplane {
                 .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
             info!(interface, "attached XDP program");
         }
+        // Open the links now: after a switch to `[node] user` the pins are out of reach.
+        for interface in c.node.interfaces.get_ref() {
+            self.attached(interface)?;
+        }
         Ok(())
     }
 

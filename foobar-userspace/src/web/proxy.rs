@@ -630,7 +630,7 @@ async fn active_check(pool: String, server: Arc<Server>, check: crate::config::H
     let mut state = health::RiseFall::new(check.rise, check.fall, Some(server.up.load(Ordering::Relaxed)));
     let limit = Duration::from_millis(check.timeout_ms);
     loop {
-        let result = health::probe_within(limit, server.addr, &check).await;
+        let result = health::probe_within(limit, server.addr, &check, None).await;
         if let Some(up) = state.observe(result.is_ok()) {
             server.up.store(up, Ordering::Relaxed);
             match result {
