@@ -16,6 +16,7 @@ for arg in $(cat /proc/cmdline); do
     case "$arg" in
         foobar.root=*) root="${arg#*=}" ;;
         foobar.modules=*) modules="${arg#*=}" ;;
+        foobar.systemd=*) systemd="${arg#*=}" ;;
     esac
 done
 mkdir -p /lib/modules
@@ -45,6 +46,37 @@ finish() {
     while :; do /run/foobar-vm/busybox sleep 1 2>/dev/null || sleep 1 2>/dev/null; done
 }
 cd "$root" || finish 125
+if [ "${systemd:-0}" = 1 ]; then
+    # systemd as PID 1 (`cargo xtask vm --systemd`): a target of sysinit and the commands only
+    # (not the host's services), an empty fstab (the host's names disks the guest has not),
+    # the commands' output on the console, power-off when they end. Everything written here
+    # stays in the guest's overlay.
+    : > /etc/fstab
+    # Cleaning the host's whole /tmp and /var over 9p takes most of a minute under TCG.
+    ln -sf /dev/null /etc/systemd/system/systemd-tmpfiles-setup.service
+    cat > /etc/systemd/system/foobar-vm.target <<UNIT
+[Unit]
+Description=foobar test VM: the host's commands under systemd
+Requires=sysinit.target foobar-vm-commands.service
+After=sysinit.target
+AllowIsolate=yes
+UNIT
+    cat > /etc/systemd/system/foobar-vm-commands.service <<UNIT
+[Unit]
+Description=the host's commands
+After=sysinit.target
+[Service]
+Type=oneshot
+WorkingDirectory=$root
+Environment=HOME=/root PATH=$PATH TERM=$TERM FOOBAR_PREBUILT=1
+StandardOutput=tty
+StandardError=inherit
+TTYPath=/dev/ttyS0
+ExecStart=/bin/sh -c 'sh /vm-out/cmd; echo \$\$? > /vm-out/status; sync; systemctl poweroff --force --force'
+UNIT
+    echo "foobar-vm: kernel $(uname -r), systemd as PID 1 runs /vm-out/cmd in $root"
+    exec /lib/systemd/systemd --unit=foobar-vm.target
+fi
 echo "foobar-vm: kernel $(uname -r), running /vm-out/cmd in $root"
 sh /vm-out/cmd
 finish $?

@@ -97,6 +97,14 @@ fn next_message(socket: &UnixDatagram) -> Result<String> {
 #[test]
 fn threads_serving_clients_hold_no_privilege_and_readiness_waits_for_the_listeners() -> Result<()> {
     let mut lab = WebLab::start_with("priv", EXTRA)?;
+    // A file only root may read, under the document root.
+    let private = lab.root().join("root-only.html");
+    std::fs::write(&private, "for root's eyes\n")?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+    let code = |lab: &WebLab, path: &str| {
+        lab.curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("https://{}{path}", weblab::HOST)])
+    };
+    ensure!(code(&lab, "/root-only.html")? == "200", "root serves the root-only file (the probe)");
     let pid = lab.foobar.as_ref().and_then(ChildGuard::pid).context("foobar runs")?;
     let root_workers: Vec<_> = threads(pid)?.into_iter().filter(|t| t.0.starts_with("web-")).collect();
     ensure!(!root_workers.is_empty(), "no web worker threads found");

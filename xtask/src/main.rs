@@ -68,6 +68,10 @@ enum Task {
         /// built; its binaries are under target/debug/deps).
         #[arg(long)]
         run: Option<String>,
+        /// Boot systemd as PID 1 (only sysinit.target's units) and run the commands as its
+        /// service, as the package test does.
+        #[arg(long)]
+        systemd: bool,
     },
     /// Build the Debian package target/package/foobar_VERSION_amd64.deb from a release build
     /// and check it (lintian, systemd-analyze verify, the example configuration).
@@ -99,7 +103,8 @@ fn main() -> Result<()> {
             memory,
             accel,
             run,
-        } => vm_task(&root, shell, kernel, memory, accel, run),
+            systemd,
+        } => vm_task(&root, shell, kernel, memory, accel, run, systemd),
         Task::Bench { name } => bench(&root, &name),
         Task::Package => package::package(&root).map(drop),
         Task::BenchDocs => benchdoc::refresh(&root),
@@ -251,7 +256,15 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
     if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {
         eprintln!("xtask: the data-plane suite in the test VM (FOOBAR_SKIP_VM=1 skips it)");
-        vm_task(root, false, None, 4096, vm::Accel::Auto, None)?;
+        vm_task(root, false, None, 4096, vm::Accel::Auto, None, false)?;
+        // And the package under a real systemd there (docs/deployment.md, vm/package-test.sh).
+        eprintln!("xtask: the package under systemd in the test VM");
+        let package = vm::default_kernel_package()?;
+        let guest = vm::Guest::Commands("sh vm/package-test.sh".into());
+        let code = vm::run(root, &package, &guest, 4096, vm::Accel::Auto, true)?;
+        if code != 0 {
+            bail!("the package test in the VM failed (exit {code})");
+        }
     }
     Ok(())
 }
@@ -305,6 +318,7 @@ fn vm_task(
     memory: u32,
     accel: vm::Accel,
     run: Option<String>,
+    systemd: bool,
 ) -> Result<()> {
     toolchain::ensure_os_packages(&["qemu-system-x86_64", "busybox", "depmod", "dpkg-deb", "ip"])?;
     let package = match kernel {
@@ -326,7 +340,7 @@ fn vm_task(
         (false, Some(command)) => vm::Guest::Commands(command),
         (false, None) => vm::Guest::Commands(suite_commands(root)?),
     };
-    let code = vm::run(root, &package, &guest, memory, accel)?;
+    let code = vm::run(root, &package, &guest, memory, accel, systemd)?;
     if code != 0 {
         bail!("the guest's commands exited with {code}");
     }

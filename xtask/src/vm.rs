@@ -53,8 +53,9 @@ pub enum Accel {
     Tcg,
 }
 
-/// Boots `package`'s kernel and runs `guest`; Ok(exit status of the guest's commands).
-pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, accel: Accel) -> Result<i32> {
+/// Boots `package`'s kernel and runs `guest` (with `systemd`, as a service of systemd booted as
+/// PID 1); Ok(exit status of the guest's commands).
+pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, accel: Accel, systemd: bool) -> Result<i32> {
     let work = root.join("target/vm");
     let kernel = prepare_kernel(&work, package)?;
     let kvm = match accel {
@@ -77,10 +78,11 @@ pub fn run(root: &Path, package: &str, guest: &Guest, memory_mib: u32, accel: Ac
     std::fs::write(out.join("cmd"), commands)?;
     let guest_init = root.join("vm/guest-init.sh");
     let append = format!(
-        "console=ttyS0 panic=-1 quiet foobar.init={} foobar.root={} foobar.modules={}",
+        "console=ttyS0 panic=-1 quiet foobar.init={} foobar.root={} foobar.modules={} foobar.systemd={}",
         guest_init.display(),
         root.display(),
-        kernel.modules.display()
+        kernel.modules.display(),
+        u8::from(systemd)
     );
     let status = Command::new("qemu-system-x86_64")
         .args(["-nographic", "-no-reboot", "-nic", "none", "-cpu", "max", "-smp", "2"])

@@ -44,6 +44,8 @@ pub struct Files {
     /// The document root, opened as a path handle: every file is opened beneath it with
     /// `openat2(RESOLVE_BENEATH)`, so the kernel refuses `..` and symlinks that lead out.
     root: OwnedFd,
+    /// Its configured path, for the log.
+    root_path: std::path::PathBuf,
     index: Vec<String>,
     /// (prefix, Cache-Control), longest prefix first.
     cache_rules: Vec<(String, HeaderValue)>,
@@ -152,13 +154,25 @@ impl Files {
             })
             .collect::<anyhow::Result<_>>()?;
         cache_rules.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Ok(Self {
+        let files = Self {
             root,
+            root_path: configured.clone(),
             index: site.index.clone(),
             cache_rules,
             cache: Mutex::new(HashMap::new()),
             dotfiles: site.serve_dotfiles,
-        })
+        };
+        // Every file is opened with openat2: without it nothing could be served.
+        if let Err(e) = files.open_beneath("") {
+            if e.raw_os_error() == Some(libc::ENOSYS) {
+                anyhow::bail!(
+                    "document root {}: openat2 is refused here ({e}): the kernel is older than 5.6, or a \
+                     seccomp filter blocks it (systemd's RestrictSUIDSGID=yes does)",
+                    configured.display()
+                );
+            }
+        }
+        Ok(files)
     }
 
     /// Answers a GET or HEAD for `path` (the URI path, still percent-encoded).
@@ -237,11 +251,34 @@ impl Files {
         Ok((file, metadata))
     }
 
+    /// The status for a file that could not be opened: 404 for what is not there (or leads
+    /// out of the root); 403 for what the serving user may not read, logged with the reason,
+    /// since the site is then misconfigured.
+    fn open_failed(&self, relative: &str, e: &std::io::Error) -> StatusCode {
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(
+                    root = %self.root_path.display(),
+                    path = relative,
+                    error = %e,
+                    "a file under the document root may not be opened by the user that serves files ([node] user)"
+                );
+                StatusCode::FORBIDDEN
+            }
+            _ => {
+                tracing::debug!(path = relative, error = %e, "not served");
+                StatusCode::NOT_FOUND
+            }
+        }
+    }
+
     /// Maps a normalised path ([`normalise`], `/`-terminated for a directory request) to an
     /// open file inside the root.
     fn resolve(&self, key: &str) -> Result<Found, StatusCode> {
         let relative = key.trim_end_matches('/').to_string();
-        let (file, metadata) = self.open_beneath(&relative).map_err(|_| StatusCode::NOT_FOUND)?;
+        let (file, metadata) = self
+            .open_beneath(&relative)
+            .map_err(|e| self.open_failed(&relative, &e))?;
         if metadata.is_file() {
             return Ok(Found::File(Variant::open(file, &metadata, relative.into(), None)));
         }
