@@ -102,9 +102,18 @@ fn threads_serving_clients_hold_no_privilege_and_readiness_waits_for_the_listene
     std::fs::write(&private, "for root's eyes\n")?;
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
     let code = |lab: &WebLab, path: &str| {
-        lab.curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("https://{}{path}", weblab::HOST)])
+        lab.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://{}{path}", weblab::HOST),
+        ])
     };
-    ensure!(code(&lab, "/root-only.html")? == "200", "root serves the root-only file (the probe)");
+    ensure!(
+        code(&lab, "/root-only.html")? == "200",
+        "root serves the root-only file (the probe)"
+    );
     let pid = lab.foobar.as_ref().and_then(ChildGuard::pid).context("foobar runs")?;
     let root_workers: Vec<_> = threads(pid)?.into_iter().filter(|t| t.0.starts_with("web-")).collect();
     ensure!(!root_workers.is_empty(), "no web worker threads found");
