@@ -6,6 +6,7 @@ use crate::{
     config::Config,
     health::{Health, Standing},
     mysql::DatabaseStatus,
+    operate::{Answer, Operation, Operations},
     privileges::Privileges,
     reload::Outcome,
     vrrp::instance::Status as VrrpStatus,
@@ -73,6 +74,12 @@ pub struct BackendStatus {
     pub weight: u32,
     /// Active, drained or down.
     pub standing: Standing,
+    /// Drained by an operator (`foobar backend drain`), whatever its weight.
+    #[serde(default)]
+    pub drained_by_operator: bool,
+    /// Why its checks put it down, while down.
+    #[serde(default)]
+    pub down_reason: Option<String>,
 }
 
 /// Every service of `c` with its backends' standing under `health`.
@@ -87,11 +94,16 @@ pub fn services(c: &Config, health: &Health) -> Vec<ServiceStatus> {
                 .backends
                 .iter()
                 .map(|b| {
-                    let address = *b.address.get_ref();
+                    let (service, address) = (s.name.get_ref(), *b.address.get_ref());
                     BackendStatus {
                         address,
                         weight: b.weight,
-                        standing: Standing::of(health.is_up(s.name.get_ref(), address), b.weight),
+                        standing: Standing::of(
+                            health.is_up(service, address),
+                            health.weight(service, address, b.weight),
+                        ),
+                        drained_by_operator: health.is_drained(service, address),
+                        down_reason: health.down_reason(service, address).map(str::to_owned),
                     }
                 })
                 .collect(),
@@ -109,9 +121,18 @@ pub type Reloads = mpsc::Sender<oneshot::Sender<Outcome>>;
 /// builds every Maglev table).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves `status` and `reload` requests on `path` until the task is dropped. A stale socket
-/// file from a previous run is replaced; the socket is only accessible to root.
-pub fn serve(path: &Path, source: Source, reloads: Reloads) -> Result<tokio::task::JoinHandle<()>> {
+/// Where the daemon's requests go: reloads and runtime operations.
+#[derive(Clone)]
+pub struct Requests {
+    /// Reload requests.
+    pub reloads: Reloads,
+    /// Runtime operations.
+    pub operations: Operations,
+}
+
+/// Serves `status`, `reload` and `op` requests on `path` until the task is dropped. A stale
+/// socket file from a previous run is replaced; the socket is only accessible to root.
+pub fn serve(path: &Path, source: Source, requests: Requests) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -133,9 +154,9 @@ pub fn serve(path: &Path, source: Source, reloads: Reloads) -> Result<tokio::tas
                     continue;
                 }
             };
-            let (source, reloads) = (source.clone(), reloads.clone());
+            let (source, requests) = (source.clone(), requests.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, source, reloads).await {
+                if let Err(e) = answer(stream, source, requests).await {
                     warn!("control socket request failed: {e:#}");
                 }
             });
@@ -143,7 +164,7 @@ pub fn serve(path: &Path, source: Source, reloads: Reloads) -> Result<tokio::tas
     }))
 }
 
-async fn answer(stream: UnixStream, source: Source, reloads: Reloads) -> Result<()> {
+async fn answer(stream: UnixStream, source: Source, requests: Requests) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(256));
@@ -154,8 +175,23 @@ async fn answer(stream: UnixStream, source: Source, reloads: Reloads) -> Result<
         "status" => serde_json::to_string(&source())?,
         "reload" => {
             let (reply, outcome) = oneshot::channel();
-            reloads.send(reply).await.context("the daemon is stopping")?;
+            requests.reloads.send(reply).await.context("the daemon is stopping")?;
             serde_json::to_string(&outcome.await.context("the daemon dropped the reload")?)?
+        }
+        line if line.starts_with("op ") => {
+            let answer: Answer = match serde_json::from_str::<Operation>(&line[3..]) {
+                Ok(op) => {
+                    let (reply, answer) = oneshot::channel();
+                    requests
+                        .operations
+                        .send((op, reply))
+                        .await
+                        .context("the daemon is stopping")?;
+                    answer.await.context("the daemon dropped the operation")?
+                }
+                Err(e) => Err(format!("not an operation: {e}")),
+            };
+            serde_json::to_string(&answer)?
         }
         other => serde_json::to_string(&serde_json::json!({ "error": format!("unknown request {other:?}") }))?,
     };
@@ -185,6 +221,16 @@ fn request(path: &Path, request: &str, limit: Duration) -> Result<String> {
 pub fn query(path: &Path) -> Result<NodeStatus> {
     let reply = request(path, "status", Duration::from_secs(5))?;
     serde_json::from_str(&reply).context("reading the daemon's status")
+}
+
+/// Asks the daemon listening on `path` to carry out `op`; Ok(what it did) or Err(why not).
+pub fn operate(path: &Path, op: &Operation) -> Result<Answer> {
+    let reply = request(
+        path,
+        &format!("op {}", serde_json::to_string(op)?),
+        Duration::from_secs(10),
+    )?;
+    serde_json::from_str(&reply).context("reading the daemon's answer")
 }
 
 /// Asks the daemon listening on `path` to apply its configuration file again.
@@ -269,7 +315,9 @@ pub fn print(s: &NodeStatus) {
                     Standing::Down => b.standing.name().to_uppercase(),
                     _ => b.standing.name().to_owned(),
                 };
-                format!("{} {standing} (weight {})", b.address, b.weight)
+                let by = if b.drained_by_operator { " by an operator" } else { "" };
+                let why = b.down_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                format!("{} {standing}{by}{why} (weight {})", b.address, b.weight)
             })
             .collect();
         println!(

@@ -9,7 +9,9 @@ use crate::{
     health::{self, Health},
     metrics,
     mysql::DatabaseRouter,
-    notify, push,
+    notify,
+    operate::{Answer, Operation},
+    push,
     reload::{self, Outcome},
     vrrp::{
         election::Reason,
@@ -135,7 +137,14 @@ pub async fn run(path: &Path) -> Result<()> {
         health_tx.subscribe(),
     );
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Outcome>>(4);
-    let _control = ctl::serve(&config.node.control_socket, status.clone(), reload_tx)?;
+    let (operations_tx, mut operations_rx) = mpsc::channel::<(Operation, oneshot::Sender<Answer>)>(4);
+    let requests = ctl::Requests {
+        reloads: reload_tx,
+        operations: operations_tx,
+    };
+    let _control = ctl::serve(&config.node.control_socket, status.clone(), requests)?;
+    // VRRP instances an operator stepped down (`foobar vrrp step-down`), by name.
+    let mut stepped_down = BTreeSet::new();
     let exporter: Arc<OnceLock<Arc<push::Exporter>>> = Arc::default();
     let sources = metrics::Sources {
         status,
@@ -190,7 +199,21 @@ pub async fn run(path: &Path) -> Result<()> {
                 if let Err(e) = dataplane.sync(&config, &health) {
                     error!("updating the data plane after a health change failed: {e:#}");
                 }
-                update_faults(&config, &instances, &health, &mut dataplane);
+                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
+            }
+            Some((op, reply)) = operations_rx.recv() => {
+                let answer = operate(&op, &config, &health_tx, &mut checks, &instances, &mut stepped_down);
+                match &answer {
+                    Ok(done) => info!(operation = %op, "{done}"),
+                    Err(why) => warn!(operation = %op, "refused: {why}"),
+                }
+                // The maps say what the operation asked before its answer goes out.
+                let health = health_rx.borrow_and_update().clone();
+                if let Err(e) = dataplane.sync(&config, &health) {
+                    error!("updating the data plane after an operation failed: {e:#}");
+                }
+                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
+                let _ = reply.send(answer);
             }
             Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
             _ = track.tick(), if !instances.is_empty() => {
@@ -198,7 +221,7 @@ pub async fn run(path: &Path) -> Result<()> {
                     error!("renewing the VIP claim lease failed: {e:#}");
                 }
                 let health = health_rx.borrow().clone();
-                update_faults(&config, &instances, &health, &mut dataplane);
+                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -265,8 +288,92 @@ async fn join_in_turn(instances: Vec<Handle>) {
     }
 }
 
-/// Recomputes each instance's failing tracked conditions and tells it when they changed.
-fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dataplane) {
+/// Carries out an operator's runtime operation; what happened, or why not.
+fn operate(
+    op: &Operation,
+    c: &Config,
+    health: &watch::Sender<Health>,
+    checks: &mut health::Checks,
+    instances: &[Handle],
+    stepped_down: &mut BTreeSet<String>,
+) -> Answer {
+    let backend_of = |service: &str, backend: IpAddr| -> Result<(), String> {
+        let svc = c.services.iter().find(|s| s.name.get_ref() == service).ok_or_else(|| {
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.get_ref().as_str()).collect();
+            format!("no service {service:?} (services: {})", names.join(", "))
+        })?;
+        if svc.backends.iter().any(|b| *b.address.get_ref() == backend) {
+            return Ok(());
+        }
+        let addresses: Vec<String> = svc.backends.iter().map(|b| b.address.get_ref().to_string()).collect();
+        Err(format!(
+            "service {service} has no backend {backend} (backends: {})",
+            addresses.join(", ")
+        ))
+    };
+    let instance = |name: &str| -> Result<(), String> {
+        if instances.iter().any(|h| h.spec.name == name) {
+            return Ok(());
+        }
+        let names: Vec<&str> = instances.iter().map(|h| h.spec.name.as_str()).collect();
+        Err(format!("no vrrp instance {name:?} (instances: {})", names.join(", ")))
+    };
+    match op {
+        Operation::Drain { service, backend } => {
+            backend_of(service, *backend)?;
+            Ok(if health.send_if_modified(|h| h.set_drained(service, *backend, true)) {
+                format!("{backend} of service {service} drained: no new flows, established ones stay")
+            } else {
+                format!("{backend} of service {service} was drained already")
+            })
+        }
+        Operation::Enable { service, backend } => {
+            backend_of(service, *backend)?;
+            Ok(
+                if health.send_if_modified(|h| h.set_drained(service, *backend, false)) {
+                    format!("{backend} of service {service} enabled: its configured weight applies")
+                } else {
+                    format!("{backend} of service {service} was not drained")
+                },
+            )
+        }
+        Operation::ClearHealth { service, backend } => {
+            backend_of(service, *backend)?;
+            let was_down = health.send_if_modified(|h| h.set(service, *backend, None));
+            let restarted = checks.restart(service, *backend, health);
+            Ok(format!(
+                "{backend} of service {service}: {}; {restarted} check(s) started over",
+                if was_down { "marked up" } else { "was up" }
+            ))
+        }
+        Operation::StepDown { instance: name } => {
+            instance(name)?;
+            Ok(if stepped_down.insert(name.clone()) {
+                format!("vrrp instance {name} stepped down: it hands its VIPs over and stays out until resumed")
+            } else {
+                format!("vrrp instance {name} was stepped down already")
+            })
+        }
+        Operation::Resume { instance: name } => {
+            instance(name)?;
+            Ok(if stepped_down.remove(name) {
+                format!("vrrp instance {name} resumed: it takes part in the election again")
+            } else {
+                format!("vrrp instance {name} was not stepped down")
+            })
+        }
+    }
+}
+
+/// Recomputes each instance's failing tracked conditions (and operator step-downs) and tells
+/// it when they changed.
+fn update_faults(
+    c: &Config,
+    instances: &[Handle],
+    health: &Health,
+    stepped_down: &BTreeSet<String>,
+    dp: &mut Dataplane,
+) {
     if instances.is_empty() {
         return;
     }
@@ -291,6 +398,9 @@ fn update_faults(c: &Config, instances: &[Handle], health: &Health, dp: &mut Dat
     }
     for (handle, v) in instances.iter().zip(&c.vrrp) {
         let mut faults = detached.clone();
+        if stepped_down.contains(&handle.spec.name) {
+            faults.push(Fault::SteppedDown);
+        }
         let interface = handle.spec.interface.clone();
         match flags.get(&interface) {
             None => faults.push(Fault::InterfaceMissing { interface }),

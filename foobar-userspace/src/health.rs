@@ -149,25 +149,56 @@ impl Standing {
     }
 }
 
-/// Which backends are down, by service name and address.
+/// Which backends are down (their checks failed, with the last reason) and which an operator
+/// drained (`foobar backend drain`), by service name and address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    down: HashSet<(String, IpAddr)>,
+    down: HashMap<(String, IpAddr), String>,
+    drained: HashSet<(String, IpAddr)>,
 }
 
 impl Health {
     /// True unless the backend's checks have failed `fall` times in a row.
     pub fn is_up(&self, service: &str, addr: IpAddr) -> bool {
-        !self.down.contains(&(service.to_string(), addr))
+        !self.down.contains_key(&(service.to_string(), addr))
     }
 
-    /// Records a backend's state; true when it changed.
-    pub(crate) fn set(&mut self, service: &str, addr: IpAddr, up: bool) -> bool {
+    /// Why the backend's checks put it down, while it is down.
+    pub fn down_reason(&self, service: &str, addr: IpAddr) -> Option<&str> {
+        self.down.get(&(service.to_string(), addr)).map(String::as_str)
+    }
+
+    /// Records a backend's state (down: with the reason); true when it changed.
+    pub(crate) fn set(&mut self, service: &str, addr: IpAddr, down: Option<String>) -> bool {
         let key = (service.to_string(), addr);
-        if up {
-            self.down.remove(&key)
+        match down {
+            None => self.down.remove(&key).is_some(),
+            Some(reason) => self.down.insert(key, reason).is_none(),
+        }
+    }
+
+    /// Whether an operator drained the backend.
+    pub fn is_drained(&self, service: &str, addr: IpAddr) -> bool {
+        self.drained.contains(&(service.to_string(), addr))
+    }
+
+    /// Drains (`true`: weight 0 whatever the configuration says) or enables a backend; true
+    /// when that changed anything.
+    pub(crate) fn set_drained(&mut self, service: &str, addr: IpAddr, drained: bool) -> bool {
+        let key = (service.to_string(), addr);
+        if drained {
+            self.drained.insert(key)
         } else {
-            self.down.insert(key)
+            self.drained.remove(&key)
+        }
+    }
+
+    /// The weight the backend gets now: 0 while drained, else `configured`.
+    pub fn weight(&self, service: &str, addr: IpAddr, configured: u32) -> u32 {
+        if self.is_drained(service, addr) {
+            0
+        } else {
+            configured
         }
     }
 
@@ -182,7 +213,8 @@ impl Health {
                     .map(|b| (s.name.get_ref().clone(), *b.address.get_ref()))
             })
             .collect();
-        self.down.retain(|k| configured.contains(k));
+        self.down.retain(|k, _| configured.contains(k));
+        self.drained.retain(|k| configured.contains(k));
     }
 }
 
@@ -288,20 +320,43 @@ impl Checks {
                 changes.kept += 1;
                 continue;
             }
-            let stop = CancellationToken::new();
-            let (service, target, check) = key.clone();
-            let task = tokio::spawn(check_loop(
-                service,
-                target,
-                check,
-                self.credentials.clone(),
-                health.clone(),
-                stop.clone(),
-            ));
-            self.running.insert(key, RunningCheck { task, stop });
+            self.spawn(key, health);
             changes.started += 1;
         }
         changes
+    }
+
+    /// Starts the checks of one backend over (its rise / fall counts from nothing, from the
+    /// state `health` holds now); the number restarted.
+    pub fn restart(&mut self, service: &str, addr: IpAddr, health: &watch::Sender<Health>) -> usize {
+        let keys: Vec<CheckKey> = self
+            .running
+            .keys()
+            .filter(|(s, target, _)| s == service && target.ip() == addr)
+            .cloned()
+            .collect();
+        for key in &keys {
+            if let Some(old) = self.running.remove(key) {
+                old.stop.cancel();
+            }
+            self.spawn(key.clone(), health);
+        }
+        keys.len()
+    }
+
+    /// Starts the check task for `key`.
+    fn spawn(&mut self, key: CheckKey, health: &watch::Sender<Health>) {
+        let stop = CancellationToken::new();
+        let (service, target, check) = key.clone();
+        let task = tokio::spawn(check_loop(
+            service,
+            target,
+            check,
+            self.credentials.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        self.running.insert(key, RunningCheck { task, stop });
     }
 
     /// Stops the checks without cutting one in flight short (a MySQL login cut off mid-way
@@ -373,7 +428,8 @@ async fn check_loop(
                 Ok(()) => info!(service, backend = %target, "backend is up"),
                 Err(reason) => warn!(service, backend = %target, %reason, "backend is down"),
             }
-            health.send_if_modified(|h| h.set(&service, target.ip(), up));
+            let down = result.err().filter(|_| !up).map(|reason| reason.to_string());
+            health.send_if_modified(|h| h.set(&service, target.ip(), down));
         }
     }
 }

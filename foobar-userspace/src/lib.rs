@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod mysql;
 pub mod notify;
+pub mod operate;
 pub mod privileges;
 pub mod push;
 pub mod relay;

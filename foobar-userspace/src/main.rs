@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use foobar::{config, ctl, daemon, dataplane, stats};
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use foobar::{config, ctl, daemon, dataplane, operate::Operation, stats};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
 
 /// foobar: an XDP-accelerated edge appliance.
 #[derive(Parser)]
@@ -49,6 +49,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runtime operations on an L4 backend of the running daemon (kept on reload, forgotten on
+    /// restart): drain it, enable it again, or clear its failed health.
+    Backend {
+        /// What to do.
+        #[command(subcommand)]
+        action: BackendAction,
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
+        socket: PathBuf,
+    },
+    /// Runtime operations on a VRRP instance of the running daemon (kept on reload, forgotten
+    /// on restart): step it down, or let it resume.
+    Vrrp {
+        /// What to do.
+        #[command(subcommand)]
+        action: VrrpAction,
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
+        socket: PathBuf,
+    },
     /// Print the data plane's counters from its pinned maps (services named after a
     /// configuration file when one is given).
     Stats {
@@ -76,6 +96,45 @@ enum Command {
         /// bpffs directory the data plane is pinned under.
         #[arg(long, default_value = "/sys/fs/bpf/foobar")]
         pin_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendAction {
+    /// No new flows to the backend (weight 0 until enabled); established flows stay.
+    Drain {
+        /// The `[[service]]` name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+    },
+    /// Undo a drain: the configured weight applies again.
+    Enable {
+        /// The `[[service]]` name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+    },
+    /// Forget the backend's failed checks: it is up, and its checks start over.
+    ClearHealth {
+        /// The `[[service]]` name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum VrrpAction {
+    /// Give up mastership at once (a priority-0 advert) and stay out of the election.
+    StepDown {
+        /// The `[[vrrp]]` name.
+        instance: String,
+    },
+    /// Take part in the election again.
+    Resume {
+        /// The `[[vrrp]]` name.
+        instance: String,
     },
 }
 
@@ -137,10 +196,48 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 stats::print(&snapshot);
             }
         }
+        Command::Backend { action, socket } => {
+            let op = match action {
+                BackendAction::Drain { service, address } => Operation::Drain {
+                    service,
+                    backend: address,
+                },
+                BackendAction::Enable { service, address } => Operation::Enable {
+                    service,
+                    backend: address,
+                },
+                BackendAction::ClearHealth { service, address } => Operation::ClearHealth {
+                    service,
+                    backend: address,
+                },
+            };
+            return operate(&socket, &op);
+        }
+        Command::Vrrp { action, socket } => {
+            let op = match action {
+                VrrpAction::StepDown { instance } => Operation::StepDown { instance },
+                VrrpAction::Resume { instance } => Operation::Resume { instance },
+            };
+            return operate(&socket, &op);
+        }
         Command::AttachPass { interface, pin_dir } => dataplane::attach_pass(&pin_dir, &interface)?,
         Command::Detach { pin_dir } => dataplane::detach(&pin_dir)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `op` to the daemon and prints its answer: exit 0 when done, 1 when refused.
+fn operate(socket: &std::path::Path, op: &Operation) -> Result<ExitCode> {
+    match ctl::operate(socket, op)? {
+        Ok(done) => {
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("foobar: {op} refused: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Human-readable logs on a terminal, JSON lines otherwise; `RUST_LOG` filters. The access

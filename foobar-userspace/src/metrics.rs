@@ -129,15 +129,21 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         Kind::Gauge,
         "1 while the backend is in its service's Maglev table (up and weight > 0).",
     );
+    let mut drained = Family::new(
+        "foobar_backend_drained_by_operator",
+        Kind::Gauge,
+        "1 while an operator has drained the backend (foobar backend drain), whatever its weight.",
+    );
     for s in ctl::services(&view.config, &view.health) {
         for b in &s.backends {
             let labels = [("service", s.name.as_str()), ("backend", &b.address.to_string())];
             health.sample(&labels, f64::from(u8::from(b.standing != Standing::Down)));
             active.sample(&labels, f64::from(u8::from(b.standing == Standing::Active)));
+            drained.sample(&labels, f64::from(u8::from(b.drained_by_operator)));
         }
     }
     let Some(snap) = &view.dataplane else {
-        return vec![health, active];
+        return vec![health, active, drained];
     };
     let mut packets = Family::new(
         "foobar_dataplane_packets",
@@ -202,7 +208,7 @@ fn dataplane_families(view: &View) -> Vec<Family> {
             f.sample(&labels, v as f64);
         }
     }
-    let mut out = vec![packets, drops, health, active];
+    let mut out = vec![packets, drops, health, active, drained];
     out.extend(svc);
     out.extend(backend);
     out

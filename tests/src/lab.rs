@@ -16,7 +16,7 @@
 use crate::{
     foobar_bin,
     mariadb::{self, MariaDb},
-    veth, ChildGuard, EchoServer, Netns, PinDir, Scratch,
+    veth, ChildGuard, EchoClient, EchoServer, Netns, PinDir, Scratch,
 };
 use anyhow::{Context, Result};
 use foobar::ctl::NodeStatus;
@@ -438,6 +438,13 @@ impl LbLab {
         self.scratch.file(&format!("edge{}.toml", i + 1))
     }
 
+    /// Opens `n` echo connections to the VIP from the client namespace.
+    pub fn connect(&self, n: usize) -> Result<Vec<EchoClient>> {
+        let vip = self.vip();
+        self.client
+            .run(move || (0..n).map(|_| EchoClient::connect(vip)).collect::<Result<Vec<_>>>())?
+    }
+
     /// Path of edge `i`'s control socket.
     pub fn edge_socket(&self, i: usize) -> PathBuf {
         self.scratch.file(&format!("edge{}.sock", i + 1))
@@ -714,6 +721,24 @@ pub fn wire(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> 
     let (client, _, _) = hosts.first().context("no client")?;
     client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
     client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    Ok(())
+}
+
+/// How many of `conns` each backend serves, by name.
+pub fn spread(conns: &[EchoClient]) -> std::collections::BTreeMap<String, usize> {
+    let mut by = std::collections::BTreeMap::new();
+    for c in conns {
+        *by.entry(c.backend.clone()).or_default() += 1;
+    }
+    by
+}
+
+/// One round trip on each of `conns`, failing with the connection and its backend.
+pub fn round_trip_all(conns: &mut [EchoClient], what: &str) -> Result<()> {
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.round_trip(&format!("{what} {i}"))
+            .with_context(|| format!("{what}: connection {i} to {}", c.backend))?;
+    }
     Ok(())
 }
 

@@ -4,38 +4,14 @@
 use anyhow::{bail, Context, Result};
 use foobar::stats;
 use foobar_tests::{
-    lab::{backend_name, BackendSetting, LbLab},
+    lab::{backend_name, round_trip_all, spread, BackendSetting, LbLab},
     wait_until, EchoClient, EchoServer,
 };
 use nix::sys::signal::Signal;
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
-
-/// Opens `n` connections from the client namespace.
-fn connect(lab: &LbLab, n: usize) -> Result<Vec<EchoClient>> {
-    let vip = lab.vip();
-    lab.client
-        .run(move || (0..n).map(|_| EchoClient::connect(vip)).collect::<Result<Vec<_>>>())?
-}
-
-fn spread(conns: &[EchoClient]) -> BTreeMap<String, usize> {
-    let mut by = BTreeMap::new();
-    for c in conns {
-        *by.entry(c.backend.clone()).or_default() += 1;
-    }
-    by
-}
-
-fn round_trip_all(conns: &mut [EchoClient], what: &str) -> Result<()> {
-    for (i, c) in conns.iter_mut().enumerate() {
-        c.round_trip(&format!("{what} {i}"))
-            .with_context(|| format!("{what}: connection {i} to {}", c.backend))?;
-    }
-    Ok(())
-}
 
 fn backend_active(lab: &LbLab, i: usize) -> Result<bool> {
     let addr = foobar_tests::lab::backend_addr(i);
@@ -70,7 +46,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     }
 
     // Spread: 60 new flows land on every backend.
-    let mut conns = connect(&lab, 60)?;
+    let mut conns = lab.connect(60)?;
     let by = spread(&conns);
     for i in 0..3 {
         let got = by.get(&backend_name(i)).copied().unwrap_or(0);
@@ -88,7 +64,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     wait_until(Duration::from_secs(5), "b3 to be marked down", || {
         backend_active(&lab, 2).is_ok_and(|a| !a)
     })?;
-    let fresh = connect(&lab, 30)?;
+    let fresh = lab.connect(30)?;
     if fresh.iter().any(|c| c.backend == "b3") {
         bail!("a new flow went to the down backend: {:?}", spread(&fresh));
     }
@@ -108,7 +84,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
         if Instant::now() > deadline {
             bail!("b3 got no new flows within 10 s of recovering: {:?}", spread(&fresh));
         }
-        fresh.extend(connect(&lab, 10).context("a new connection failed while b3 recovered")?);
+        fresh.extend(lab.connect(10).context("a new connection failed while b3 recovered")?);
     }
     round_trip_all(&mut fresh, "while b3 recovered")?;
 
@@ -120,7 +96,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     let mut drained = all;
     drained[0].weight = 0;
     reload(&lab, &drained)?;
-    let fresh = connect(&lab, 30)?;
+    let fresh = lab.connect(30)?;
     if fresh.iter().any(|c| c.backend == "b1") {
         bail!("a new flow went to the drained backend: {:?}", spread(&fresh));
     }
@@ -145,7 +121,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
     if !lab.edge_log(0).contains("unknown field `bogus`") {
         bail!("the refusal does not say why:\n{}", lab.edge_log(0));
     }
-    let fresh = connect(&lab, 20)?;
+    let fresh = lab.connect(20)?;
     if fresh.iter().any(|c| c.backend == "b1") {
         bail!(
             "the refused file changed the running configuration: {:?}",
@@ -156,7 +132,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 
     // Removing b2 from the configuration with 100 connections open breaks none of the others.
     reload(&lab, &all)?;
-    let mut many = connect(&lab, 100)?;
+    let mut many = lab.connect(100)?;
     let mut without_b2 = all;
     without_b2[1].present = false;
     reload(&lab, &without_b2)?;
@@ -167,7 +143,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 
     // Restarts: SIGTERM, then kill -9, with connections open; forwarding never stops.
     reload(&lab, &all)?;
-    let mut held = connect(&lab, 30)?;
+    let mut held = lab.connect(30)?;
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
         let mut edge = lab.edges[0].foobar.take().context("edge running")?;
         edge.signal(signal)?;
@@ -176,7 +152,9 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
         round_trip_all(&mut many, &format!("while foobar is stopped by {signal} (older)"))?;
         lab.start_edge(0)?;
         round_trip_all(&mut held, &format!("after restart from {signal}"))?;
-        let mut fresh = connect(&lab, 10).with_context(|| format!("new connections after restart from {signal}"))?;
+        let mut fresh = lab
+            .connect(10)
+            .with_context(|| format!("new connections after restart from {signal}"))?;
         round_trip_all(&mut fresh, &format!("new after restart from {signal}"))?;
     }
     if !lab.edge_log(0).contains("replaced the XDP program in the pinned link") {
@@ -191,7 +169,7 @@ fn ipip_spreads_sticks_follows_health_and_survives_restarts() -> Result<()> {
 #[test]
 fn l2_dsr_spreads_real_connections() -> Result<()> {
     let lab = LbLab::start(3, "l2dsr")?;
-    let mut conns = connect(&lab, 45)?;
+    let mut conns = lab.connect(45)?;
     let by = spread(&conns);
     if by.len() != 3 {
         bail!("flows did not reach all three backends: {by:?}");

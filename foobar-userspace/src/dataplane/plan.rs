@@ -260,7 +260,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
             members.push(Member {
                 id,
                 identity: address.to_string(),
-                weight: b.weight,
+                weight: health.weight(svc.name.get_ref(), address, b.weight),
                 up,
             });
         }
@@ -377,7 +377,7 @@ mod tests {
             &plan(&c, &Health::default(), &Layout::default(), vec![]).expect("plan"),
         );
         let mut health = Health::default();
-        health.set("a", "10.0.0.3".parse().expect("address"), false);
+        health.set("a", "10.0.0.3".parse().expect("address"), Some("refused".into()));
         let p = plan(&c, &health, &now, vec![]).expect("plan");
         let down = now.backends[&(0, "10.0.0.3".parse().expect("address"))];
         let table = p.services[0].table.as_ref().expect("the table changes");

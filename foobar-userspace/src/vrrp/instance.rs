@@ -136,6 +136,8 @@ pub enum Fault {
         /// The service.
         service: String,
     },
+    /// An operator stepped the instance down (`foobar vrrp step-down`).
+    SteppedDown,
 }
 
 impl std::fmt::Display for Fault {
@@ -148,6 +150,7 @@ impl std::fmt::Display for Fault {
                 write!(f, "XDP attachment on {interface} unknown: {error}")
             }
             Fault::ServiceDown { service } => write!(f, "every backend of service {service} is down"),
+            Fault::SteppedDown => write!(f, "stepped down by an operator (foobar vrrp resume)"),
         }
     }
 }
