@@ -10,7 +10,7 @@ use crate::{
     metrics,
     mysql::DatabaseRouter,
     notify,
-    operate::{Answer, Operation},
+    operate::{self, Answer, Operation},
     push,
     reload::{self, Outcome},
     vrrp::{
@@ -202,7 +202,7 @@ pub async fn run(path: &Path) -> Result<()> {
                 update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
             }
             Some((op, reply)) = operations_rx.recv() => {
-                let answer = operate(&op, &config, &health_tx, &mut checks, &instances, &mut stepped_down);
+                let answer = operate::apply(&op, &config, &health_tx, &mut checks, &instances, &mut stepped_down);
                 match &answer {
                     Ok(done) => info!(operation = %op, "{done}"),
                     Err(why) => warn!(operation = %op, "refused: {why}"),
@@ -285,83 +285,6 @@ fn claim_lease(c: &Config) -> Option<Duration> {
 async fn join_in_turn(instances: Vec<Handle>) {
     for handle in instances {
         handle.finished().await;
-    }
-}
-
-/// Carries out an operator's runtime operation; what happened, or why not.
-fn operate(
-    op: &Operation,
-    c: &Config,
-    health: &watch::Sender<Health>,
-    checks: &mut health::Checks,
-    instances: &[Handle],
-    stepped_down: &mut BTreeSet<String>,
-) -> Answer {
-    let backend_of = |service: &str, backend: IpAddr| -> Result<(), String> {
-        let svc = c.services.iter().find(|s| s.name.get_ref() == service).ok_or_else(|| {
-            let names: Vec<&str> = c.services.iter().map(|s| s.name.get_ref().as_str()).collect();
-            format!("no service {service:?} (services: {})", names.join(", "))
-        })?;
-        if svc.backends.iter().any(|b| *b.address.get_ref() == backend) {
-            return Ok(());
-        }
-        let addresses: Vec<String> = svc.backends.iter().map(|b| b.address.get_ref().to_string()).collect();
-        Err(format!(
-            "service {service} has no backend {backend} (backends: {})",
-            addresses.join(", ")
-        ))
-    };
-    let instance = |name: &str| -> Result<(), String> {
-        if instances.iter().any(|h| h.spec.name == name) {
-            return Ok(());
-        }
-        let names: Vec<&str> = instances.iter().map(|h| h.spec.name.as_str()).collect();
-        Err(format!("no vrrp instance {name:?} (instances: {})", names.join(", ")))
-    };
-    match op {
-        Operation::Drain { service, backend } => {
-            backend_of(service, *backend)?;
-            Ok(if health.send_if_modified(|h| h.set_drained(service, *backend, true)) {
-                format!("{backend} of service {service} drained: no new flows, established ones stay")
-            } else {
-                format!("{backend} of service {service} was drained already")
-            })
-        }
-        Operation::Enable { service, backend } => {
-            backend_of(service, *backend)?;
-            Ok(
-                if health.send_if_modified(|h| h.set_drained(service, *backend, false)) {
-                    format!("{backend} of service {service} enabled: its configured weight applies")
-                } else {
-                    format!("{backend} of service {service} was not drained")
-                },
-            )
-        }
-        Operation::ClearHealth { service, backend } => {
-            backend_of(service, *backend)?;
-            let was_down = health.send_if_modified(|h| h.set(service, *backend, None));
-            let restarted = checks.restart(service, *backend, health);
-            Ok(format!(
-                "{backend} of service {service}: {}; {restarted} check(s) started over",
-                if was_down { "marked up" } else { "was up" }
-            ))
-        }
-        Operation::StepDown { instance: name } => {
-            instance(name)?;
-            Ok(if stepped_down.insert(name.clone()) {
-                format!("vrrp instance {name} stepped down: it hands its VIPs over and stays out until resumed")
-            } else {
-                format!("vrrp instance {name} was stepped down already")
-            })
-        }
-        Operation::Resume { instance: name } => {
-            instance(name)?;
-            Ok(if stepped_down.remove(name) {
-                format!("vrrp instance {name} resumed: it takes part in the election again")
-            } else {
-                format!("vrrp instance {name} was not stepped down")
-            })
-        }
     }
 }
 

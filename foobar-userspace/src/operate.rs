@@ -4,9 +4,14 @@
 //! daemon's main loop carries them out. A reload keeps drains and step-downs (a drain of a
 //! backend the new configuration no longer has goes with it); a restart forgets them.
 
+use crate::{
+    config::Config,
+    health::{Checks, Health},
+    vrrp::instance::Handle,
+};
 use serde::{Deserialize, Serialize};
-use std::{fmt, net::IpAddr};
-use tokio::sync::{mpsc, oneshot};
+use std::{collections::BTreeSet, fmt, net::IpAddr};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// One operation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -67,6 +72,85 @@ pub type Answer = Result<String, String>;
 
 /// Operations to the daemon's main loop, each with where its answer goes.
 pub type Operations = mpsc::Sender<(Operation, oneshot::Sender<Answer>)>;
+
+/// Carries out `op` on the running daemon's state (the main loop calls it): a drain is part of
+/// the health view, a step-down a name in `stepped_down` that becomes a VRRP fault; what
+/// happened, or why not.
+pub fn apply(
+    op: &Operation,
+    c: &Config,
+    health: &watch::Sender<Health>,
+    checks: &mut Checks,
+    instances: &[Handle],
+    stepped_down: &mut BTreeSet<String>,
+) -> Answer {
+    let backend_of = |service: &str, backend: IpAddr| -> Result<(), String> {
+        let svc = c.services.iter().find(|s| s.name.get_ref() == service).ok_or_else(|| {
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.get_ref().as_str()).collect();
+            format!("no service {service:?} (services: {})", names.join(", "))
+        })?;
+        if svc.backends.iter().any(|b| *b.address.get_ref() == backend) {
+            return Ok(());
+        }
+        let addresses: Vec<String> = svc.backends.iter().map(|b| b.address.get_ref().to_string()).collect();
+        Err(format!(
+            "service {service} has no backend {backend} (backends: {})",
+            addresses.join(", ")
+        ))
+    };
+    let instance = |name: &str| -> Result<(), String> {
+        if instances.iter().any(|h| h.spec.name == name) {
+            return Ok(());
+        }
+        let names: Vec<&str> = instances.iter().map(|h| h.spec.name.as_str()).collect();
+        Err(format!("no vrrp instance {name:?} (instances: {})", names.join(", ")))
+    };
+    match op {
+        Operation::Drain { service, backend } => {
+            backend_of(service, *backend)?;
+            Ok(if health.send_if_modified(|h| h.set_drained(service, *backend, true)) {
+                format!("{backend} of service {service} drained: no new flows, established ones stay")
+            } else {
+                format!("{backend} of service {service} was drained already")
+            })
+        }
+        Operation::Enable { service, backend } => {
+            backend_of(service, *backend)?;
+            Ok(
+                if health.send_if_modified(|h| h.set_drained(service, *backend, false)) {
+                    format!("{backend} of service {service} enabled: its configured weight applies")
+                } else {
+                    format!("{backend} of service {service} was not drained")
+                },
+            )
+        }
+        Operation::ClearHealth { service, backend } => {
+            backend_of(service, *backend)?;
+            let was_down = health.send_if_modified(|h| h.set(service, *backend, None));
+            let restarted = checks.restart(service, *backend, health);
+            Ok(format!(
+                "{backend} of service {service}: {}; {restarted} check(s) started over",
+                if was_down { "marked up" } else { "was up" }
+            ))
+        }
+        Operation::StepDown { instance: name } => {
+            instance(name)?;
+            Ok(if stepped_down.insert(name.clone()) {
+                format!("vrrp instance {name} stepped down: it hands its VIPs over and stays out until resumed")
+            } else {
+                format!("vrrp instance {name} was stepped down already")
+            })
+        }
+        Operation::Resume { instance: name } => {
+            instance(name)?;
+            Ok(if stepped_down.remove(name) {
+                format!("vrrp instance {name} resumed: it takes part in the election again")
+            } else {
+                format!("vrrp instance {name} was not stepped down")
+            })
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
