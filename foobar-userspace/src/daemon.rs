@@ -158,6 +158,7 @@ pub async fn run(path: &Path) -> Result<()> {
             .map(Arc::new)
             .map_err(|e| warn!("the data plane's counters will be missing from the metrics: {e:#}"))
             .ok(),
+        management_refused: Arc::default(),
     };
     let mut management = Vec::new();
     if let Some(m) = &config.monitoring {

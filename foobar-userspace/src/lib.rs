@@ -3,6 +3,7 @@
 //! built on them.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -8,6 +8,7 @@ pub mod host;
 pub mod page;
 
 use crate::{
+    admission::{Admission, Caps},
     config::{database::Role, Config},
     ctl::{self, NodeStatus},
     health::{Health, Standing},
@@ -17,7 +18,16 @@ use anyhow::{Context, Result};
 use exposition::{Family, Format, Kind};
 use hyper::{body::Incoming, header, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 
@@ -34,6 +44,8 @@ pub struct Sources {
     pub extra: Arc<dyn Fn() -> Vec<Family> + Send + Sync>,
     /// The data plane's counter maps (None when they could not be opened).
     pub counters: Option<Arc<stats::CounterMaps>>,
+    /// Connections to the management listener refused over its caps.
+    pub management_refused: Arc<AtomicU64>,
 }
 
 /// What one gathering saw: the status, the data plane's counters (None when its maps could
@@ -85,6 +97,13 @@ impl Sources {
         out.extend(web_families(&view.status));
         out.extend(database_families(&view.status));
         out.extend((self.extra)());
+        let mut refused = Family::new(
+            "foobar_management_refused_connections",
+            Kind::Counter,
+            "Connections to the management listener refused over its caps (64 open, 16 per client).",
+        );
+        refused.sample(&[], self.management_refused.load(Ordering::Relaxed) as f64);
+        out.push(refused);
         out.extend(host::families());
         out
     }
@@ -361,7 +380,13 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         Kind::Counter,
         "Client connections closed for sending no login within handshake_timeout_ms, or for idle_timeout_ms without a byte.",
     );
+    let mut over_limit = Family::new(
+        "foobar_database_refused_over_limit_connections",
+        Kind::Counter,
+        "Client connections refused over max_client_connections or max_connections_per_client.",
+    );
     for d in &status.databases {
+        over_limit.sample(&[("database", &d.name)], d.refused_over_limit as f64);
         for s in &d.servers {
             let labels = [("database", d.name.as_str()), ("server", s.address.as_str())];
             let is_primary = d.primary.as_deref() == Some(s.address.as_str());
@@ -387,9 +412,17 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         timed_out.sample(&[("database", &d.name)], d.timed_out as f64);
     }
     vec![
-        up, primary, read_only, lag, open, total, failures, closed, refused, timed_out,
+        up, primary, read_only, lag, open, total, failures, closed, refused, timed_out, over_limit,
     ]
 }
+
+/// Open connections the management listener takes at most: scrapers and a few browsers. Over
+/// the caps a connection is closed at once, so no client can hold the listener.
+const MANAGEMENT_CAPS: Caps = Caps {
+    total: 64,
+    per_client: 16,
+    ipv6_prefix_len: 64,
+};
 
 /// Serves the management endpoints on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, sources: Sources) -> Result<tokio::task::JoinHandle<()>> {
@@ -398,14 +431,21 @@ pub async fn serve(addr: SocketAddr, sources: Sources) -> Result<tokio::task::Jo
         .with_context(|| format!("binding the management address {addr}"))?;
     info!(address = %addr, "metrics and status page up");
     let sources = Arc::new(sources);
+    let admission = Admission::new(MANAGEMENT_CAPS);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Some(admitted) = admission.admit(peer.ip()) else {
+                sources.management_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(client = %peer, "management connection refused over the caps");
                 continue;
             };
             let sources = sources.clone();
             tokio::spawn(async move {
+                let _admitted = admitted;
                 let service = service_fn(move |req| {
                     let sources = sources.clone();
                     async move { Ok::<_, Infallible>(answer(&req, &sources).await) }

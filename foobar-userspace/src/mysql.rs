@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod route;
 
 use crate::{
+    admission::{Admission, Caps},
     config::database::{Database, Role},
     listen, relay,
     workers::Workers,
@@ -59,6 +60,10 @@ struct Cluster {
     refused: [AtomicU64; 2],
     /// Connections closed by the handshake or idle deadline.
     timed_out: AtomicU64,
+    /// Open client connections by client, under the caps.
+    admission: Arc<Admission>,
+    /// Connections refused for a cap.
+    over_limit: AtomicU64,
 }
 
 /// Per-server connection counters.
@@ -87,6 +92,9 @@ pub struct DatabaseStatus {
     /// idle timeout.
     #[serde(default)]
     pub timed_out: u64,
+    /// Connections refused over `max_client_connections` or `max_connections_per_client`.
+    #[serde(default)]
+    pub refused_over_limit: u64,
 }
 
 /// One server's state and counters.
@@ -133,6 +141,12 @@ impl DatabaseRouter {
                     .collect(),
                 refused: Default::default(),
                 timed_out: AtomicU64::new(0),
+                admission: Admission::new(Caps {
+                    total: db.max_client_connections,
+                    per_client: db.max_connections_per_client,
+                    ipv6_prefix_len: 64,
+                }),
+                over_limit: AtomicU64::new(0),
             });
             for (role, addr) in db.listeners() {
                 let cluster = cluster.clone();
@@ -223,6 +237,7 @@ impl Cluster {
             refused_read_write: self.refused[0].load(Ordering::Relaxed),
             refused_read_only: self.refused[1].load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
+            refused_over_limit: self.over_limit.load(Ordering::Relaxed),
         }
     }
 
@@ -352,6 +367,13 @@ fn credentials_of(db: &Database) -> Result<Credentials> {
 
 /// Relays one client connection to the server chosen for it, or refuses it.
 async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc<Cluster>) {
+    let Some(_admitted) = cluster.admission.admit(peer.ip()) else {
+        cluster.over_limit.fetch_add(1, Ordering::Relaxed);
+        let name = cluster.config.name.get_ref();
+        debug!(database = name, client = %peer, "refusing a database connection over the connection caps");
+        refuse(&mut client, &format!("foobar: database {name}: too many connections")).await;
+        return;
+    };
     let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
     let mut tried = Vec::new();
     let (mut server, mut lease) = loop {

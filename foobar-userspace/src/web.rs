@@ -9,6 +9,7 @@ pub mod stats;
 pub mod tls;
 
 use crate::{
+    admission::{Admission, Admitted, Caps},
     config::web::{Certificate, Limits, Listener, Prefix, Web},
     workers::Workers,
 };
@@ -24,13 +25,7 @@ use hyper::{
     Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -182,71 +177,6 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-/// Open connections per client address (their sum is the total), under the limits.
-struct Connections {
-    limits: Limits,
-    open: Mutex<OpenConnections>,
-}
-
-/// Open connections: the total and by client.
-#[derive(Default)]
-struct OpenConnections {
-    total: usize,
-    per_client: HashMap<IpAddr, usize>,
-}
-
-/// One admitted connection; dropping it gives the slot back.
-struct Admitted {
-    connections: Arc<Connections>,
-    client: IpAddr,
-}
-
-impl Connections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Who a connection counts against: its IPv4 address, or its IPv6 address's prefix.
-    fn client_key(&self, addr: IpAddr) -> IpAddr {
-        match addr {
-            IpAddr::V4(_) => addr,
-            IpAddr::V6(_) => crate::config::web::truncate(addr, self.limits.client_ipv6_prefix_len),
-        }
-    }
-
-    fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Admitted> {
-        let client = self.client_key(addr);
-        let mut open = self.lock();
-        if open.total >= self.limits.max_connections
-            || open
-                .per_client
-                .get(&client)
-                .is_some_and(|n| *n >= self.limits.max_connections_per_client)
-        {
-            return None;
-        }
-        open.total += 1;
-        *open.per_client.entry(client).or_default() += 1;
-        Some(Admitted {
-            connections: self.clone(),
-            client,
-        })
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut open = self.connections.lock();
-        open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                open.per_client.remove(&self.client);
-            }
-        }
-    }
-}
-
 /// How often certificate files are checked for changes.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
 
@@ -258,7 +188,7 @@ struct Shared {
     certificates: ArcSwap<Vec<Certificate>>,
     sites: ArcSwap<Sites>,
     limits: Limits,
-    connections: Arc<Connections>,
+    connections: Arc<Admission>,
 }
 
 /// A `[web]` section ready to be made live ([`WebTier::prepare`], [`WebTier::commit`]).
@@ -288,9 +218,10 @@ impl WebTier {
             tls: tls::Tls::new(&web.certificates)?,
             certificates: ArcSwap::from_pointee(web.certificates.clone()),
             sites: ArcSwap::from_pointee(sites),
-            connections: Arc::new(Connections {
-                limits: limits.clone(),
-                open: Mutex::new(OpenConnections::default()),
+            connections: Admission::new(Caps {
+                total: limits.max_connections,
+                per_client: limits.max_connections_per_client,
+                ipv6_prefix_len: limits.client_ipv6_prefix_len,
             }),
             limits,
         });
@@ -352,7 +283,7 @@ impl WebTier {
     pub fn summary_source(&self) -> Arc<dyn Fn() -> stats::WebSummary + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || {
-            let open = shared.connections.lock().total;
+            let open = shared.connections.open();
             shared.stats.summary(open as u64)
         })
     }
@@ -651,34 +582,6 @@ fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Bo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_share_their_prefix_cap_and_ipv4_ones_do_not() {
-        let connections = Arc::new(Connections {
-            limits: Limits {
-                max_connections_per_client: 2,
-                ..Limits::default()
-            },
-            open: Mutex::new(OpenConnections::default()),
-        });
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let a = connections.admit(ip("2001:db8:1:2::1"));
-        let b = connections.admit(ip("2001:db8:1:2::ffff"));
-        assert!(a.is_some() && b.is_some());
-        // A third address in the same /64 is the same client.
-        assert!(connections.admit(ip("2001:db8:1:2:abcd::9")).is_none());
-        // Another /64, and IPv4 addresses next to each other, are clients of their own.
-        assert!(connections.admit(ip("2001:db8:1:3::1")).is_some());
-        let v4: Vec<_> = ["192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2"]
-            .iter()
-            .map(|s| connections.admit(ip(s)))
-            .collect();
-        assert!(v4.iter().all(Option::is_some));
-        assert!(connections.admit(ip("192.0.2.1")).is_none());
-        // A slot given back is a slot taken again.
-        drop(a);
-        assert!(connections.admit(ip("2001:db8:1:2::7")).is_some());
-    }
 
     #[test]
     fn smuggling_shapes_are_named() {

@@ -379,3 +379,68 @@ fn a_client_that_never_logs_in_is_closed_after_the_handshake_timeout() -> Result
     })?;
     Ok(())
 }
+
+#[test]
+fn a_client_over_its_connection_cap_is_refused_and_counted() -> Result<()> {
+    let mut lab = DbLab::build("cap")?;
+    let text = std::fs::read_to_string(lab.config())?;
+    let capped = text.replacen(
+        "handshake_timeout_ms = 1000\n",
+        "handshake_timeout_ms = 1000\nmax_connections_per_client = 2\n",
+        1,
+    );
+    ensure!(capped != text, "the cap was not written");
+    std::fs::write(lab.config(), capped)?;
+    lab.start_router()?;
+    lab.wait_for(MAIN.0, "SELECT @@server_id", "1")?;
+    lab.client.run(|| -> Result<()> {
+        use std::io::Read;
+        // The first packet's payload: a greeting starts with protocol version 10, an error
+        // packet with 0xff.
+        let first_packet = |stream: &mut std::net::TcpStream| -> Result<Vec<u8>> {
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = vec![0u8; 1024];
+            let n = stream.read(&mut buf)?;
+            ensure!(n > 4, "no packet ({n} bytes)");
+            Ok(buf[4..n].to_vec())
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = std::net::TcpStream::connect((ROUTER, MAIN.0))?;
+            ensure!(
+                first_packet(&mut stream)?[0] == 10,
+                "a connection under the cap got no greeting"
+            );
+            held.push(stream);
+        }
+        let mut over = std::net::TcpStream::connect((ROUTER, MAIN.0))?;
+        let refusal = first_packet(&mut over)?;
+        let text = String::from_utf8_lossy(&refusal).into_owned();
+        ensure!(
+            refusal[0] == 0xff && text.contains("too many connections"),
+            "the third connection: {text:?}"
+        );
+        // A slot given back (once the router sees the close) is taken again.
+        held.pop();
+        let began = std::time::Instant::now();
+        loop {
+            let mut again = std::net::TcpStream::connect((ROUTER, MAIN.0))?;
+            if first_packet(&mut again)?[0] == 10 {
+                return Ok(());
+            }
+            ensure!(
+                began.elapsed() < Duration::from_secs(2),
+                "a freed slot was not given again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })??;
+    wait_until(NOTICE, "the refusal to be counted", || {
+        lab.status().is_ok_and(|s| {
+            s.databases
+                .iter()
+                .any(|d| d.name == "main" && d.refused_over_limit >= 1)
+        })
+    })?;
+    Ok(())
+}

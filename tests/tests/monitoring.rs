@@ -338,3 +338,52 @@ timeout_ms = 1000
     })?;
     Ok(())
 }
+
+#[test]
+fn the_management_listener_caps_connections_per_client() -> Result<()> {
+    use std::io::{Read, Write};
+    let lab = LbLab::start(1, "ipip")?;
+    let target: std::net::SocketAddr = format!("{}:{METRICS_PORT}", edge_addr(0)).parse()?;
+    // One client holds 16 idle connections (its cap); the 17th is closed at once, and each
+    // held one still answers (the probe: connections under the cap are served).
+    let (held_answers, seventeenth) = lab.client.run(move || -> Result<(usize, usize)> {
+        let held: Vec<std::net::TcpStream> = (0..16)
+            .map(|_| std::net::TcpStream::connect(target))
+            .collect::<std::io::Result<_>>()?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut over = std::net::TcpStream::connect(target)?;
+        over.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut buf = [0u8; 256];
+        let seventeenth = over.read(&mut buf).unwrap_or(usize::MAX);
+        let mut answers = 0;
+        for mut stream in held {
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            stream.write_all(b"GET /status.json HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            answers += usize::from(reply.starts_with("HTTP/1.1 200"));
+        }
+        Ok((answers, seventeenth))
+    })??;
+    ensure!(
+        held_answers == 16,
+        "only {held_answers} of the 16 connections under the cap were served"
+    );
+    ensure!(
+        seventeenth == 0,
+        "the 17th connection was not closed at once (read {seventeenth} bytes)"
+    );
+    // Another client (the edge itself) scrapes the refusal.
+    let (_, text) = scrape::fetch(
+        &lab.edges[0].ns,
+        &format!("http://127.0.0.1:{METRICS_PORT}/metrics"),
+        false,
+    )?;
+    let refused = scrape::sum(
+        &scrape::parse(&text, false)?,
+        "foobar_management_refused_connections_total",
+        &[],
+    );
+    ensure!(refused == 1.0, "refusals counted: {refused}");
+    Ok(())
+}

@@ -27,7 +27,13 @@ pub fn package(root: &Path) -> Result<PathBuf> {
         "lintian",
         "systemd-analyze",
     ])?;
-    crate::build(root, true)?;
+    // The binary alone (with the XDP program it embeds), optimised.
+    toolchain::ensure()?;
+    crate::cargo(
+        root,
+        &["build", "--release", "--package", "foobar-userspace", "--bin", "foobar"],
+        &[],
+    )?;
     let sources = root.join("foobar-userspace/package");
     let changelog = fs::read_to_string(sources.join("changelog")).context("reading the package changelog")?;
     let expected = format!("foobar ({VERSION})");

@@ -46,6 +46,13 @@ pub struct Database {
     /// reads, and refuses writes with an error.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_server: u32,
+    /// Client connections open at once over both endpoints, at most; more are refused with
+    /// an error packet.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// Client connections from one client (an IPv4 address, an IPv6 /64) at most.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// On shutdown, open connections get this long to finish, ms; then they are closed.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -162,6 +169,14 @@ fn default_connect_timeout_ms() -> u64 {
 
 fn default_max_connections() -> u32 {
     1000
+}
+
+fn default_max_client_connections() -> usize {
+    10_000
+}
+
+fn default_max_connections_per_client() -> usize {
+    256
 }
 
 fn default_drain_timeout_ms() -> u64 {
