@@ -397,8 +397,11 @@ where
 {
     let limits = shared.limits.clone();
     let draining = shutdown.clone();
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = first_request.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (shared, draining) = (shared.clone(), draining.clone());
+        seen.notify_one();
         async move {
             let mut response = handle(req, &shared, conn).await;
             // While draining, an HTTP/1.1 response says it is the connection's last: the
@@ -424,7 +427,17 @@ where
             .keep_alive_interval(Some(Duration::from_millis(limits.idle_timeout_ms)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection(io, service);
-        until_done_or_drained(conn, &mut shutdown, Duration::ZERO, |c| c.graceful_shutdown()).await;
+        // The head of the first request within header_read_timeout_ms, as on HTTP/1.1: a
+        // client that sends no preface, or a preface and nothing more, is closed.
+        let deadline = Duration::from_millis(limits.header_read_timeout_ms);
+        tokio::select! {
+            _ = until_done_or_drained(conn, &mut shutdown, Duration::ZERO, |c| c.graceful_shutdown()) => {}
+            _ = async {
+                if tokio::time::timeout(deadline, first_request.notified()).await.is_ok() {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::debug!("an HTTP/2 connection sent no request within the header read timeout: closed"),
+        }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

@@ -511,3 +511,68 @@ fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
     ensure!(healthy, "a fresh connection after the flood was not served");
     Ok(())
 }
+
+/// How long `stream` stays open while the client sends nothing (capped at `limit`).
+async fn open_while_silent<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let began = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let _ = tokio::time::timeout(limit, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    began.elapsed()
+}
+
+#[test]
+fn an_http2_client_that_sends_no_request_is_closed_after_the_header_timeout() -> Result<()> {
+    // The probe is not vacuous: hyper's HTTP/2 server on its own keeps a silent client.
+    let undefended = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(async move {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+            let mut silent = tokio::net::TcpStream::connect(addr).await?;
+            anyhow::Ok(open_while_silent(&mut silent, Duration::from_secs(4)).await)
+        })?;
+    ensure!(
+        undefended >= Duration::from_secs(4),
+        "an undefended server closed the silent client after {undefended:?}"
+    );
+
+    // foobar (header_read_timeout_ms = 2000): HTTP/2 by ALPN, then nothing.
+    let lab = WebLab::start("h2silent")?;
+    let ca = std::fs::read(lab.pem("www-ec.crt"))?;
+    let open_for = lab.ns.run(move || -> Result<Duration> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let mut tls = tls_connect(&ca, b"h2").await?;
+            ensure!(
+                tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+                "HTTP/2 was not negotiated"
+            );
+            Ok(open_while_silent(&mut tls, Duration::from_secs(8)).await)
+        })
+    })??;
+    ensure!(
+        open_for >= Duration::from_millis(1800) && open_for < Duration::from_secs(5),
+        "the silent HTTP/2 client was closed after {open_for:?}"
+    );
+    Ok(())
+}
