@@ -316,8 +316,8 @@ pub fn print(s: &NodeStatus) {
                     _ => b.standing.name().to_owned(),
                 };
                 let by = if b.drained_by_operator { " by an operator" } else { "" };
-                let why = b.down_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-                format!("{} {standing}{by}{why} (weight {})", b.address, b.weight)
+                let why = b.down_reason.as_deref().map(|r| format!("; {r}")).unwrap_or_default();
+                format!("{} {standing}{by} (weight {}{why})", b.address, b.weight)
             })
             .collect();
         println!(

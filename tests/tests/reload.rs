@@ -333,7 +333,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     ensure!(
         shown.contains(
             "service l4b (10.99.0.101:8080 tcp): 10.99.0.6 active (weight 100), 10.99.0.7 drained (weight 0)"
-        ) && shown.contains("10.99.0.5 DOWN (weight 100)"),
+        ) && shown.contains("10.99.0.5 DOWN (weight 100; no answer within 150 ms)"),
         "{shown}"
     );
     Ok(())
