@@ -168,6 +168,19 @@ fn banner(lab: &LbLab) -> Result<String> {
         "failover: ip netns exec {} ip link set eth0 down   (the other edge takes over in ~300 ms)",
         lab.edges[0].ns.name
     )?;
+    let socket = lab.edge_socket(0).display().to_string();
+    writeln!(b, "runtime operations on edge1 (each edge keeps its own; docs/deployment.md):")?;
+    writeln!(
+        b,
+        "  {} backend drain web {} --socket {socket}   (then: backend enable)",
+        foobar.display(),
+        foobar_tests::lab::backend_addr(0)
+    )?;
+    writeln!(
+        b,
+        "  {} vrrp step-down vip --socket {socket}   (then: vrrp resume)",
+        foobar.display()
+    )?;
     writeln!(b, "logs and configuration: {}", lab.scratch.path.display())?;
     Ok(b)
 }
