@@ -95,6 +95,15 @@ fn drain_clear_health_and_step_down_work_through_real_traffic() -> Result<()> {
     );
     let printed = foobar(&lab, master, &["status"])?.1;
     ensure!(printed.contains(&format!("{b1} drained by an operator")), "{printed}");
+    let page = lab
+        .client
+        .exec(&["curl", "-sS", &format!("http://{}:{METRICS_PORT}/", edge_addr(master))])?;
+    ensure!(
+        page.contains(&format!(
+            "<td>{b1}</td><td class=\"drained\">drained by an operator</td>"
+        )),
+        "the status page does not show the drain"
+    );
 
     // A reload keeps the drain.
     let before = lab.edge_log(master).matches("configuration reloaded").count();

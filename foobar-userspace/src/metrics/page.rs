@@ -64,24 +64,21 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
     html.push_str("</section>\n");
 
     html.push_str("<section id=\"services\"><h2>Services</h2>");
-    for svc in &view.config.services {
-        let name = svc.name.get_ref();
+    for svc in crate::ctl::services(&view.config, &view.health) {
         let traffic = view.dataplane.as_ref().and_then(|d| {
             d.services
                 .iter()
-                .find(|t| t.vip.ip() == *svc.vip.get_ref() && t.vip.port() == svc.port)
+                .find(|t| t.vip == svc.vip && t.protocol == svc.protocol)
                 .map(|t| (t.id, &t.traffic))
         });
         let _ = write!(
             html,
-            r#"<h3 class="service">{} — {}:{}</h3><table><tr><th>backend</th><th>health</th><th>weight</th><th>packets</th><th>bytes</th><th>new flows</th></tr>"#,
-            esc(name),
-            svc.vip.get_ref(),
-            svc.port
+            r#"<h3 class="service">{} — {}</h3><table><tr><th>backend</th><th>health</th><th>weight</th><th>packets</th><th>bytes</th><th>new flows</th></tr>"#,
+            esc(&svc.name),
+            svc.vip
         );
         for b in &svc.backends {
-            let addr = *b.address.get_ref();
-            let standing = crate::health::Standing::of(view.health.is_up(name, addr), b.weight);
+            let addr = b.address;
             let counts = view.dataplane.as_ref().and_then(|d| {
                 d.backends
                     .iter()
@@ -89,10 +86,16 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
                     .map(|x| &x.traffic)
             });
             let (p, by, nf) = counts.map_or((0, 0, 0), |t| (t.packets, t.bytes, t.new_flows));
+            // Who drained it, or why it is down.
+            let detail = match (&b.down_reason, b.drained_by_operator) {
+                (Some(why), _) => format!(": {}", esc(why)),
+                (None, true) => " by an operator".to_string(),
+                (None, false) => String::new(),
+            };
             let _ = write!(
                 html,
-                r#"<tr class="backend"><td>{addr}</td><td class="{cls}">{cls}</td><td class="n">{w}</td><td class="n">{p}</td><td class="n">{by}</td><td class="n">{nf}</td></tr>"#,
-                cls = standing.name(),
+                r#"<tr class="backend"><td>{addr}</td><td class="{cls}">{cls}{detail}</td><td class="n">{w}</td><td class="n">{p}</td><td class="n">{by}</td><td class="n">{nf}</td></tr>"#,
+                cls = b.standing.name(),
                 w = b.weight,
             );
         }

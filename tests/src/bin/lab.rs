@@ -169,7 +169,10 @@ fn banner(lab: &LbLab) -> Result<String> {
         lab.edges[0].ns.name
     )?;
     let socket = lab.edge_socket(0).display().to_string();
-    writeln!(b, "runtime operations on edge1 (each edge keeps its own; docs/deployment.md):")?;
+    writeln!(
+        b,
+        "runtime operations on edge1 (each edge keeps its own; docs/deployment.md):"
+    )?;
     writeln!(
         b,
         "  {} backend drain web {} --socket {socket}   (then: backend enable)",
