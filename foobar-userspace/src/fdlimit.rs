@@ -42,7 +42,8 @@ pub fn needed(c: &Config) -> Need {
                 0 => UNLIMITED_SERVER_ESTIMATE,
                 n => u64::from(n),
             };
-            per_server * d.servers.get_ref().len() as u64
+            // The cluster's own cap bounds its relays whatever the servers take.
+            (per_server * d.servers.get_ref().len() as u64).min(d.max_client_connections as u64)
         })
         .sum();
     let minimum = web + 2 * db + HEADROOM;
@@ -122,5 +123,26 @@ mod tests {
         let c = crate::config::parse(&text).expect("valid");
         let need = needed(&c);
         assert_eq!((need.minimum, need.full), (4000 + HEADROOM, 8000 + HEADROOM));
+    }
+
+    #[test]
+    fn a_clusters_client_cap_bounds_its_relays() {
+        let cluster = |extra: &str| {
+            format!(
+                "{}
+[[database]]
+name = \"main\"
+address = \"127.0.0.1\"
+servers = [\"127.0.0.2:3306\", \"127.0.0.3:3306\"]
+                 credentials = \"/etc/foobar/monitor.toml\"
+max_connections_per_server = 0
+{extra}",
+                crate::config::tests::GOOD
+            )
+        };
+        let unbounded = needed(&crate::config::parse(&cluster("")).expect("valid"));
+        assert_eq!(unbounded.minimum, 2 * 2 * UNLIMITED_SERVER_ESTIMATE + HEADROOM);
+        let capped = needed(&crate::config::parse(&cluster("max_client_connections = 300\n")).expect("valid"));
+        assert_eq!(capped.minimum, 2 * 300 + HEADROOM);
     }
 }
