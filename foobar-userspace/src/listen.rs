@@ -55,10 +55,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// Closes the passed sockets no listener adopted (a listener removed from the configuration)
 /// and takes them out of the service manager's store.
 pub fn release_unadopted() {
-    let Some(inherited) = INHERITED.get() else {
-        return;
-    };
-    let Ok(mut left) = inherited.lock() else {
+    let Ok(mut left) = INHERITED.get_or_init(|| Mutex::new(inherit())).lock() else {
         return;
     };
     for (addr, fd) in left.drain(..) {
