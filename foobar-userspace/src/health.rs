@@ -130,7 +130,7 @@ pub enum Standing {
 }
 
 impl Standing {
-    /// From health and the configured weight.
+    /// From health and the weight in force (0 while an operator drains it).
     pub fn of(up: bool, weight: u32) -> Self {
         match (up, weight) {
             (false, _) => Standing::Down,
