@@ -340,6 +340,22 @@ pub fn print(s: &NodeStatus) {
             w.tls_failed_handshakes,
             errors.join(", ")
         );
+        for u in &w.upstreams {
+            let servers: Vec<String> = u
+                .servers
+                .iter()
+                .map(|s| {
+                    // A server out of rotation stands out, as a down backend does.
+                    let standing = match (s.up, s.failed_recently) {
+                        (false, _) => "DOWN (active check)",
+                        (true, true) => "DOWN (a connection failed)",
+                        (true, false) => "up",
+                    };
+                    format!("{} {standing}, {} in flight", s.address, s.in_flight)
+                })
+                .collect();
+            println!("    upstream {}: {}", u.name, servers.join("; "));
+        }
     }
     for d in &s.databases {
         println!(

@@ -331,10 +331,29 @@ fn web_families(status: &NodeStatus) -> Vec<Family> {
     for (kind, n) in &w.upstream_errors {
         errors.sample(&[("kind", kind)], *n as f64);
     }
+    let mut server_up = Family::new(
+        "foobar_web_upstream_server_up",
+        Kind::Gauge,
+        "1 while the upstream server takes new requests (its active checks pass and no connection to it failed within fail_timeout_ms).",
+    );
+    let mut in_flight = Family::new(
+        "foobar_web_upstream_server_in_flight_requests",
+        Kind::Gauge,
+        "Requests the upstream server is answering now.",
+    );
+    for u in &w.upstreams {
+        for server in &u.servers {
+            let labels = [("upstream", u.name.as_str()), ("server", &server.address.to_string())];
+            server_up.sample(&labels, f64::from(u8::from(server.in_rotation())));
+            in_flight.sample(&labels, server.in_flight as f64);
+        }
+    }
     vec![
         requests,
         latency,
         handshakes,
+        server_up,
+        in_flight,
         Family::single(
             "foobar_web_tls_handshake_failures",
             Kind::Counter,

@@ -284,7 +284,12 @@ impl WebTier {
         let shared = self.shared.clone();
         Arc::new(move || {
             let open = shared.connections.open();
-            shared.stats.summary(open as u64)
+            let mut summary = shared.stats.summary(open as u64);
+            let sites = shared.sites.load();
+            let mut upstreams: Vec<_> = sites.pools.values().map(|p| p.status()).collect();
+            upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+            summary.upstreams = upstreams;
+            summary
         })
     }
 

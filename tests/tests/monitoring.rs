@@ -14,7 +14,7 @@ use foobar_tests::{
 /// Label names foobar may use: each takes values from the configuration or a fixed set.
 const LABELS: &[&str] = &[
     "version", "vip", "outcome", "reason", "service", "backend", "instance", "state", "site", "route", "class", "kind",
-    "database", "server", "role", "cpu", "mode", "device", "le",
+    "database", "server", "role", "cpu", "mode", "device", "le", "upstream",
 ];
 
 fn metrics_url(edge: usize) -> String {

@@ -581,6 +581,38 @@ fn active_checks_take_a_dead_server_out_and_bring_it_back() -> Result<()> {
     for _ in 0..6 {
         ensure!(served_by(&lab)? == "app1");
     }
+    // Status says so, for the checked pool only.
+    let app2 = format!("{ADDR}:{}", foobar_tests::weblab::APP2);
+    let status = foobar::ctl::query(&lab.socket())?;
+    let web = status.web.context("no web summary")?;
+    let standing = |pool: &str| {
+        web.upstreams
+            .iter()
+            .find(|u| u.name == pool)
+            .and_then(|u| u.servers.iter().find(|s| s.address.to_string() == app2))
+            .map(|s| (s.up, s.in_rotation()))
+    };
+    ensure!(
+        standing("checked") == Some((false, false)),
+        "checked pool: {:?}",
+        web.upstreams
+    );
+    ensure!(
+        standing("app").is_some_and(|(up, _)| up),
+        "the unchecked pool has no active check: {:?}",
+        web.upstreams
+    );
+    let printed = foobar_tests::sh(&[
+        &foobar_tests::foobar_bin().display().to_string(),
+        "status",
+        "--socket",
+        &lab.socket().display().to_string(),
+    ])?;
+    ensure!(
+        printed.contains(&format!("upstream checked: {ADDR}:{} up", foobar_tests::weblab::APP1)),
+        "{printed}"
+    );
+    ensure!(printed.contains(&format!("{app2} DOWN (active check)")), "{printed}");
     // Back up: the checks (rise 1) return it to the rotation.
     let addr: std::net::SocketAddr = format!("{ADDR}:{}", foobar_tests::weblab::APP2).parse()?;
     lab.apps[1] = Some(foobar_tests::app::HttpServer::app(&lab.ns, addr, "app2")?);

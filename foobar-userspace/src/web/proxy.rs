@@ -62,6 +62,35 @@ struct Server {
     up: AtomicBool,
 }
 
+/// An upstream pool as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamStatus {
+    /// The `[[web.upstream]]` name.
+    pub name: String,
+    /// Its servers, in configuration order.
+    pub servers: Vec<UpstreamServerStatus>,
+}
+
+/// One server of an upstream pool as status shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamServerStatus {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Passing its active checks (always, without them).
+    pub up: bool,
+    /// Out of rotation for `fail_timeout_ms` after a failed connection (passive health).
+    pub failed_recently: bool,
+    /// Requests it is answering now.
+    pub in_flight: u64,
+}
+
+impl UpstreamServerStatus {
+    /// Whether new requests may go to it.
+    pub fn in_rotation(&self) -> bool {
+        self.up && !self.failed_recently
+    }
+}
+
 /// An upstream pool.
 pub struct Pool {
     /// Its name.
@@ -306,6 +335,24 @@ impl Pool {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Where each server stands now, for status and the metrics.
+    pub fn status(&self) -> UpstreamStatus {
+        let now = self.now_ms();
+        UpstreamStatus {
+            name: self.name.clone(),
+            servers: self
+                .servers
+                .iter()
+                .map(|s| UpstreamServerStatus {
+                    address: s.addr,
+                    up: s.up.load(Ordering::Relaxed),
+                    failed_recently: s.down_until_ms.load(Ordering::Relaxed) > now,
+                    in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+                })
+                .collect(),
+        }
     }
 
     /// A healthy server not in `tried`.

@@ -122,6 +122,9 @@ pub struct WebSummary {
     /// Requests by site, route and status class.
     #[serde(default)]
     pub by_route: Vec<RouteRequests>,
+    /// Each upstream pool's servers.
+    #[serde(default)]
+    pub upstreams: Vec<super::proxy::UpstreamStatus>,
 }
 
 impl WebStats {
@@ -188,6 +191,8 @@ impl WebStats {
                 .map(|(k, n)| (k.to_string(), get(n)))
                 .collect(),
             by_route,
+            // The pools are the web tier's to fill in (`WebTier::summary_source`).
+            upstreams: Vec::new(),
         }
     }
 }
