@@ -346,10 +346,11 @@ pub fn print(s: &NodeStatus) {
                 .iter()
                 .map(|s| {
                     // A server out of rotation stands out, as a down backend does.
-                    let standing = match (s.up, s.failed_recently) {
-                        (false, _) => "DOWN (active check)",
-                        (true, true) => "DOWN (a connection failed)",
-                        (true, false) => "up",
+                    let standing = match (s.up, s.failed_recently, s.drained_by_operator) {
+                        (false, _, _) => "DOWN (active check)",
+                        (true, true, _) => "DOWN (a connection failed)",
+                        (true, false, true) => "drained by an operator",
+                        (true, false, false) => "up",
                     };
                     format!("{} {standing}, {} in flight", s.address, s.in_flight)
                 })

@@ -203,7 +203,15 @@ pub async fn run(path: &Path) -> Result<()> {
                 update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
             }
             Some((op, reply)) = operations_rx.recv() => {
-                let answer = operate::apply(&op, &config, &health_tx, &mut checks, &instances, &mut stepped_down);
+                let answer = operate::apply(
+                    &op,
+                    &config,
+                    &health_tx,
+                    &mut checks,
+                    web.as_ref(),
+                    &instances,
+                    &mut stepped_down,
+                );
                 match &answer {
                     Ok(done) => info!(operation = %op, "{done}"),
                     Err(why) => warn!(operation = %op, "refused: {why}"),

@@ -3,7 +3,12 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use foobar::{config, ctl, daemon, dataplane, operate::Operation, stats};
-use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 /// foobar: an XDP-accelerated edge appliance.
 #[derive(Parser)]
@@ -55,6 +60,16 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         action: BackendAction,
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
+        socket: PathBuf,
+    },
+    /// Runtime operations on a server of a web upstream pool of the running daemon (kept on
+    /// reload, forgotten on restart): drain it, or enable it again.
+    Upstream {
+        /// What to do.
+        #[command(subcommand)]
+        action: UpstreamAction,
         /// The daemon's control socket (`[node] control_socket`).
         #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
         socket: PathBuf,
@@ -121,6 +136,24 @@ enum BackendAction {
         service: String,
         /// The backend's address.
         address: IpAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpstreamAction {
+    /// No new proxied requests to the server; those in flight finish.
+    Drain {
+        /// The `[[web.upstream]]` name.
+        upstream: String,
+        /// The server, as the pool names it (address:port).
+        server: SocketAddr,
+    },
+    /// Undo a drain.
+    Enable {
+        /// The `[[web.upstream]]` name.
+        upstream: String,
+        /// The server, as the pool names it (address:port).
+        server: SocketAddr,
     },
 }
 
@@ -210,6 +243,13 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     service,
                     backend: address,
                 },
+            };
+            return operate(&socket, &op);
+        }
+        Command::Upstream { action, socket } => {
+            let op = match action {
+                UpstreamAction::Drain { upstream, server } => Operation::DrainUpstream { upstream, server },
+                UpstreamAction::Enable { upstream, server } => Operation::EnableUpstream { upstream, server },
             };
             return operate(&socket, &op);
         }

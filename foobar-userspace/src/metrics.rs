@@ -334,7 +334,12 @@ fn web_families(status: &NodeStatus) -> Vec<Family> {
     let mut server_up = Family::new(
         "foobar_web_upstream_server_up",
         Kind::Gauge,
-        "1 while the upstream server takes new requests (its active checks pass and no connection to it failed within fail_timeout_ms).",
+        "1 while the upstream server takes new requests (its active checks pass, no connection to it failed within fail_timeout_ms, no operator drained it).",
+    );
+    let mut upstream_drained = Family::new(
+        "foobar_web_upstream_server_drained_by_operator",
+        Kind::Gauge,
+        "1 while an operator has drained the upstream server (foobar upstream drain).",
     );
     let mut in_flight = Family::new(
         "foobar_web_upstream_server_in_flight_requests",
@@ -345,6 +350,7 @@ fn web_families(status: &NodeStatus) -> Vec<Family> {
         for server in &u.servers {
             let labels = [("upstream", u.name.as_str()), ("server", &server.address.to_string())];
             server_up.sample(&labels, f64::from(u8::from(server.in_rotation())));
+            upstream_drained.sample(&labels, f64::from(u8::from(server.drained_by_operator)));
             in_flight.sample(&labels, server.in_flight as f64);
         }
     }
@@ -353,6 +359,7 @@ fn web_families(status: &NodeStatus) -> Vec<Family> {
         latency,
         handshakes,
         server_up,
+        upstream_drained,
         in_flight,
         Family::single(
             "foobar_web_tls_handshake_failures",

@@ -1,16 +1,22 @@
 //! Runtime operations without editing files, in the spirit of HAProxy's runtime API: drain
-//! and enable an L4 backend, clear a backend's failed health, step a VRRP instance down and let
-//! it resume. `foobar backend ...` and `foobar vrrp ...` send them over the control socket; the
-//! daemon's main loop carries them out. A reload keeps drains and step-downs (a drain of a
-//! backend the new configuration no longer has goes with it); a restart forgets them.
+//! and enable an L4 backend or a web upstream server, clear a backend's failed health, step a
+//! VRRP instance down and let it resume. `foobar backend|upstream|vrrp ...` send them over the
+//! control socket; the daemon's main loop carries them out. A reload keeps drains and
+//! step-downs (a drain of a backend the new configuration no longer has goes with it); a
+//! restart forgets them.
 
 use crate::{
     config::Config,
     health::{Checks, Health},
     vrrp::instance::Handle,
+    web::WebTier,
 };
 use serde::{Deserialize, Serialize};
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// One operation.
@@ -40,6 +46,20 @@ pub enum Operation {
         /// The backend's address.
         backend: IpAddr,
     },
+    /// The upstream server gets no new proxied requests; those in flight finish.
+    DrainUpstream {
+        /// The `[[web.upstream]]` name.
+        upstream: String,
+        /// The server's address and port.
+        server: SocketAddr,
+    },
+    /// Undoes an upstream drain.
+    EnableUpstream {
+        /// The `[[web.upstream]]` name.
+        upstream: String,
+        /// The server's address and port.
+        server: SocketAddr,
+    },
     /// The instance gives up mastership (a priority-0 advert hands the VIPs to the peer at
     /// once) and stays out of the election until resumed.
     StepDown {
@@ -61,6 +81,8 @@ impl fmt::Display for Operation {
             Operation::ClearHealth { service, backend } => {
                 write!(f, "clear the health of {backend} of service {service}")
             }
+            Operation::DrainUpstream { upstream, server } => write!(f, "drain {server} of upstream {upstream}"),
+            Operation::EnableUpstream { upstream, server } => write!(f, "enable {server} of upstream {upstream}"),
             Operation::StepDown { instance } => write!(f, "step vrrp instance {instance} down"),
             Operation::Resume { instance } => write!(f, "resume vrrp instance {instance}"),
         }
@@ -81,6 +103,7 @@ pub fn apply(
     c: &Config,
     health: &watch::Sender<Health>,
     checks: &mut Checks,
+    web: Option<&WebTier>,
     instances: &[Handle],
     stepped_down: &mut BTreeSet<String>,
 ) -> Answer {
@@ -132,6 +155,19 @@ pub fn apply(
                 "{backend} of service {service}: {}; {restarted} check(s) started over",
                 if was_down { "marked up" } else { "was up" }
             ))
+        }
+        Operation::DrainUpstream { upstream, server } | Operation::EnableUpstream { upstream, server } => {
+            let drain = matches!(op, Operation::DrainUpstream { .. });
+            let tier = web.ok_or("this node runs no web tier")?;
+            let changed = tier.set_drained(upstream, *server, drain)?;
+            Ok(match (drain, changed) {
+                (true, true) => {
+                    format!("{server} of upstream {upstream} drained: no new requests, those in flight finish")
+                }
+                (true, false) => format!("{server} of upstream {upstream} was drained already"),
+                (false, true) => format!("{server} of upstream {upstream} enabled"),
+                (false, false) => format!("{server} of upstream {upstream} was not drained"),
+            })
         }
         Operation::StepDown { instance: name } => {
             instance(name)?;

@@ -99,10 +99,18 @@ fn pools(web: &Web, running: Option<&Sites>) -> HashMap<String, Arc<proxy::Pool>
     web.upstreams
         .iter()
         .map(|u| {
-            let kept = running
-                .and_then(|s| s.pools.get(u.name.get_ref()))
-                .filter(|p| p.config == *u);
-            let pool = kept.cloned().unwrap_or_else(|| proxy::Pool::new(u));
+            let previous = running.and_then(|s| s.pools.get(u.name.get_ref()));
+            let pool = match previous {
+                Some(p) if p.config == *u => p.clone(),
+                _ => {
+                    let pool = proxy::Pool::new(u);
+                    // A changed pool keeps what operators drained in it.
+                    if let Some(previous) = previous {
+                        pool.keep_drains_of(previous);
+                    }
+                    pool
+                }
+            };
             (u.name.get_ref().clone(), pool)
         })
         .collect()
@@ -277,6 +285,24 @@ impl WebTier {
         self.shared.tls.commit(prepared.tls);
         self.shared.certificates.store(Arc::new(prepared.certificates));
         self.shared.sites.store(Arc::new(prepared.sites));
+    }
+
+    /// Drains (`true`) or enables server `server` of upstream `upstream`: Ok(whether that
+    /// changed anything), or why not.
+    pub fn set_drained(&self, upstream: &str, server: SocketAddr, drained: bool) -> Result<bool, String> {
+        let sites = self.shared.sites.load();
+        let pool = sites.pools.get(upstream).ok_or_else(|| {
+            let mut names: Vec<&str> = sites.pools.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            format!("no upstream {upstream:?} (upstreams: {})", names.join(", "))
+        })?;
+        pool.set_drained(server, drained).ok_or_else(|| {
+            let servers: Vec<String> = pool.addresses().iter().map(ToString::to_string).collect();
+            format!(
+                "upstream {upstream} has no server {server} (servers: {})",
+                servers.join(", ")
+            )
+        })
     }
 
     /// Reads the counters, for status and metrics (lives as long as the caller keeps it).

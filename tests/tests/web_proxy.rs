@@ -622,3 +622,73 @@ fn active_checks_take_a_dead_server_out_and_bring_it_back() -> Result<()> {
     ensure!(lab.log().contains("upstream server down") && lab.log().contains("upstream server up"));
     Ok(())
 }
+
+/// Which app server answered each of `n` proxied requests of pool `app` (one connection).
+fn served_names(lab: &WebLab, n: usize) -> Result<String> {
+    let urls: Vec<String> = (0..n).map(|_| format!("{URL}/api/name")).collect();
+    let mut args = vec!["--http1.1"];
+    args.extend(urls.iter().map(String::as_str));
+    lab.curl(&args)
+}
+
+/// `foobar upstream ARGS` against the lab: success and output.
+fn upstream(lab: &WebLab, args: &[&str]) -> Result<(bool, String)> {
+    let out = std::process::Command::new(foobar_tests::foobar_bin())
+        .arg("upstream")
+        .args(args)
+        .arg("--socket")
+        .arg(lab.socket())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
+#[test]
+fn an_upstream_server_drained_by_an_operator_gets_no_new_requests_across_a_reload() -> Result<()> {
+    let lab = WebLab::start("udrain")?;
+    let app2 = format!("{ADDR}:{}", foobar_tests::weblab::APP2);
+    ensure!(
+        served_names(&lab, 6)?.contains("app2"),
+        "app2 serves before the drain (the probe)"
+    );
+    let (ok, out) = upstream(&lab, &["drain", "app", &app2])?;
+    ensure!(ok && out.contains("drained"), "{out}");
+    ensure!(
+        !served_names(&lab, 8)?.contains("app2"),
+        "a request went to the drained app2"
+    );
+    let status = foobar::ctl::query(&lab.socket())?;
+    let shown = status
+        .web
+        .as_ref()
+        .and_then(|w| w.upstreams.iter().find(|u| u.name == "app"))
+        .and_then(|u| u.servers.iter().find(|s| s.address.to_string() == app2))
+        .context("app2 not in status")?;
+    ensure!(shown.drained_by_operator && !shown.in_rotation(), "{shown:?}");
+    // A reload that changes the pool (a new pool is built) keeps the drain.
+    let text = std::fs::read_to_string(lab.config())?;
+    let changed = text.replacen("read_timeout_ms = 1000", "read_timeout_ms = 1500", 1);
+    ensure!(changed != text, "the pool's settings were not changed");
+    std::fs::write(lab.config(), changed)?;
+    let (code, out) = lab.reload()?;
+    ensure!(code == 0 && out.contains("upstream app changed"), "reload: {out}");
+    ensure!(!served_names(&lab, 8)?.contains("app2"), "the reload forgot the drain");
+    // Unknown names are refused, naming what exists.
+    let (ok, out) = upstream(&lab, &["drain", "nope", &app2])?;
+    ensure!(
+        !ok && out.contains("no upstream \"nope\" (upstreams: app, checked)"),
+        "{out}"
+    );
+    let (ok, out) = upstream(&lab, &["drain", "app", "10.99.0.1:1"])?;
+    ensure!(!ok && out.contains("has no server 10.99.0.1:1"), "{out}");
+    // Enabled, it serves again.
+    let (ok, out) = upstream(&lab, &["enable", "app", &app2])?;
+    ensure!(ok && out.contains("enabled"), "{out}");
+    ensure!(
+        served_names(&lab, 6)?.contains("app2"),
+        "app2 does not serve after enable"
+    );
+    Ok(())
+}

@@ -60,6 +60,8 @@ struct Server {
     down_until_ms: AtomicU64,
     /// Active health (true without active checks).
     up: AtomicBool,
+    /// Drained by an operator (`foobar upstream drain`): no new requests.
+    drained: AtomicBool,
 }
 
 /// An upstream pool as status shows it.
@@ -80,6 +82,9 @@ pub struct UpstreamServerStatus {
     pub up: bool,
     /// Out of rotation for `fail_timeout_ms` after a failed connection (passive health).
     pub failed_recently: bool,
+    /// Drained by an operator (`foobar upstream drain`).
+    #[serde(default)]
+    pub drained_by_operator: bool,
     /// Requests it is answering now.
     pub in_flight: u64,
 }
@@ -87,7 +92,7 @@ pub struct UpstreamServerStatus {
 impl UpstreamServerStatus {
     /// Whether new requests may go to it.
     pub fn in_rotation(&self) -> bool {
-        self.up && !self.failed_recently
+        self.up && !self.failed_recently && !self.drained_by_operator
     }
 }
 
@@ -306,6 +311,7 @@ impl Pool {
                     in_flight: AtomicUsize::new(0),
                     down_until_ms: AtomicU64::new(0),
                     up: AtomicBool::new(true),
+                    drained: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -337,6 +343,25 @@ impl Pool {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Drains (no new requests; those in flight finish) or enables `server`; Some(whether
+    /// that changed anything), None when the pool has no such server.
+    pub fn set_drained(&self, server: SocketAddr, drained: bool) -> Option<bool> {
+        let s = self.servers.iter().find(|s| s.addr == server)?;
+        Some(s.drained.swap(drained, Ordering::Relaxed) != drained)
+    }
+
+    /// Carries the operator's drains of `running` (the pool this one replaces) over.
+    pub fn keep_drains_of(&self, running: &Pool) {
+        for s in running.servers.iter().filter(|s| s.drained.load(Ordering::Relaxed)) {
+            let _ = self.set_drained(s.addr, true);
+        }
+    }
+
+    /// The servers' addresses.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|s| s.addr).collect()
+    }
+
     /// Where each server stands now, for status and the metrics.
     pub fn status(&self) -> UpstreamStatus {
         let now = self.now_ms();
@@ -349,6 +374,7 @@ impl Pool {
                     address: s.addr,
                     up: s.up.load(Ordering::Relaxed),
                     failed_recently: s.down_until_ms.load(Ordering::Relaxed) > now,
+                    drained_by_operator: s.drained.load(Ordering::Relaxed),
                     in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
                 })
                 .collect(),
@@ -360,7 +386,10 @@ impl Pool {
         let now = self.now_ms();
         let usable = |i: &usize| {
             let s = &self.servers[*i];
-            !tried.contains(i) && s.up.load(Ordering::Relaxed) && s.down_until_ms.load(Ordering::Relaxed) <= now
+            !tried.contains(i)
+                && s.up.load(Ordering::Relaxed)
+                && !s.drained.load(Ordering::Relaxed)
+                && s.down_until_ms.load(Ordering::Relaxed) <= now
         };
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
