@@ -284,6 +284,15 @@ upgrade_idle_timeout_ms = 1000
         self.ns.exec(&full.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// `n` proxied requests of pool `app` (`/api/name`) over one HTTP/1.1 connection: what the
+    /// app servers answered (their names).
+    pub fn proxied_names(&self, n: usize) -> Result<String> {
+        let urls: Vec<String> = (0..n).map(|_| format!("https://{HOST}/api/name")).collect();
+        let mut args = vec!["--http1.1"];
+        args.extend(urls.iter().map(String::as_str));
+        self.curl(&args)
+    }
+
     /// The same on a thread in the namespace, for requests that overlap other steps.
     pub fn curl_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Result<Result<String>>> {
         let full = self.curl_command(args);

@@ -102,14 +102,6 @@ fn upstream_connections(lab: &WebLab) -> usize {
         .sum()
 }
 
-/// `n` requests for /api/name, one after the other, on one client connection.
-fn proxied_requests(lab: &WebLab, n: usize) -> Result<String> {
-    let urls: Vec<String> = (0..n).map(|_| "https://www.foobar.com/api/name".to_string()).collect();
-    let mut args = vec!["--http1.1"];
-    args.extend(urls.iter().map(String::as_str));
-    lab.curl(&args)
-}
-
 /// Sets the weight of l4b's second backend (both of l4b's backends are up, so its Maglev
 /// table changes with it).
 fn weigh(text: &str, weight: u32) -> String {
@@ -136,7 +128,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     })?;
     ensure!(active(&lab, "10.99.0.1")?, "the checked backend that answers is down");
     // Idle upstream connections: one to each app server.
-    let names = proxied_requests(&lab, 10)?;
+    let names = lab.proxied_names(10)?;
     ensure!(
         names.matches("app1").count() == 5 && names.matches("app2").count() == 5,
         "{names}"
@@ -236,7 +228,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
         "tables rewritten: {flipped:?} (l4b is entry {l4b:?})"
     );
     ensure!(!active(&lab, "10.99.0.5")?, "the reload forgot that 10.99.0.5 is down");
-    proxied_requests(&lab, 10)?;
+    lab.proxied_names(10)?;
     ensure!(
         upstream_connections(&lab) == pooled,
         "{} upstream connections after the reload: the pools were rebuilt",
@@ -252,7 +244,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
         status == 0 && out.contains("upstream app changed"),
         "exit {status}:\n{out}"
     );
-    proxied_requests(&lab, 10)?;
+    lab.proxied_names(10)?;
     ensure!(
         upstream_connections(&lab) > pooled,
         "a new pool reused the old pool's connections"
@@ -265,12 +257,12 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
         drop(app2);
     }
     let failures = |lab: &WebLab| lab.log().matches("connecting upstream failed").count();
-    proxied_requests(&lab, 4)?;
+    lab.proxied_names(4)?;
     let failed = failures(&lab);
     ensure!(failed >= 1, "the stopped server was never tried:\n{}", lab.log());
     edit(&lab, |t| weigh(t, 60))?;
     ensure!(lab.reload()?.0 == 0, "the weight change was not applied");
-    let names = proxied_requests(&lab, 6)?;
+    let names = lab.proxied_names(6)?;
     ensure!(names.matches("app1").count() == 6, "{names}");
     ensure!(
         failures(&lab) == failed,
@@ -281,7 +273,7 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
         t.replace("pool_idle_timeout_ms = 6000", "pool_idle_timeout_ms = 7000")
     })?;
     ensure!(lab.reload()?.0 == 0, "the upstream change was not applied");
-    proxied_requests(&lab, 6)?;
+    lab.proxied_names(6)?;
     ensure!(failures(&lab) > failed, "a new pool did not try the stopped server");
 
     // Weight 0 drains: status, metrics and the page agree that the backend is up but drained.

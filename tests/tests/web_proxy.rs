@@ -623,14 +623,6 @@ fn active_checks_take_a_dead_server_out_and_bring_it_back() -> Result<()> {
     Ok(())
 }
 
-/// Which app server answered each of `n` proxied requests of pool `app` (one connection).
-fn served_names(lab: &WebLab, n: usize) -> Result<String> {
-    let urls: Vec<String> = (0..n).map(|_| format!("{URL}/api/name")).collect();
-    let mut args = vec!["--http1.1"];
-    args.extend(urls.iter().map(String::as_str));
-    lab.curl(&args)
-}
-
 /// `foobar upstream ARGS` against the lab: success and output.
 fn upstream(lab: &WebLab, args: &[&str]) -> Result<(bool, String)> {
     let out = std::process::Command::new(foobar_tests::foobar_bin())
@@ -650,13 +642,13 @@ fn an_upstream_server_drained_by_an_operator_gets_no_new_requests_across_a_reloa
     let lab = WebLab::start("udrain")?;
     let app2 = format!("{ADDR}:{}", foobar_tests::weblab::APP2);
     ensure!(
-        served_names(&lab, 6)?.contains("app2"),
+        lab.proxied_names(6)?.contains("app2"),
         "app2 serves before the drain (the probe)"
     );
     let (ok, out) = upstream(&lab, &["drain", "app", &app2])?;
     ensure!(ok && out.contains("drained"), "{out}");
     ensure!(
-        !served_names(&lab, 8)?.contains("app2"),
+        !lab.proxied_names(8)?.contains("app2"),
         "a request went to the drained app2"
     );
     let status = foobar::ctl::query(&lab.socket())?;
@@ -674,7 +666,7 @@ fn an_upstream_server_drained_by_an_operator_gets_no_new_requests_across_a_reloa
     std::fs::write(lab.config(), changed)?;
     let (code, out) = lab.reload()?;
     ensure!(code == 0 && out.contains("upstream app changed"), "reload: {out}");
-    ensure!(!served_names(&lab, 8)?.contains("app2"), "the reload forgot the drain");
+    ensure!(!lab.proxied_names(8)?.contains("app2"), "the reload forgot the drain");
     // Unknown names are refused, naming what exists.
     let (ok, out) = upstream(&lab, &["drain", "nope", &app2])?;
     ensure!(
@@ -687,7 +679,7 @@ fn an_upstream_server_drained_by_an_operator_gets_no_new_requests_across_a_reloa
     let (ok, out) = upstream(&lab, &["enable", "app", &app2])?;
     ensure!(ok && out.contains("enabled"), "{out}");
     ensure!(
-        served_names(&lab, 6)?.contains("app2"),
+        lab.proxied_names(6)?.contains("app2"),
         "app2 does not serve after enable"
     );
     Ok(())
