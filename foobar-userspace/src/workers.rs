@@ -59,11 +59,12 @@ impl Shared {
             .map_or(0, |(i, _)| i)
     }
 
-    /// Runs `job` on worker `i`.
-    fn send(&self, i: usize, job: Job) {
-        if let Some(queue) = self.queues.get(i) {
-            // Fails only once the worker has stopped: the job (and its connection) is dropped.
-            let _ = queue.send(job);
+    /// Queues `job` for worker `i`; gives it back when that worker takes no more jobs (the
+    /// pool is stopping) or does not exist.
+    fn send(&self, i: usize, job: Job) -> Result<(), Job> {
+        match self.queues.get(i) {
+            Some(queue) => queue.send(job).map_err(|refused| refused.0),
+            None => Err(job),
         }
     }
 }
@@ -145,17 +146,19 @@ impl Worker {
             return;
         };
         let handler = handler.clone();
-        shared.send(
-            target,
-            Box::new(move |_worker| {
-                Box::pin(async move {
-                    if let Ok(stream) = TcpStream::from_std(stream) {
-                        handler(stream, peer).await;
-                    }
-                    drop(open);
-                })
-            }),
-        );
+        let job: Job = Box::new(move |_worker| {
+            Box::pin(async move {
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    handler(stream, peer).await;
+                }
+                drop(open);
+            })
+        });
+        // The other worker may have stopped taking jobs while this one still accepted (the
+        // pool is stopping): the connection is served here rather than dropped.
+        if let Err(job) = shared.send(target, job) {
+            self.run(job(self.clone()));
+        }
     }
 }
 
@@ -220,10 +223,12 @@ impl Workers {
                 .try_clone()
                 .context("sharing a listening socket with a worker")?;
             let handler = handler.clone();
-            self.shared.send(
-                i,
-                Box::new(move |worker: Worker| Box::pin(worker.accept(listener, handler))),
-            );
+            self.shared
+                .send(
+                    i,
+                    Box::new(move |worker: Worker| Box::pin(worker.accept(listener, handler))),
+                )
+                .map_err(|_| anyhow::anyhow!("worker {i} of {} has stopped", self.shared.name))?;
         }
         Ok(())
     }

@@ -323,18 +323,28 @@ fn database_services_on_the_vip_are_routed_by_both_edges() -> Result<()> {
     }
     let master = 1 - backup;
     let stopped = edge_addr(backup);
+    // Out as the checks see it, and out of the master's maps (the checks' view is published
+    // a moment before the maps are written).
+    let stopped_ip = std::net::IpAddr::V4(stopped);
     wait_until(
         Duration::from_secs(10),
         "the master's checks to take the stopped edge out",
         || {
-            lab.status(master).is_ok_and(|s| {
+            let checked_out = lab.status(master).is_ok_and(|s| {
                 let listed: Vec<_> = s
                     .services
                     .iter()
                     .flat_map(|svc| svc.backends.iter().filter(|b| b.address == stopped))
                     .collect();
                 !listed.is_empty() && listed.iter().all(|b| b.standing == foobar::health::Standing::Down)
-            })
+            });
+            let mapped_out = foobar::stats::snapshot(&lab.edges[master].pins.path).is_ok_and(|snap| {
+                snap.backends
+                    .iter()
+                    .filter(|b| b.address == stopped_ip)
+                    .all(|b| !b.active)
+            });
+            checked_out && mapped_out
         },
     )?;
     for _ in 0..10 {
