@@ -149,7 +149,6 @@ pub async fn run(path: &Path) -> Result<()> {
     let sources = metrics::Sources {
         status,
         config: config_rx,
-        health: health_tx.subscribe(),
         extra: {
             let exporter = exporter.clone();
             Arc::new(move || exporter.get().map(|e| e.families()).unwrap_or_default())

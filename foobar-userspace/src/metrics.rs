@@ -11,7 +11,7 @@ use crate::{
     admission::{Admission, Caps},
     config::{database::Role, Config},
     ctl::{self, NodeStatus},
-    health::{Health, Standing},
+    health::Standing,
     stats::{self, Snapshot},
 };
 use anyhow::{Context, Result};
@@ -38,8 +38,6 @@ pub struct Sources {
     pub status: ctl::Source,
     /// The running configuration (names of services and backends).
     pub config: watch::Receiver<Arc<Config>>,
-    /// Backend health.
-    pub health: watch::Receiver<Health>,
     /// Extra families (the push exporter's own counters).
     pub extra: Arc<dyn Fn() -> Vec<Family> + Send + Sync>,
     /// The data plane's counter maps (None when they could not be opened).
@@ -57,8 +55,6 @@ pub struct View {
     pub dataplane: Option<Snapshot>,
     /// The configuration.
     pub config: Arc<Config>,
-    /// Backend health.
-    pub health: Health,
 }
 
 impl Sources {
@@ -77,7 +73,6 @@ impl Sources {
             status: (self.status)(),
             dataplane,
             config,
-            health: self.health.borrow().clone(),
         }
     }
 
@@ -153,7 +148,7 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         Kind::Gauge,
         "1 while an operator has drained the backend (foobar backend drain), whatever its weight.",
     );
-    for s in ctl::services(&view.config, &view.health) {
+    for s in &view.status.services {
         for b in &s.backends {
             let labels = [("service", s.name.as_str()), ("backend", &b.address.to_string())];
             health.sample(&labels, f64::from(u8::from(b.standing != Standing::Down)));

@@ -428,11 +428,14 @@ where
 {
     let limits = shared.limits.clone();
     let draining = shutdown.clone();
-    let first_request = Arc::new(tokio::sync::Notify::new());
+    // HTTP/2 only: told of the first request (HTTP/1.1 has hyper's header read timeout).
+    let first_request = h2.then(|| Arc::new(tokio::sync::Notify::new()));
     let seen = first_request.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (shared, draining) = (shared.clone(), draining.clone());
-        seen.notify_one();
+        if let Some(seen) = &seen {
+            seen.notify_one();
+        }
         async move {
             let mut response = handle(req, &shared, conn).await;
             // While draining, an HTTP/1.1 response says it is the connection's last: the
@@ -464,9 +467,13 @@ where
         tokio::select! {
             _ = until_done_or_drained(conn, &mut shutdown, Duration::ZERO, |c| c.graceful_shutdown()) => {}
             _ = async {
-                if tokio::time::timeout(deadline, first_request.notified()).await.is_ok() {
-                    std::future::pending::<()>().await;
+                // Returns only when no request came in time; else waits for ever.
+                if let Some(first) = &first_request {
+                    if tokio::time::timeout(deadline, first.notified()).await.is_err() {
+                        return;
+                    }
                 }
+                std::future::pending::<()>().await
             } => tracing::debug!("an HTTP/2 connection sent no request within the header read timeout: closed"),
         }
     } else {

@@ -179,18 +179,22 @@ fn threads_serving_clients_hold_no_privilege_and_readiness_waits_for_the_listene
         );
     }
 
-    // Still serving, as nobody: a static file and a proxied request.
-    let code = |path: &str| {
-        lab.curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("https://{}{path}", weblab::HOST),
-        ])
-    };
-    ensure!(code("/")? == "200", "static file not served as nobody");
-    ensure!(code("/api/name")? == "200", "proxied request not served as nobody");
+    // Still serving, as nobody: a static file and a proxied request; the root-only file is
+    // refused, and the log says why.
+    ensure!(code(&lab, "/")? == "200", "static file not served as nobody");
+    ensure!(
+        code(&lab, "/api/name")? == "200",
+        "proxied request not served as nobody"
+    );
+    ensure!(
+        code(&lab, "/root-only.html")? == "403",
+        "the root-only file was served as nobody"
+    );
+    ensure!(
+        lab.log().contains("may not be opened by the user that serves files"),
+        "the refusal is not logged:\n{}",
+        lab.log()
+    );
 
     let status = foobar::ctl::query(&lab.socket())?;
     let privileges = status.privileges.context("status shows no privileges")?;

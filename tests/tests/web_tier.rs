@@ -446,32 +446,51 @@ async fn rapid_reset<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mu
     Ok(outcome)
 }
 
-#[test]
-fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
-    // The probe is not vacuous: an HTTP/2 server without a limit on reset streams takes the
-    // whole burst and answers the PING that follows it.
-    let undefended = tokio::runtime::Builder::new_current_thread()
+/// The probe of a defence: `client` against a local server that hands its one connection to
+/// `serve` (a server without foobar's defence).
+fn against_a_local_server<T, S, C>(
+    serve: impl FnOnce(tokio::net::TcpStream) -> S + Send + 'static,
+    client: impl FnOnce(tokio::net::TcpStream) -> C,
+) -> Result<T>
+where
+    S: std::future::Future<Output = ()> + Send + 'static,
+    C: std::future::Future<Output = Result<T>>,
+{
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             tokio::spawn(async move {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let Ok(mut conn) = h2::server::Builder::new()
-                    .max_pending_accept_reset_streams(usize::MAX)
-                    .max_local_error_reset_streams(None)
-                    .handshake::<_, bytes::Bytes>(tcp)
-                    .await
-                else {
-                    return;
-                };
-                while let Some(Ok((_, mut respond))) = conn.accept().await {
-                    let _ = respond.send_response(hyper::Response::new(()), true);
+                if let Ok((tcp, _)) = listener.accept().await {
+                    serve(tcp).await;
                 }
             });
-            rapid_reset(tokio::net::TcpStream::connect(addr).await?).await
-        })?;
+            client(tokio::net::TcpStream::connect(addr).await?).await
+        })
+}
+
+#[test]
+fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
+    // The probe is not vacuous: an HTTP/2 server without a limit on reset streams takes the
+    // whole burst and answers the PING that follows it.
+    let undefended = against_a_local_server(
+        |tcp| async move {
+            let Ok(mut conn) = h2::server::Builder::new()
+                .max_pending_accept_reset_streams(usize::MAX)
+                .max_local_error_reset_streams(None)
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+            else {
+                return;
+            };
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                let _ = respond.send_response(hyper::Response::new(()), true);
+            }
+        },
+        rapid_reset,
+    )?;
     ensure!(
         undefended.go_away.is_none() && undefended.pong,
         "a server without the defence ended the probe: {undefended:?}"
@@ -531,26 +550,17 @@ async fn open_while_silent<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limi
 #[test]
 fn an_http2_client_that_sends_no_request_is_closed_after_the_header_timeout() -> Result<()> {
     // The probe is not vacuous: hyper's HTTP/2 server on its own keeps a silent client.
-    let undefended = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            tokio::spawn(async move {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()),
-                    )
-                });
-                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
+    let undefended = against_a_local_server(
+        |tcp| async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
             });
-            let mut silent = tokio::net::TcpStream::connect(addr).await?;
-            anyhow::Ok(open_while_silent(&mut silent, Duration::from_secs(4)).await)
-        })?;
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        },
+        |mut silent| async move { Ok(open_while_silent(&mut silent, Duration::from_secs(4)).await) },
+    )?;
     ensure!(
         undefended >= Duration::from_secs(4),
         "an undefended server closed the silent client after {undefended:?}"

@@ -64,7 +64,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
     html.push_str("</section>\n");
 
     html.push_str("<section id=\"services\"><h2>Services</h2>");
-    for svc in crate::ctl::services(&view.config, &view.health) {
+    for svc in &view.status.services {
         let traffic = view.dataplane.as_ref().and_then(|d| {
             d.services
                 .iter()
