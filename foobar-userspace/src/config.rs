@@ -2,6 +2,7 @@
 //! uses it. Every problem is reported with file, line, column and reason; a file with any
 //! problem is refused as a whole.
 
+pub mod announce;
 pub mod database;
 pub mod decode;
 pub mod files;
@@ -31,9 +32,13 @@ pub struct Config {
     /// VIP services.
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
-    /// VRRP instances electing which edge owns the VIPs; none means this node always owns them.
+    /// VRRP instances electing which edge owns the VIPs; none (and no `[announce]`) means this
+    /// node always owns them.
     #[serde(default)]
     pub vrrp: Vec<VrrpInstance>,
+    /// VIP ownership by route announcement through the host's BGP daemon (every edge active);
+    /// excludes `[[vrrp]]`.
+    pub announce: Option<Spanned<announce::Announce>>,
     /// The web tier; none means this node serves no HTTP.
     pub web: Option<web::Web>,
     /// Database clusters routed by this node.
@@ -587,6 +592,9 @@ fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
         }
     }
     validate_vrrp(c, report);
+    if let Some(a) = &c.announce {
+        announce::validate(a, !c.vrrp.is_empty(), report);
+    }
     if let Some(w) = &c.web {
         web::validate(w, report);
     }
@@ -785,6 +793,22 @@ weight = 50
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].line, 13, "{p:?}");
         assert!(p[0].reason.contains("tunnel_source_v4"));
+    }
+
+    #[test]
+    fn announce_takes_a_table_of_its_own_and_excludes_vrrp() {
+        let c = parse(&format!("{GOOD}\n[announce]\n")).expect("valid");
+        let a = c.announce.as_ref().expect("announce").get_ref();
+        assert_eq!(
+            (*a.table.get_ref(), a.drain_ms, a.bird_socket.as_ref()),
+            (242, 5000, None)
+        );
+        let p = problems(&format!("{GOOD}\n[announce]\ntable = 254\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 21, "{p:?}");
+        assert!(p[0].reason.contains("254 main"), "{p:?}");
+        let p = problems(&format!("{GOOD}{VRRP}\n[announce]\n"));
+        assert!(p.iter().any(|p| p.reason.contains("[announce] and [[vrrp]]")), "{p:?}");
     }
 
     const VRRP: &str = r#"

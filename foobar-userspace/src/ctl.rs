@@ -3,6 +3,7 @@
 //! `foobar status` and `foobar reload` ask and print.
 
 use crate::{
+    announce::AnnounceStatus,
     config::Config,
     health::{Health, Standing},
     mysql::DatabaseStatus,
@@ -39,6 +40,9 @@ pub struct NodeStatus {
     pub claimed: Vec<String>,
     /// One entry per VRRP instance.
     pub vrrp: Vec<VrrpStatus>,
+    /// The VIPs' announcements and the BGP sessions, on a node that announces (`[announce]`).
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
     /// The web tier's counters, when it runs.
     pub web: Option<WebSummary>,
     /// Each database cluster's servers and counters.
@@ -241,11 +245,15 @@ pub fn reload(path: &Path) -> Result<Outcome> {
 
 /// Prints a status for people.
 pub fn print(s: &NodeStatus) {
+    let owns = if s.announce.is_some() {
+        "announces its VIPs (answers ARP / ND for none)".to_string()
+    } else {
+        format!("claims [{}]", s.claimed.join(", "))
+    };
     println!(
-        "node {}: {}; claims [{}]",
+        "node {}: {}; {owns}",
         s.node,
         if s.forwarding { "forwarding" } else { "not forwarding" },
-        s.claimed.join(", ")
     );
     if let Some(p) = &s.privileges {
         let list = |caps: &[String]| {
@@ -262,7 +270,9 @@ pub fn print(s: &NodeStatus) {
             list(&p.other_threads)
         );
     }
-    if s.vrrp.is_empty() {
+    if let Some(a) = &s.announce {
+        print_announcements(a);
+    } else if s.vrrp.is_empty() {
         println!("no VRRP instances: this node owns every VIP");
     }
     let now = SystemTime::now()
@@ -385,29 +395,85 @@ pub fn print(s: &NodeStatus) {
     }
 }
 
+/// Prints the announcements and BGP sessions for people.
+fn print_announcements(a: &AnnounceStatus) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    println!(
+        "announcing through kernel table {}{}",
+        a.table,
+        if a.draining {
+            "; DRAINING (foobar undrain ends it)"
+        } else {
+            ""
+        }
+    );
+    for v in &a.vips {
+        let ago = now.saturating_sub(v.since_unix_ms) as f64 / 1000.0;
+        let why: Vec<String> = v.faults.iter().map(ToString::to_string).collect();
+        if v.announced {
+            println!("    VIP {} announced since {ago:.1} s ago", v.vip);
+        } else {
+            println!("    VIP {} WITHDRAWN since {ago:.1} s ago: {}", v.vip, why.join("; "));
+        }
+    }
+    if let Some(e) = &a.table_error {
+        println!("    writing the table FAILED: {e}");
+    }
+    for session in &a.sessions {
+        let state = if session.established() {
+            session.info.clone()
+        } else {
+            format!("{} ({})", session.state.to_uppercase(), session.info)
+        };
+        println!("    bgp session {}: {state}", session.name);
+    }
+    if let Some(e) = &a.sessions_error {
+        println!("    bgp sessions unknown: {e}");
+    }
+}
+
+/// Where each part of the daemon's status lives.
+pub struct Parts {
+    /// Node name.
+    pub node: String,
+    /// Forwarding, and the claimed VIPs.
+    pub ownership: Arc<Mutex<(bool, Vec<String>)>>,
+    /// Each VRRP instance's status.
+    pub vrrp: Vec<Arc<Mutex<VrrpStatus>>>,
+    /// The announcements, on a node that announces.
+    pub announce: Option<Arc<Mutex<AnnounceStatus>>>,
+    /// The web tier's counters, when it runs.
+    pub web: Option<Arc<dyn Fn() -> WebSummary + Send + Sync>>,
+    /// The database clusters.
+    pub databases: Arc<dyn Fn() -> Vec<DatabaseStatus> + Send + Sync>,
+    /// The running configuration.
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The health view.
+    pub health: watch::Receiver<Health>,
+}
+
 /// A status source over shared parts, for the daemon.
-pub fn source(
-    node: String,
-    shared: Arc<Mutex<(bool, Vec<String>)>>,
-    vrrp: Vec<Arc<Mutex<VrrpStatus>>>,
-    web: Option<Arc<dyn Fn() -> WebSummary + Send + Sync>>,
-    databases: Arc<dyn Fn() -> Vec<DatabaseStatus> + Send + Sync>,
-    config: watch::Receiver<Arc<Config>>,
-    health: watch::Receiver<Health>,
-) -> Source {
+pub fn source(parts: Parts) -> Source {
     Arc::new(move || {
-        let (forwarding, claimed) = shared.lock().map(|g| g.clone()).unwrap_or_default();
+        let (forwarding, claimed) = parts.ownership.lock().map(|g| g.clone()).unwrap_or_default();
         NodeStatus {
-            node: node.clone(),
+            node: parts.node.clone(),
             forwarding,
             claimed,
-            vrrp: vrrp
+            vrrp: parts
+                .vrrp
                 .iter()
                 .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
                 .collect(),
-            web: web.as_ref().map(|summary| summary()),
-            databases: databases(),
-            services: services(&config.borrow(), &health.borrow()),
+            announce: parts
+                .announce
+                .as_ref()
+                .map(|a| a.lock().map(|g| g.clone()).unwrap_or_default()),
+            web: parts.web.as_ref().map(|summary| summary()),
+            databases: (parts.databases)(),
+            services: services(&parts.config.borrow(), &parts.health.borrow()),
             privileges: crate::privileges::current().ok(),
         }
     })

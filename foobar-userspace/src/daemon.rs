@@ -1,8 +1,13 @@
 //! `foobar run`: load and attach the data plane, keep its maps in step with the configuration
-//! and with health, elect the VIP owner with VRRP, answer the control socket, reload on
-//! SIGHUP, and leave forwarding running on exit.
+//! and with health, own the VIPs (elected with VRRP, or announced through the BGP daemon),
+//! answer the control socket, reload on SIGHUP, and leave forwarding running on exit.
+//!
+//! Stopping: SIGTERM or SIGINT withdraws a node's announcements and keeps serving for
+//! `[announce] drain_ms` first; SIGUSR2 (the unit's `RestartKillSignal`) stops for a restart
+//! and leaves them, since the pinned data plane keeps forwarding until the next run adopts it.
 
 use crate::{
+    announce::{self, Announcer},
     config::{self, Config},
     ctl,
     dataplane::Dataplane,
@@ -10,19 +15,19 @@ use crate::{
     metrics,
     mysql::DatabaseRouter,
     notify,
-    operate::{self, Answer, Operation},
+    operate::{self, Answer, Operation, Overrides},
     push,
     reload::{self, Outcome},
+    track::{self, Fault},
     vrrp::{
         election::Reason,
-        instance::{Claim, Fault, Handle, Spec},
+        instance::{Claim, Handle, Spec},
     },
     web::WebTier,
 };
 use anyhow::{Context, Result};
-use nix::net::if_::InterfaceFlags;
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex, OnceLock},
@@ -111,7 +116,7 @@ pub async fn run(path: &Path) -> Result<()> {
             .with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
         instances.push(Handle::start(i, spec, claims_tx.clone())?);
     }
-    let claimed_now: Vec<String> = if config.vrrp.is_empty() {
+    let claimed_now: Vec<String> = if config.vrrp.is_empty() && config.announce.is_none() {
         config.services.iter().map(|s| s.vip.get_ref().to_string()).collect()
     } else {
         Vec::new()
@@ -126,16 +131,24 @@ pub async fn run(path: &Path) -> Result<()> {
         None => None,
     };
     let databases = DatabaseRouter::start(&config.databases).context("starting database routing")?;
+    let mut announcer = match &config.announce {
+        Some(a) => Some(Announcer::start(a.get_ref()).context("opening the announcement table")?),
+        None => None,
+    };
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let status = ctl::source(
-        config.node.name.clone(),
-        ownership.shared.clone(),
-        instances.iter().map(|h| h.status.clone()).collect(),
-        web.as_ref().map(WebTier::summary_source),
-        databases.status_source(),
-        config_rx.clone(),
-        health_tx.subscribe(),
-    );
+    let status = ctl::source(ctl::Parts {
+        node: config.node.name.clone(),
+        ownership: ownership.shared.clone(),
+        vrrp: instances.iter().map(|h| h.status.clone()).collect(),
+        announce: announcer.as_ref().map(Announcer::status_source),
+        web: web.as_ref().map(WebTier::summary_source),
+        databases: databases.status_source(),
+        config: config_rx.clone(),
+        health: health_tx.subscribe(),
+    });
+    if let Some(a) = &announcer {
+        announce::spawn_session_reader(a.status_source(), config_rx.clone());
+    }
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Outcome>>(4);
     let (operations_tx, mut operations_rx) = mpsc::channel::<(Operation, oneshot::Sender<Answer>)>(4);
     let requests = ctl::Requests {
@@ -143,8 +156,8 @@ pub async fn run(path: &Path) -> Result<()> {
         operations: operations_tx,
     };
     let _control = ctl::serve(&config.node.control_socket, status.clone(), requests)?;
-    // VRRP instances an operator stepped down (`foobar vrrp step-down`), by name.
-    let mut stepped_down = BTreeSet::new();
+    // VRRP instances an operator stepped down, and whether the node drains.
+    let mut overrides = Overrides::default();
     let exporter: Arc<OnceLock<Arc<push::Exporter>>> = Arc::default();
     let sources = metrics::Sources {
         status,
@@ -173,7 +186,12 @@ pub async fn run(path: &Path) -> Result<()> {
     // Every listener is bound: a socket kept from the previous run that none took is closed.
     crate::listen::release_unadopted();
     // Everything privileged is open: run as the configured user from here on.
-    crate::privileges::switch_to(config.node.user.as_ref().map(|u| u.get_ref().as_str()))?;
+    let also: &[crate::privileges::Capability] = if announcer.is_some() {
+        &[crate::privileges::ANNOUNCING]
+    } else {
+        &[]
+    };
+    crate::privileges::switch_to(config.node.user.as_ref().map(|u| u.get_ref().as_str()), also)?;
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -188,6 +206,9 @@ pub async fn run(path: &Path) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut restart = signal(SignalKind::user_defined2())?;
+    // Whether the loop ended for a restart (announcements stay) or a stop.
+    let for_restart;
     loop {
         // Who asked for a reload, and where the outcome goes.
         let mut reload_request: Option<(&str, Option<oneshot::Sender<Outcome>>)> = None;
@@ -199,7 +220,8 @@ pub async fn run(path: &Path) -> Result<()> {
                 if let Err(e) = dataplane.sync(&config, &health) {
                     error!("updating the data plane after a health change failed: {e:#}");
                 }
-                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
+                let mut owners = Owners { instances: &instances, announcer: announcer.as_mut() };
+                owners.track(&config, &health, &overrides, &mut dataplane);
             }
             Some((op, reply)) = operations_rx.recv() => {
                 let answer = operate::apply(
@@ -209,7 +231,7 @@ pub async fn run(path: &Path) -> Result<()> {
                     &mut checks,
                     web.as_ref(),
                     &instances,
-                    &mut stepped_down,
+                    &mut overrides,
                 );
                 match &answer {
                     Ok(done) => info!(operation = %op, "{done}"),
@@ -220,19 +242,24 @@ pub async fn run(path: &Path) -> Result<()> {
                 if let Err(e) = dataplane.sync(&config, &health) {
                     error!("updating the data plane after an operation failed: {e:#}");
                 }
-                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
+                let mut owners = Owners { instances: &instances, announcer: announcer.as_mut() };
+                owners.track(&config, &health, &overrides, &mut dataplane);
                 let _ = reply.send(answer);
             }
             Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
-            _ = track.tick(), if !instances.is_empty() => {
-                if let Err(e) = dataplane.renew_claim(lease) {
-                    error!("renewing the VIP claim lease failed: {e:#}");
+            _ = track.tick(), if !instances.is_empty() || announcer.is_some() => {
+                if !instances.is_empty() {
+                    if let Err(e) = dataplane.renew_claim(lease) {
+                        error!("renewing the VIP claim lease failed: {e:#}");
+                    }
                 }
                 let health = health_rx.borrow().clone();
-                update_faults(&config, &instances, &health, &stepped_down, &mut dataplane);
+                let mut owners = Owners { instances: &instances, announcer: announcer.as_mut() };
+                owners.track(&config, &health, &overrides, &mut dataplane);
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => { for_restart = false; break }
+            _ = interrupt.recv() => { for_restart = false; break }
+            _ = restart.recv() => { for_restart = true; break }
         }
         if let Some((asked_by, reply)) = reload_request {
             notify::reloading();
@@ -254,6 +281,24 @@ pub async fn run(path: &Path) -> Result<()> {
         }
     }
     notify::stopping();
+    if let (Some(a), Some(settings)) = (announcer.as_mut(), &config.announce) {
+        if for_restart {
+            info!("stopping for a restart: the announcements stay, the pinned data plane keeps forwarding");
+        } else {
+            let withdrawn = a.withdraw_all(&config, &health_rx.borrow().clone());
+            let drain = Duration::from_millis(settings.get_ref().drain_ms);
+            info!(
+                withdrawn,
+                drain_ms = settings.get_ref().drain_ms,
+                "announcements withdrawn; serving on while the routers move flows away (a second signal cuts it short)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(drain) => {}
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+    }
     // Masters send their priority-0 adverts and release their VIPs; the claims they make on
     // the way out are applied while they stop.
     let names: Vec<String> = instances.iter().map(|h| h.spec.name.clone()).collect();
@@ -296,65 +341,58 @@ async fn join_in_turn(instances: Vec<Handle>) {
     }
 }
 
-/// Recomputes each instance's failing tracked conditions (and operator step-downs) and tells
-/// it when they changed.
-fn update_faults(
-    c: &Config,
-    instances: &[Handle],
-    health: &Health,
-    stepped_down: &BTreeSet<String>,
-    dp: &mut Dataplane,
-) {
-    if instances.is_empty() {
-        return;
-    }
-    let flags: HashMap<String, InterfaceFlags> = match nix::ifaddrs::getifaddrs() {
-        Ok(addrs) => addrs.map(|a| (a.interface_name, a.flags)).collect(),
-        Err(e) => {
-            warn!("listing interfaces for tracking failed: {e}");
+/// What owns the node's VIPs: VRRP instances, or the announcer.
+struct Owners<'a> {
+    instances: &'a [Handle],
+    announcer: Option<&'a mut Announcer>,
+}
+
+impl Owners<'_> {
+    /// Recomputes the tracked conditions: each VRRP instance is told when its faults changed
+    /// (its interface, the program's attachment, its tracked services, operator step-downs
+    /// and drains); the announcer withdraws the VIPs the node is no longer fit to serve.
+    fn track(&mut self, c: &Config, health: &Health, overrides: &Overrides, dp: &mut Dataplane) {
+        if self.instances.is_empty() && self.announcer.is_none() {
             return;
         }
-    };
-    let mut detached = Vec::new();
-    for interface in c.node.interfaces.get_ref() {
-        let interface = interface.clone();
-        match dp.attached(&interface) {
-            Ok(true) => {}
-            Ok(false) => detached.push(Fault::NotAttached { interface }),
-            Err(e) => detached.push(Fault::AttachmentUnknown {
-                interface,
-                error: format!("{e:#}"),
-            }),
-        }
-    }
-    for (handle, v) in instances.iter().zip(&c.vrrp) {
-        let mut faults = detached.clone();
-        if stepped_down.contains(&handle.spec.name) {
-            faults.push(Fault::SteppedDown);
-        }
-        let interface = handle.spec.interface.clone();
-        match flags.get(&interface) {
-            None => faults.push(Fault::InterfaceMissing { interface }),
-            Some(f) if !f.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING) => {
-                faults.push(Fault::InterfaceDown { interface })
+        let flags = match track::interface_flags() {
+            Ok(flags) => flags,
+            Err(e) => {
+                warn!("listing interfaces for tracking failed: {e}");
+                return;
             }
-            Some(_) => {}
+        };
+        let mut node = track::attachment_faults(c, dp);
+        if overrides.draining {
+            node.push(Fault::Draining);
         }
-        for tracked in &v.track_services {
-            let name = tracked.get_ref();
-            if let Some(svc) = c.services.iter().find(|s| s.name.get_ref() == name) {
-                if svc.backends.iter().all(|b| !health.is_up(name, *b.address.get_ref())) {
-                    faults.push(Fault::ServiceDown { service: name.clone() });
+        for (handle, v) in self.instances.iter().zip(&c.vrrp) {
+            let mut faults = node.clone();
+            if overrides.stepped_down.contains(&handle.spec.name) {
+                faults.push(Fault::SteppedDown);
+            }
+            faults.extend(track::interface_fault(&flags, &handle.spec.interface));
+            for tracked in &v.track_services {
+                if !track::service_up(c, health, tracked.get_ref()) {
+                    faults.push(Fault::ServiceDown {
+                        service: tracked.get_ref().clone(),
+                    });
                 }
             }
+            handle.faults.send_if_modified(|current| {
+                let changed = *current != faults;
+                if changed {
+                    *current = faults;
+                }
+                changed
+            });
         }
-        handle.faults.send_if_modified(|current| {
-            let changed = *current != faults;
-            if changed {
-                *current = faults;
+        if let Some(announcer) = self.announcer.as_mut() {
+            for interface in c.node.interfaces.get_ref() {
+                node.extend(track::interface_fault(&flags, interface));
             }
-            changed
-        });
+            announcer.update(c, health, &node);
+        }
     }
 }
 

@@ -91,9 +91,10 @@ impl Dataplane {
             maps,
             root,
             layout: Layout::default(),
-            // With VRRP a node starts as a backup: silent, not forwarding, until elected.
+            // With VRRP a node starts as a backup: silent, not forwarding, until elected. A node
+            // that announces forwards and claims nothing: the routers route the VIPs to it.
             forwarding: c.vrrp.is_empty(),
-            claimed: (!c.vrrp.is_empty()).then(HashSet::new),
+            claimed: (!c.vrrp.is_empty() || c.announce.is_some()).then(HashSet::new),
             vips: None,
             link_fds: HashMap::new(),
             node: NodeConfig {

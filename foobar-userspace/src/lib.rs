@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod announce;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -22,6 +23,7 @@ pub mod push;
 pub mod relay;
 pub mod reload;
 pub mod stats;
+pub mod track;
 pub mod vrrp;
 pub mod web;
 pub mod workers;

@@ -84,6 +84,20 @@ enum Command {
         #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
         socket: PathBuf,
     },
+    /// Drain the node (kept on reload, forgotten on restart): with `[announce]`, withdraw every
+    /// VIP's announcement and keep forwarding what the routers still send; with VRRP, step
+    /// every instance down. The node stays up and drained until `foobar undrain`.
+    Drain {
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock")]
+        socket: PathBuf,
+    },
+    /// End a drain: the node owns its VIPs again when it is fit to.
+    Undrain {
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock")]
+        socket: PathBuf,
+    },
     /// Print the data plane's counters from its pinned maps (services named after a
     /// configuration file when one is given).
     Stats {
@@ -111,6 +125,10 @@ enum Command {
         /// bpffs directory the data plane is pinned under.
         #[arg(long, default_value = "/sys/fs/bpf/foobar")]
         pin_dir: PathBuf,
+        /// Also withdraw the announcements this configuration's `[announce]` table holds
+        /// (left by a foobar that did not stop cleanly) before detaching.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -260,8 +278,24 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             };
             return operate(&socket, &op);
         }
+        Command::Drain { socket } => return operate(&socket, &Operation::DrainNode),
+        Command::Undrain { socket } => return operate(&socket, &Operation::UndrainNode),
         Command::AttachPass { interface, pin_dir } => dataplane::attach_pass(&pin_dir, &interface)?,
-        Command::Detach { pin_dir } => dataplane::detach(&pin_dir)?,
+        Command::Detach { pin_dir, config } => {
+            // Announcements go first (the routers stop sending before nothing forwards); a
+            // configuration that does not load does not keep the data plane attached.
+            match config.map(|path| config::load_with(&path, false)) {
+                Some(Ok(c)) => {
+                    if let Some(a) = &c.announce {
+                        let withdrawn = foobar::announce::withdraw_table(*a.get_ref().table.get_ref())?;
+                        println!("withdrew {withdrawn} announcement(s)");
+                    }
+                }
+                Some(Err(e)) => eprintln!("foobar: announcements not withdrawn: {e}"),
+                None => {}
+            }
+            dataplane::detach(&pin_dir)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,7 @@ impl Sources {
         out.extend(node_families(&view));
         out.extend(dataplane_families(&view));
         out.extend(vrrp_families(&view.status));
+        out.extend(announce_families(&view.status));
         out.extend(web_families(&view.status));
         out.extend(database_families(&view.status));
         out.extend((self.extra)());
@@ -287,6 +288,60 @@ fn vrrp_families(status: &NodeStatus) -> Vec<Family> {
         discarded,
         answers,
         notifies,
+    ]
+}
+
+fn announce_families(status: &NodeStatus) -> Vec<Family> {
+    let Some(a) = &status.announce else {
+        return Vec::new();
+    };
+    let mut announced = Family::new(
+        "foobar_vip_announced",
+        Kind::Gauge,
+        "1 while the VIP's route is in the table the BGP daemon announces ([announce]).",
+    );
+    let mut faults = Family::new(
+        "foobar_vip_announce_faults",
+        Kind::Gauge,
+        "Conditions keeping the VIP from being announced now.",
+    );
+    for v in &a.vips {
+        let vip = v.vip.to_string();
+        announced.sample(&[("vip", &vip)], f64::from(u8::from(v.announced)));
+        faults.sample(&[("vip", &vip)], v.faults.len() as f64);
+    }
+    let mut sessions = Family::new(
+        "foobar_bgp_session_established",
+        Kind::Gauge,
+        "1 while the BGP daemon reports the session established (with [announce] bird_socket).",
+    );
+    for session in &a.sessions {
+        sessions.sample(
+            &[("session", &session.name)],
+            f64::from(u8::from(session.established())),
+        );
+    }
+    let flag =
+        |name: &str, help: &'static str, on: bool| Family::single(name, Kind::Gauge, help, f64::from(u8::from(on)));
+    vec![
+        announced,
+        faults,
+        sessions,
+        flag(
+            "foobar_draining",
+            "1 while the node drains (foobar drain, or stopping).",
+            a.draining,
+        ),
+        flag(
+            "foobar_bgp_sessions_unknown",
+            "1 while the BGP daemon's sessions cannot be read.",
+            a.sessions_error.is_some(),
+        ),
+        flag(
+            "foobar_announce_table_failing",
+            "1 while writing the announcement table fails.",
+            a.table_error.is_some(),
+        ),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! Runtime operations without editing files, in the spirit of HAProxy's runtime API: drain
 //! and enable an L4 backend or a web upstream server, clear a backend's failed health, step a
-//! VRRP instance down and let it resume. `foobar backend|upstream|vrrp ...` send them over the
+//! VRRP instance down and let it resume, drain the whole node. `foobar backend|upstream|vrrp ...` send them over the
 //! control socket; the daemon's main loop carries them out. A reload keeps drains and
 //! step-downs (a drain of a backend the new configuration no longer has goes with it); a
 //! restart forgets them.
@@ -71,6 +71,11 @@ pub enum Operation {
         /// The `[[vrrp]]` name.
         instance: String,
     },
+    /// The node gives up its VIPs and keeps forwarding what still reaches it: announcements
+    /// are withdrawn (the routers move flows to the other edges), VRRP instances step down.
+    DrainNode,
+    /// Undoes a node drain.
+    UndrainNode,
 }
 
 impl fmt::Display for Operation {
@@ -85,6 +90,8 @@ impl fmt::Display for Operation {
             Operation::EnableUpstream { upstream, server } => write!(f, "enable {server} of upstream {upstream}"),
             Operation::StepDown { instance } => write!(f, "step vrrp instance {instance} down"),
             Operation::Resume { instance } => write!(f, "resume vrrp instance {instance}"),
+            Operation::DrainNode => write!(f, "drain the node"),
+            Operation::UndrainNode => write!(f, "undrain the node"),
         }
     }
 }
@@ -95,9 +102,19 @@ pub type Answer = Result<String, String>;
 /// Operations to the daemon's main loop, each with where its answer goes.
 pub type Operations = mpsc::Sender<(Operation, oneshot::Sender<Answer>)>;
 
-/// Carries out `op` on the running daemon's state (the main loop calls it): a drain is part of
-/// the health view, a step-down a name in `stepped_down` that becomes a VRRP fault; what
-/// happened, or why not.
+/// What runtime operations changed that the configuration does not say: instances stepped
+/// down, and whether the node drains. A reload keeps it; a restart forgets it.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// VRRP instances an operator stepped down, by name.
+    pub stepped_down: BTreeSet<String>,
+    /// The node is draining (`foobar drain`).
+    pub draining: bool,
+}
+
+/// Carries out `op` on the running daemon's state (the main loop calls it): a backend drain is
+/// part of the health view, a step-down or a node drain is kept in `overrides` and becomes a
+/// tracked fault; what happened, or why not.
 pub fn apply(
     op: &Operation,
     c: &Config,
@@ -105,8 +122,9 @@ pub fn apply(
     checks: &mut Checks,
     web: Option<&WebTier>,
     instances: &[Handle],
-    stepped_down: &mut BTreeSet<String>,
+    overrides: &mut Overrides,
 ) -> Answer {
+    let stepped_down = &mut overrides.stepped_down;
     let backend_of = |service: &str, backend: IpAddr| -> Result<(), String> {
         let svc = c.services.iter().find(|s| s.name.get_ref() == service).ok_or_else(|| {
             let names: Vec<&str> = c.services.iter().map(|s| s.name.get_ref().as_str()).collect();
@@ -185,6 +203,22 @@ pub fn apply(
                 format!("vrrp instance {name} was not stepped down")
             })
         }
+        Operation::DrainNode | Operation::UndrainNode => {
+            let drain = matches!(op, Operation::DrainNode);
+            let changed = overrides.draining != drain;
+            overrides.draining = drain;
+            let how = if c.announce.is_some() {
+                "its announcements are withdrawn and it forwards what the routers still send it"
+            } else {
+                "every vrrp instance steps down and hands its VIPs over"
+            };
+            Ok(match (drain, changed) {
+                (true, true) => format!("the node is draining: {how} (foobar undrain ends it)"),
+                (true, false) => "the node was draining already".into(),
+                (false, true) => "the node is no longer draining: it owns its VIPs again when fit".into(),
+                (false, false) => "the node was not draining".into(),
+            })
+        }
     }
 }
 
@@ -207,6 +241,10 @@ mod tests {
             Operation::StepDown {
                 instance: "vip4".into()
             }
+        );
+        assert_eq!(
+            serde_json::to_string(&Operation::DrainNode).unwrap(),
+            r#"{"op":"drain-node"}"#
         );
     }
 }

@@ -33,6 +33,13 @@ pub const KEPT: &[Capability] = &[Capability {
     why: "a reload reads certificates, keys and credentials that only root may read",
 }];
 
+/// What the control thread also keeps on a node that announces its VIPs (`[announce]`).
+pub const ANNOUNCING: Capability = Capability {
+    bit: 12,
+    name: "cap_net_admin",
+    why: "announcing writes and removes the VIPs' routes in the kernel table the BGP daemon exports",
+};
+
 /// Every capability name by number, for status (numbers past the table are shown as numbers).
 const NAMES: &[&str] = &[
     "cap_chown",
@@ -81,10 +88,11 @@ const NAMES: &[&str] = &[
 /// Set once the process has switched user: threads started from then on drop everything.
 static SWITCHED: AtomicBool = AtomicBool::new(false);
 
-/// Switches the process to `user` (its primary group, no supplementary groups) and leaves the
-/// calling thread, which must be the control thread, with only [`KEPT`]. Not running as root,
-/// or without a user, nothing changes.
-pub fn switch_to(user: Option<&str>) -> Result<()> {
+/// Switches the process to `user` (its primary group and the groups /etc/group lists it in,
+/// such as `bird` for BIRD's control socket) and leaves the calling thread, which must be the
+/// control thread, with only [`KEPT`] and `also`. Not running as root, or without a user,
+/// nothing changes.
+pub fn switch_to(user: Option<&str>, also: &[Capability]) -> Result<()> {
     let Some(name) = user else {
         return Ok(());
     };
@@ -101,11 +109,12 @@ pub fn switch_to(user: Option<&str>) -> Result<()> {
     // The control thread keeps its permitted set across the switch; every other thread loses
     // all (glibc makes each thread change its ids).
     prctl(libc::PR_SET_KEEPCAPS, 1).context("keeping capabilities across the user switch")?;
-    nix::unistd::setgroups(&[account.gid]).context("dropping supplementary groups")?;
+    let name_c = std::ffi::CString::new(name).context("[node] user contains a NUL byte")?;
+    nix::unistd::initgroups(&name_c, account.gid).context("setting the user's groups")?;
     nix::unistd::setresgid(account.gid, account.gid, account.gid).context("switching group")?;
     nix::unistd::setresuid(account.uid, account.uid, account.uid)
         .with_context(|| format!("switching to user {name}"))?;
-    let kept = KEPT.iter().fold(0u64, |set, c| set | 1 << c.bit);
+    let kept = KEPT.iter().chain(also).fold(0u64, |set, c| set | 1 << c.bit);
     capset(kept, kept).context("keeping the control thread's capabilities")?;
     prctl(libc::PR_SET_KEEPCAPS, 0).context("clearing keep-capabilities")?;
     // The switch made the process undumpable, which hands /proc/self/fd and the like to root:
@@ -115,7 +124,7 @@ pub fn switch_to(user: Option<&str>) -> Result<()> {
     info!(
         user = name,
         uid = account.uid.as_raw(),
-        control_thread = ?KEPT.iter().map(|c| c.name).collect::<Vec<_>>(),
+        control_thread = ?KEPT.iter().chain(also).map(|c| c.name).collect::<Vec<_>>(),
         "switched user; the threads that serve clients hold no capabilities"
     );
     Ok(())
@@ -270,7 +279,7 @@ mod tests {
 
     #[test]
     fn kept_names_match_the_table() {
-        for c in KEPT {
+        for c in KEPT.iter().chain([&ANNOUNCING]) {
             assert_eq!(NAMES[c.bit as usize], c.name);
         }
     }

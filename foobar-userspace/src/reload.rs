@@ -83,6 +83,16 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         why: "instances are elected from start; a restart hands over without a forwarding gap",
     },
     RestartOnly {
+        key: "[announce] (added or removed)",
+        changed: |a, b| a.announce.is_some() != b.announce.is_some(),
+        why: "the way the node owns the VIPs (announced or elected) is chosen at start",
+    },
+    RestartOnly {
+        key: "[announce] table",
+        changed: |a, b| announce_table(a).zip(announce_table(b)).is_some_and(|(x, y)| x != y),
+        why: "the BGP daemon is configured to learn that table",
+    },
+    RestartOnly {
         key: "[web] (added or removed)",
         changed: |a, b| a.web.is_some() != b.web.is_some(),
         why: "the web tier's threads and listeners start with the daemon",
@@ -113,6 +123,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         why: "the management listener and the push exporter start with the daemon",
     },
 ];
+
+/// The `[announce]` table, when announcing.
+fn announce_table(c: &Config) -> Option<u32> {
+    c.announce.as_ref().map(|a| *a.get_ref().table.get_ref())
+}
 
 /// Whether one part of the `[web]` sections differs (both present).
 fn web_part(a: &Config, b: &Config, part: fn(&crate::config::web::Web) -> String) -> bool {

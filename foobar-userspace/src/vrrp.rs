@@ -9,8 +9,8 @@
 
 use std::net::IpAddr;
 
-pub mod announce;
 pub mod election;
+pub mod gratuitous;
 pub mod instance;
 pub mod socket;
 

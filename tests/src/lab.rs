@@ -282,20 +282,10 @@ impl LbLab {
             hosts.push((ns, (*short).into(), *addr));
         }
         wire(&switch, &hosts)?;
-        // Frames an edge's XDP program transmits reach the bridge only if the peer has XDP.
         let mut other_pins = Vec::new();
         for (i, _) in edges.iter().enumerate() {
             let pins = PinDir::new(&name(&format!("sw{}", i + 1)));
-            run_foobar_cmd(
-                &switch,
-                &[
-                    "attach-pass",
-                    "--interface",
-                    &format!("e{}-sw", i + 1),
-                    "--pin-dir",
-                    &pins.path.display().to_string(),
-                ],
-            )?;
+            attach_pass(&switch, &format!("e{}-sw", i + 1), &pins)?;
             other_pins.push(pins);
         }
 
@@ -303,41 +293,11 @@ impl LbLab {
         let mut servers = Vec::new();
         let n = spec.backends;
         for (i, ns) in backends.iter().enumerate() {
-            ns.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            for (key, value) in [
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.eth0.rp_filter", "0"),
-            ] {
-                ns.sysctl(key, value)?;
-            }
             let pins = PinDir::new(&name(&backend_name(i)));
-            let config = scratch.file(&format!("{}.toml", backend_name(i)));
-            std::fs::write(
-                &config,
-                format!(
-                    "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\ntunnel_peers = [{}]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
-                    backend_name(i),
-                    // The last backend decapsulates in generic (skb) mode, the others natively.
-                    if i + 1 == n { "generic" } else { "native" },
-                    backend_addr(i),
-                    edge_peers(spec.edges),
-                    pins.path.display(),
-                    scratch.file(&format!("{}.sock", backend_name(i))).display(),
-                ),
-            )?;
-            backend_foobar.push(crate::start_foobar(
-                ns,
-                &config,
-                &scratch.file(&format!("{}.log", backend_name(i))),
-            )?);
+            let (foobar, server) = start_backend(ns, &scratch, &pins, i, n, spec.edges)?;
+            backend_foobar.push(foobar);
             other_pins.push(pins);
-            servers.push(Some(EchoServer::start(
-                ns,
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
-                &backend_name(i),
-            )?));
+            servers.push(Some(server));
         }
         if spec.web || spec.database {
             serve_vip_locally(&edges)?;
@@ -673,6 +633,50 @@ health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, ti
     }
 }
 
+/// Starts backend `i` of `n` in `ns`: the VIP on `lo` (accepted, never answered for in ARP),
+/// foobar decapsulating IPIP from the first `edges` edges (the last backend in generic mode,
+/// the others natively) pinned in `pins`, and an echo server on [`PORT`] answering with its
+/// name.
+pub fn start_backend(
+    ns: &Netns,
+    scratch: &Scratch,
+    pins: &PinDir,
+    i: usize,
+    n: usize,
+    edges: usize,
+) -> Result<(ChildGuard, EchoServer)> {
+    ns.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+    for (key, value) in [
+        ("net.ipv4.conf.all.arp_ignore", "1"),
+        ("net.ipv4.conf.all.arp_announce", "2"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.eth0.rp_filter", "0"),
+    ] {
+        ns.sysctl(key, value)?;
+    }
+    let config = scratch.file(&format!("{}.toml", backend_name(i)));
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\ntunnel_peers = [{}]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+            backend_name(i),
+            // The last backend decapsulates in generic (skb) mode, the others natively.
+            if i + 1 == n { "generic" } else { "native" },
+            backend_addr(i),
+            edge_peers(edges),
+            pins.path.display(),
+            scratch.file(&format!("{}.sock", backend_name(i))).display(),
+        ),
+    )?;
+    let foobar = crate::start_foobar(ns, &config, &scratch.file(&format!("{}.log", backend_name(i))))?;
+    let server = EchoServer::start(
+        ns,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
+        &backend_name(i),
+    )?;
+    Ok((foobar, server))
+}
+
 /// Gives each edge the VIP on `lo` (so the kernel takes the VIP traffic XDP delivers locally
 /// or decapsulates, without answering ARP for it), a document root saying which edge served,
 /// and one certificate for the site.
@@ -710,6 +714,15 @@ fn prepare_web(scratch: &Scratch, edges: &[Edge]) -> Result<()> {
 /// in TCP/UDP checksums itself (veth leaves them to "hardware" that never runs when XDP
 /// forwards the frame). The client is the first host.
 pub fn wire(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> {
+    bridge(switch, hosts)?;
+    let (client, _, _) = hosts.first().context("no client")?;
+    client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+    client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    Ok(())
+}
+
+/// Puts every host on a bridge `br0` in `switch`: its `eth0` (address /24) on port `SHORT-sw`.
+pub fn bridge(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> {
     switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
     switch.exec(&["ip", "link", "set", "br0", "up"])?;
     for (ns, short, addr) in hosts {
@@ -718,9 +731,6 @@ pub fn wire(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()> 
         switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
         ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
     }
-    let (client, _, _) = hosts.first().context("no client")?;
-    client.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
-    client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
     Ok(())
 }
 
@@ -766,6 +776,13 @@ pub fn master_since(notify_log: &str, since: u64) -> Option<u64> {
     })
 }
 
-fn run_foobar_cmd(ns: &Netns, args: &[&str]) -> Result<String> {
-    ns.exec_direct(&foobar_bin(), args)
+/// Attaches an empty XDP program to `interface` in `ns` (the switch's port of an edge): frames
+/// an edge's XDP program transmits reach the bridge only if the veth peer has XDP.
+pub fn attach_pass(ns: &Netns, interface: &str, pins: &PinDir) -> Result<()> {
+    let pin_dir = pins.path.display().to_string();
+    ns.exec_direct(
+        &foobar_bin(),
+        &["attach-pass", "--interface", interface, "--pin-dir", &pin_dir],
+    )?;
+    Ok(())
 }

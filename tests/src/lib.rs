@@ -13,6 +13,7 @@ pub mod lab;
 pub mod maps;
 pub mod mariadb;
 pub mod packet;
+pub mod scalelab;
 pub mod scrape;
 pub mod testrun;
 pub mod transfer;

@@ -4,10 +4,12 @@
 //! hostile adverts arrive. Takeover times come from the new master's own transition record.
 
 use anyhow::{bail, ensure, Context, Result};
-use foobar::vrrp::{
-    election::{Reason, State},
-    instance::Fault,
-    master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP,
+use foobar::{
+    track::Fault,
+    vrrp::{
+        election::{Reason, State},
+        master_down_interval_cs, seal, Advert, Ipv4Checksum, IPPROTO_VRRP,
+    },
 };
 use foobar_tests::{
     lab::{LabSpec, LbLab, PAIR_INTERVAL_MS, PAIR_PRIORITIES, VIP},

@@ -38,6 +38,10 @@ enum Task {
     /// Bring up the embedded demo lab in network namespaces and stay in the foreground until
     /// Ctrl-C; with `-- --config FILE`, run foobar on this host with that configuration.
     Run {
+        /// Instead of the VRRP pair, N (at least 2) edges that all forward, announcing the VIP
+        /// through BIRD to a router that spreads flows over them (ECMP).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=8))]
+        edges: Option<u8>,
         /// Arguments for `foobar run` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -95,7 +99,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Build { release } => build(&root, release),
         Task::Test { args } => test(&root, &args),
-        Task::Run { args } => run(&root, &args),
+        Task::Run { edges, args } => run(&root, edges, &args),
         Task::Lab { action } => lab(&root, action),
         Task::Vm {
             shell,
@@ -200,6 +204,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "curl",
         "openssl",
         "keepalived",
+        "bird",
+        "vtysh",
         "nft",
         "wrk",
         "mariadbd",
@@ -272,7 +278,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 /// Builds foobar and the lab binary (release) with the packages the lab uses; the lab binary.
 fn lab_binary(root: &Path) -> Result<PathBuf> {
     build(root, true)?;
-    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "mariadbd"])?;
+    toolchain::ensure_os_packages(&["ip", "sysctl", "ethtool", "curl", "openssl", "mariadbd", "bird"])?;
     cargo(
         root,
         &["build", "--release", "--package", "foobar-tests", "--bin", "foobar-lab"],
@@ -281,9 +287,10 @@ fn lab_binary(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/release/foobar-lab"))
 }
 
-fn run(root: &Path, args: &[String]) -> Result<()> {
+fn run(root: &Path, edges: Option<u8>, args: &[String]) -> Result<()> {
     if args.is_empty() {
         let lab = lab_binary(root)?;
+        let lab_args: Vec<String> = edges.map(|n| vec!["--edges".into(), n.to_string()]).unwrap_or_default();
         // Ctrl-C goes to the whole process group: let the lab take it and clean up while this
         // process waits for it (the lab resets the disposition for itself).
         // SAFETY: installs SIG_IGN, no handler code runs.
@@ -291,6 +298,7 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
             nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)?;
         }
         let status = Command::new(lab)
+            .args(&lab_args)
             .env("FOOBAR_BIN", root.join("target/release/foobar"))
             .status()
             .context("starting the lab")?;
@@ -298,6 +306,9 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
             bail!("the lab exited with {status}");
         }
         return Ok(());
+    }
+    if edges.is_some() {
+        bail!("--edges brings up the lab; it does not go with arguments for foobar run");
     }
     build(root, true)?;
     let status = Command::new(root.join("target/release/foobar"))

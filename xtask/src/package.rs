@@ -61,6 +61,11 @@ pub fn package(root: &Path) -> Result<PathBuf> {
         (sources.join("foobar.toml"), "etc/foobar/foobar.toml".into(), 0o644),
         (sources.join("foobar.toml"), doc.join("examples/foobar.toml"), 0o644),
         (
+            sources.join("rt_protos.conf"),
+            "etc/iproute2/rt_protos.d/foobar.conf".into(),
+            0o644,
+        ),
+        (
             sources.join("60-foobar-dsr-backend.conf"),
             doc.join("examples/60-foobar-dsr-backend.conf"),
             0o644,
@@ -104,7 +109,10 @@ pub fn package(root: &Path) -> Result<PathBuf> {
         &String::from_utf8(manual.stdout)?,
         &stage.join("usr/share/man/man8/foobar.8.gz"),
     )?;
-    fs::write(stage.join("DEBIAN/conffiles"), "/etc/foobar/foobar.toml\n")?;
+    fs::write(
+        stage.join("DEBIAN/conffiles"),
+        "/etc/foobar/foobar.toml\n/etc/iproute2/rt_protos.d/foobar.conf\n",
+    )?;
     fs::write(stage.join("DEBIAN/control"), control(&stage, &binary)?)?;
     fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
     for dir in walk(&stage)?.into_iter().filter(|p| p.is_dir()) {
@@ -176,7 +184,8 @@ Description: XDP edge appliance: L4 load balancing, VRRP, TLS web tier, MySQL ro
  foobar runs the edge of a highly available web stack on each edge machine:
  Maglev load balancing of the virtual IP's services in XDP with a connection
  table and direct server return, VIP ownership elected with VRRPv3
- (keepalived-compatible), health checks, a TLS web tier serving static files
+ (keepalived-compatible) or announced over BGP through BIRD or FRR (every
+ edge active), health checks, a TLS web tier serving static files
  and proxying to the application, read-write / read-only routing to MySQL or
  MariaDB, Prometheus metrics, a status page and push export.
 ",

@@ -134,6 +134,8 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
             "mariadbd" => "mariadb-server",
             "qemu-system-x86_64" => "qemu-system-x86",
             "busybox" => "busybox-static",
+            "bird" => "bird2",
+            "vtysh" => "frr",
             "depmod" | "modprobe" => "kmod",
             PROMETHEUS_PARSER => "python3-prometheus-client",
             other => other,

@@ -38,8 +38,49 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
         },
     );
 
+    if let Some(a) = &s.announce {
+        let _ = write!(
+            html,
+            "<section id=\"announce\"><h2>Announcements</h2><p>Kernel table {}{}.</p><table><tr><th>VIP</th><th>state</th><th>why not</th></tr>",
+            a.table,
+            if a.draining { "; <span class=\"drained\">draining</span>" } else { "" }
+        );
+        for v in &a.vips {
+            let why: Vec<String> = v.faults.iter().map(ToString::to_string).collect();
+            let (class, state) = if v.announced {
+                ("up", "announced")
+            } else {
+                ("down", "WITHDRAWN")
+            };
+            let _ = write!(
+                html,
+                r#"<tr class="announcement"><td>{}</td><td class="{class}">{state}</td><td>{}</td></tr>"#,
+                v.vip,
+                esc(&why.join("; ")),
+            );
+        }
+        html.push_str("</table><table><tr><th>BGP session</th><th>state</th><th>info</th></tr>");
+        for session in &a.sessions {
+            let class = if session.established() { "up" } else { "down" };
+            let _ = write!(
+                html,
+                r#"<tr class="bgp-session"><td>{}</td><td class="{class}">{}</td><td>{}</td></tr>"#,
+                esc(&session.name),
+                esc(&session.state),
+                esc(&session.info),
+            );
+        }
+        html.push_str("</table>");
+        if let Some(e) = &a.sessions_error {
+            let _ = write!(html, "<p class=\"down\">BGP sessions unknown: {}</p>", esc(e));
+        }
+        html.push_str("</section>\n");
+    }
+
     html.push_str("<section id=\"vrrp\"><h2>VRRP</h2>");
-    if s.vrrp.is_empty() {
+    if s.announce.is_some() {
+        html.push_str("<p>The VIPs are announced, not elected.</p>");
+    } else if s.vrrp.is_empty() {
         html.push_str("<p>No VRRP instances: this node owns every VIP.</p>");
     } else {
         html.push_str("<table><tr><th>instance</th><th>state</th><th>priority</th><th>master</th><th>reason</th><th>faults</th><th>adverts sent</th><th>received</th><th>transitions</th></tr>");

@@ -5,12 +5,15 @@
 //! running the notify command, and keeping a [`Status`] for `foobar status`.
 
 use super::{
-    announce::{self, FrameSender},
     election::{Action, Election, Reason, Settings, State},
+    gratuitous::{self, FrameSender},
     socket::{self, Received, VrrpSocket},
     Advert, Discard, Ipv4Checksum,
 };
-use crate::config::{ChecksumConvention, VrrpInstance};
+use crate::{
+    config::{ChecksumConvention, VrrpInstance},
+    track::Fault,
+};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -101,57 +104,6 @@ impl Spec {
             notify: v.notify.clone(),
             node: node.to_owned(),
         })
-    }
-}
-
-/// A tracked condition that fails: while any does, the instance is in fault (silent, never
-/// master).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Fault {
-    /// The instance's interface does not exist.
-    InterfaceMissing {
-        /// Its name.
-        interface: String,
-    },
-    /// The instance's interface is down or has no carrier.
-    InterfaceDown {
-        /// Its name.
-        interface: String,
-    },
-    /// The XDP program is not attached to a data interface (its pinned link reports none).
-    NotAttached {
-        /// The interface.
-        interface: String,
-    },
-    /// Whether the XDP program is attached could not be read.
-    AttachmentUnknown {
-        /// The interface.
-        interface: String,
-        /// Why not.
-        error: String,
-    },
-    /// Every backend of a tracked service is down.
-    ServiceDown {
-        /// The service.
-        service: String,
-    },
-    /// An operator stepped the instance down (`foobar vrrp step-down`).
-    SteppedDown,
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fault::InterfaceMissing { interface } => write!(f, "interface {interface} is missing"),
-            Fault::InterfaceDown { interface } => write!(f, "interface {interface} is down"),
-            Fault::NotAttached { interface } => write!(f, "XDP program not attached to {interface}"),
-            Fault::AttachmentUnknown { interface, error } => {
-                write!(f, "XDP attachment on {interface} unknown: {error}")
-            }
-            Fault::ServiceDown { service } => write!(f, "every backend of service {service} is down"),
-            Fault::SteppedDown => write!(f, "stepped down by an operator (foobar vrrp resume)"),
-        }
     }
 }
 
@@ -525,7 +477,7 @@ impl Runner {
     }
 
     fn announce(&self) {
-        for frame in announce::frames(self.mac, self.link_local, &self.spec.vips) {
+        for frame in gratuitous::frames(self.mac, self.link_local, &self.spec.vips) {
             for _ in 0..ANNOUNCE_BURST {
                 if let Err(e) = self.frames.send(&frame) {
                     warn!(instance = self.spec.name, "{e:#}");

@@ -7,32 +7,70 @@
 //! - `foobar-lab serve STATE_DIR`: the same, and writes `STATE_DIR/pid`, `STATE_DIR/banner`
 //!   and `STATE_DIR/sockets` for `status` (`cargo xtask lab up` runs this detached).
 //! - `foobar-lab status STATE_DIR`: the banner and each edge's live status.
+//! - `--edges N` first (`cargo xtask run --edges N`): instead, N edges that all forward,
+//!   announcing the VIP through BIRD to a router that spreads flows over them with ECMP, in
+//!   front of three L4 backends (`foobar_tests::scalelab`).
 
 use anyhow::{bail, Context, Result};
 use foobar_tests::lab::{
     backend_addr, backend_name, database_addr, edge_addr, LabSpec, LbLab, APP, CLIENT, COLLECTOR, HTTPS_PORT,
     METRICS_PORT, MYSQL_PORTS, VIP, WEB_HOST,
 };
+use foobar_tests::scalelab::{self, ScaleLab};
 use nix::sys::signal::{SigSet, Signal};
 use std::{fmt::Write, path::PathBuf};
 
 const BACKENDS: usize = 3;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None => run(None),
-        Some("serve") => run(Some(PathBuf::from(
-            args.get(1).context("usage: foobar-lab serve STATE_DIR")?,
-        ))),
-        Some("status") => status(&PathBuf::from(
-            args.get(1).context("usage: foobar-lab status STATE_DIR")?,
-        )),
-        Some(other) => bail!("unknown command {other:?}: foobar-lab [serve STATE_DIR | status STATE_DIR]"),
+/// The lab that runs: the VRRP pair with the whole stack, or announcing edges.
+enum Lab {
+    Pair(Box<LbLab>),
+    Scale(Box<ScaleLab>),
+}
+
+impl Lab {
+    fn banner(&self) -> Result<String> {
+        match self {
+            Lab::Pair(lab) => banner(lab),
+            Lab::Scale(lab) => scale_banner(lab),
+        }
+    }
+
+    fn sockets(&self) -> Vec<String> {
+        let paths: Vec<PathBuf> = match self {
+            Lab::Pair(lab) => (0..lab.edges.len()).map(|i| lab.edge_socket(i)).collect(),
+            Lab::Scale(lab) => (0..lab.edges.len()).map(|i| lab.edge_socket(i)).collect(),
+        };
+        paths.iter().map(|p| p.display().to_string()).collect()
     }
 }
 
-fn run(state: Option<PathBuf>) -> Result<()> {
+fn main() -> Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut edges = None;
+    if args.first().map(String::as_str) == Some("--edges") {
+        let n: usize = args
+            .get(1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (2..=8).contains(n))
+            .context("--edges takes a number from 2 to 8")?;
+        edges = Some(n);
+        args.drain(..2);
+    }
+    match args.first().map(String::as_str) {
+        None => run(None, edges),
+        Some("serve") => run(
+            Some(PathBuf::from(args.get(1).context("usage: foobar-lab serve STATE_DIR")?)),
+            edges,
+        ),
+        Some("status") => status(&PathBuf::from(
+            args.get(1).context("usage: foobar-lab status STATE_DIR")?,
+        )),
+        Some(other) => bail!("unknown command {other:?}: foobar-lab [--edges N] [serve STATE_DIR | status STATE_DIR]"),
+    }
+}
+
+fn run(state: Option<PathBuf>, edges: Option<usize>) -> Result<()> {
     // Block the stop signals in every thread so the main thread can wait for them (and undo an
     // inherited "ignore", under which they would be discarded rather than wait).
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
@@ -46,15 +84,15 @@ fn run(state: Option<PathBuf>) -> Result<()> {
     if std::env::var_os("FOOBAR_NS_PREFIX").is_none() {
         std::env::set_var("FOOBAR_NS_PREFIX", "fblab");
     }
-    let lab = LbLab::build(LabSpec::foobar_com(BACKENDS))?;
-    let banner = banner(&lab)?;
+    let lab = match edges {
+        None => Lab::Pair(Box::new(LbLab::build(LabSpec::foobar_com(BACKENDS))?)),
+        Some(n) => Lab::Scale(Box::new(ScaleLab::build(&vec![scalelab::Daemon::Bird; n], BACKENDS)?)),
+    };
+    let banner = lab.banner()?;
     print!("{banner}");
     if let Some(dir) = &state {
         std::fs::create_dir_all(dir)?;
-        let sockets: Vec<String> = (0..lab.edges.len())
-            .map(|i| lab.edge_socket(i).display().to_string())
-            .collect();
-        std::fs::write(dir.join("sockets"), sockets.join("\n"))?;
+        std::fs::write(dir.join("sockets"), lab.sockets().join("\n"))?;
         std::fs::write(dir.join("banner"), &banner)?;
         std::fs::write(dir.join("pid"), std::process::id().to_string())?;
     }
@@ -183,6 +221,73 @@ fn banner(lab: &LbLab) -> Result<String> {
         b,
         "  {} vrrp step-down vip --socket {socket}   (then: vrrp resume)",
         foobar.display()
+    )?;
+    writeln!(b, "logs and configuration: {}", lab.scratch.path.display())?;
+    Ok(b)
+}
+
+fn scale_banner(lab: &ScaleLab) -> Result<String> {
+    let mut b = String::new();
+    writeln!(
+        b,
+        "scale-out lab is up: VIP {VIP}:80 announced by {} edges (namespaces {}-*)",
+        lab.edges.len(),
+        foobar_tests::prefix()
+    )?;
+    for edge in &lab.edges {
+        writeln!(
+            b,
+            "  {} {}: XDP load balancer announcing the VIP through BIRD (kernel table {})",
+            edge.name,
+            edge.addr,
+            scalelab::TABLE
+        )?;
+    }
+    writeln!(
+        b,
+        "  router {} (namespace {}): BGP and BFD with every edge, ECMP over them on the 5-tuple",
+        scalelab::ROUTER,
+        lab.router.name
+    )?;
+    writeln!(
+        b,
+        "  client {} (namespace {}), behind the router",
+        scalelab::CLIENT,
+        lab.client.name
+    )?;
+    for i in 0..lab.servers.len() {
+        writeln!(
+            b,
+            "  backend {} {} serves http://{VIP}:80 (IPIP, direct return)",
+            backend_name(i),
+            backend_addr(i)
+        )?;
+    }
+    writeln!(b)?;
+    let (client, router) = (&lab.client.name, &lab.router.name);
+    writeln!(b, "a request (each new connection may cross another edge):")?;
+    writeln!(b, "  ip netns exec {client} curl -s http://{VIP}/")?;
+    writeln!(b, "the router's route to the VIP, one next hop per announcing edge:")?;
+    writeln!(b, "  ip netns exec {router} ip route show {VIP}")?;
+    let foobar = foobar_tests::foobar_bin();
+    for i in 0..lab.edges.len() {
+        writeln!(
+            b,
+            "  {} status --socket {}",
+            foobar.display(),
+            lab.edge_socket(i).display()
+        )?;
+    }
+    let socket = lab.edge_socket(0).display().to_string();
+    writeln!(
+        b,
+        "drain edge1 (its announcement goes, it forwards what still arrives): {} drain --socket {socket}   (then: undrain)",
+        foobar.display()
+    )?;
+    writeln!(
+        b,
+        "crash edge1 (BFD takes it out in ~300 ms): ip netns exec {} ip link set eth0 down",
+        lab.edges[0].ns.name
     )?;
     writeln!(b, "logs and configuration: {}", lab.scratch.path.display())?;
     Ok(b)
