@@ -501,7 +501,8 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         "web" => toolchain::ensure_os_packages(&["ip", "curl", "openssl", "wrk", "nginx"])?,
         "mysql" => toolchain::ensure_os_packages(&["ip", "ethtool", "mariadbd", "sysbench", "haproxy"])?,
         "pktgen" => toolchain::ensure_os_packages(&["ip", "modprobe"])?,
-        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql, pktgen)"),
+        "scaleout" => toolchain::ensure_os_packages(&["ip", "ethtool", "bird"])?,
+        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql, pktgen, scaleout)"),
     }
     cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
     cargo(

@@ -30,9 +30,11 @@ enum Event {
 }
 
 /// One measured failover.
-struct Takeover {
-    ms: f64,
-    survived_percent: f64,
+pub struct Takeover {
+    /// Time from the event to the new master, ms.
+    pub ms: f64,
+    /// Share of the transfers that completed intact, %.
+    pub survived_percent: f64,
 }
 
 fn now_ms() -> u64 {
@@ -43,7 +45,7 @@ fn now_ms() -> u64 {
 
 /// Runs transfers, triggers the event, waits for the new master's notify, and counts the
 /// transfers that completed intact.
-fn measure(
+pub fn measure(
     client: &Netns,
     vip: std::net::SocketAddr,
     trigger: impl FnOnce() -> Result<()>,
@@ -107,7 +109,8 @@ fn classic_round(event: Event) -> Result<Takeover> {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (not empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench xdp|failover|web|mysql|pktgen`: each benchmark measures foobar against a
+//! `cargo xtask bench xdp|failover|web|mysql|pktgen|scaleout`: each benchmark measures foobar against a
 //! baseline measured the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json`
 //! (xtask renders it into docs/benchmarks.md). Peers are named with the versions their own
 //! binaries report.
@@ -6,6 +6,7 @@
 mod failover;
 mod mysql;
 mod pktgen;
+mod scaleout;
 mod web;
 mod xdp;
 
@@ -39,7 +40,8 @@ fn main() -> Result<()> {
         "web" => web::run()?,
         "mysql" => mysql::run()?,
         "pktgen" => pktgen::run()?,
-        _ => bail!("usage: foobar-bench xdp|failover|web|mysql|pktgen"),
+        "scaleout" => scaleout::run()?,
+        _ => bail!("usage: foobar-bench xdp|failover|web|mysql|pktgen|scaleout"),
     };
     let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     write(&out_dir, &name, &rows)
