@@ -726,11 +726,17 @@ pub fn bridge(switch: &Netns, hosts: &[(&Netns, String, Ipv4Addr)]) -> Result<()
     switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
     switch.exec(&["ip", "link", "set", "br0", "up"])?;
     for (ns, short, addr) in hosts {
-        let port = format!("{short}-sw");
-        veth(ns, "eth0", switch, &port)?;
-        switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
-        ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        bridge_host(switch, ns, short, *addr)?;
     }
+    Ok(())
+}
+
+/// Puts one more host on `switch`'s bridge: its `eth0` (address /24) on port `SHORT-sw`.
+pub fn bridge_host(switch: &Netns, ns: &Netns, short: &str, addr: Ipv4Addr) -> Result<()> {
+    let port = format!("{short}-sw");
+    veth(ns, "eth0", switch, &port)?;
+    switch.exec(&["ip", "link", "set", &port, "master", "br0"])?;
+    ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
     Ok(())
 }
 

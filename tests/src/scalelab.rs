@@ -11,7 +11,7 @@
 //! ```
 
 use crate::{
-    lab::{self, attach_pass, backend_addr, backend_name, edge_addr, start_backend, Edge, PORT, VIP},
+    lab::{self, attach_pass, backend_addr, backend_name, edge_addr, start_backend, Edge, METRICS_PORT, PORT, VIP},
     veth, wait_until, ChildGuard, EchoServer, Netns, PinDir, Scratch,
 };
 use anyhow::{Context, Result};
@@ -62,7 +62,9 @@ pub struct ScaleLab {
     pub router: Netns,
     /// Backend namespaces.
     pub backends: Vec<Netns>,
-    _switch: Netns,
+    switch: Netns,
+    /// The lab's name prefix (after the process's).
+    tag: String,
     /// Logs and configuration files.
     pub scratch: Scratch,
 }
@@ -155,7 +157,8 @@ impl ScaleLab {
             client,
             router,
             backends: backend_ns,
-            _switch: switch,
+            switch,
+            tag: tag.clone(),
             scratch,
         };
         for i in 0..edges {
@@ -234,6 +237,7 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
         for b in 0..self.backends.len() {
             text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", backend_addr(b));
         }
+        text += &format!("\n[monitoring]\nlisten = \"{}:{METRICS_PORT}\"\n", edge.addr);
         std::fs::write(self.edge_config(i), text).context("writing an edge configuration")
     }
 
@@ -307,6 +311,21 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 
         self.edges[i]
             .ns
             .exec(&["ip", "route", "show", "table", &TABLE.to_string()])
+    }
+
+    /// Whether anyone on the edges' segment answers ARP for the VIP: a probe host joins the
+    /// bridge for the question (and leaves with its namespace).
+    pub fn vip_answers_arp(&self) -> Result<bool> {
+        let probe = Netns::new(&format!("{}-probe", self.tag))?;
+        lab::bridge_host(&self.switch, &probe, "probe", Ipv4Addr::new(10, 10, 0, 99))?;
+        probe.exec(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        // A connection attempt makes the probe ask who has the VIP (its outcome is no matter).
+        let vip = self.vip();
+        probe
+            .run(move || std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2)).map(drop))?
+            .ok();
+        let neigh = probe.exec(&["ip", "neigh", "show", &VIP.to_string()])?;
+        Ok(neigh.contains("lladdr"))
     }
 
     /// The VIP service address.

@@ -9,6 +9,7 @@ use foobar::{operate::Operation, track::Fault};
 use foobar_tests::{
     lab::{round_trip_all, VIP},
     scalelab::{self, Daemon, ScaleLab, DRAIN_MS},
+    scrape,
     transfer::Transfers,
     wait_until, EchoClient,
 };
@@ -155,6 +156,38 @@ fn announcements_follow_the_node_and_outlive_restarts() -> Result<()> {
     ensure!(
         printed.contains(&format!("VIP {VIP} announced")) && printed.contains("bgp session uplink: Established"),
         "{printed}"
+    );
+
+    // Nobody answers ARP for the VIP: the router is the next hop.
+    ensure!(!lab.vip_answers_arp()?, "an announcing edge answered ARP for the VIP");
+
+    // The metrics and the status page say the same (read from the client, across the router).
+    let metrics = format!(
+        "http://{}:{}/metrics",
+        foobar_tests::lab::edge_addr(0),
+        foobar_tests::lab::METRICS_PORT
+    );
+    let (_, text) = scrape::fetch(&lab.client, &metrics, false)?;
+    let samples = scrape::parse(&text, false)?;
+    let vip = VIP.to_string();
+    for (name, labels, value) in [
+        ("foobar_vip_announced", vec![("vip", vip.as_str())], 1.0),
+        ("foobar_vip_announce_faults", vec![("vip", vip.as_str())], 0.0),
+        ("foobar_bgp_session_established", vec![("session", "uplink")], 1.0),
+        ("foobar_draining", vec![], 0.0),
+        ("foobar_vip_claimed", vec![("vip", vip.as_str())], 0.0),
+    ] {
+        ensure!(
+            samples.iter().any(|s| s.name == name) && scrape::sum(&samples, name, &labels) == value,
+            "{name}{labels:?} is not {value}:\n{text}"
+        );
+    }
+    let page = lab
+        .client
+        .exec(&["curl", "-sS", "--max-time", "5", &metrics.replace("/metrics", "/")])?;
+    ensure!(
+        page.contains("<h2>Announcements</h2>") && page.contains(r#"<td class="up">announced</td>"#),
+        "{page}"
     );
 
     // A restart of foobar (SIGUSR2, the unit's restart signal) leaves the announcement: the

@@ -90,8 +90,7 @@ fn scale_round() -> Result<(Vec<f64>, [Takeover; 3])> {
     let share = |lab: &ScaleLab| busiest_share(&lab.client, lab.vip(), &pins);
     let mut shares = vec![share(&lab)?];
     for drained in [2, 1] {
-        foobar::ctl::operate(&lab.edge_socket(drained), &Operation::DrainNode)?
-            .map_err(anyhow::Error::msg)?;
+        foobar::ctl::operate(&lab.edge_socket(drained), &Operation::DrainNode)?.map_err(anyhow::Error::msg)?;
         lab.wait_for_next_hops(&hops(&(0..drained).collect::<Vec<_>>()), Duration::from_secs(5))?;
         shares.push(share(&lab)?);
     }
@@ -168,7 +167,9 @@ fn vrrp_round() -> Result<(f64, [Takeover; 3])> {
         // The first edge's own notify log says when it became master again.
         || lab.notifications(0),
     )?;
-    wait_until(Duration::from_secs(5), "edge1 master again", || lab.vrrp_state(0) == "master")?;
+    wait_until(Duration::from_secs(5), "edge1 master again", || {
+        lab.vrrp_state(0) == "master"
+    })?;
     Ok((share, [crash, step_down, resume]))
 }
 
