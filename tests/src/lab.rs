@@ -412,36 +412,11 @@ impl LbLab {
 
     /// Writes edge `i`'s configuration with these backend settings.
     pub fn write_edge_config(&self, i: usize, backends: &[BackendSetting]) -> Result<()> {
-        let edge = &self.edges[i];
-        let mut text = format!(
-            r#"[node]
-name = "{name}"
-interfaces = ["eth0"]
-addresses = ["{addr}"]
-tunnel_peers = [{peers}]
-tunnel_source_v4 = "{addr}"
-pin_dir = "{pins}"
-control_socket = "{socket}"
-user = "nobody"
-
-[dataplane]
-maglev_table_size = 65537
-conntrack_entries = 65536
-
-[[service]]
-name = "web"
-vip = "{VIP}"
-port = {PORT}
-forwarding = "{forwarding}"
-health = {{ kind = "tcp", interval_ms = 200, timeout_ms = {check_timeout}, rise = 2, fall = 2 }}
-"#,
-            name = edge.name,
-            addr = edge.addr,
-            peers = edge_peers(self.spec.edges),
-            pins = edge.pins.path.display(),
-            socket = self.edge_socket(i).display(),
-            forwarding = self.spec.forwarding,
-            check_timeout = check_timeout_ms(),
+        let mut text = edge_config_head(
+            &self.edges[i],
+            &self.edge_socket(i),
+            &format!("tunnel_peers = [{}]\n", edge_peers(self.spec.edges)),
+            self.spec.forwarding,
         );
         for (b, setting) in backends.iter().enumerate().filter(|(_, s)| s.present) {
             text += &format!(
@@ -631,6 +606,39 @@ health = {{ kind = "mysql", credentials = "{credentials}", interval_ms = 500, ti
         .with_context(|| format!("edge1:\n{}\nedge2:\n{}", self.edge_log(0), self.edge_log(1)))?;
         master.context("no master")
     }
+}
+
+/// The head of an edge's configuration in either lab: `[node]` (running as `nobody`, with
+/// `extra_node` lines added), `[dataplane]` and the VIP's `web` service with `forwarding` and
+/// TCP health checks, without its backends; the rest is appended.
+pub fn edge_config_head(edge: &Edge, socket: &Path, extra_node: &str, forwarding: &str) -> String {
+    format!(
+        r#"[node]
+name = "{name}"
+interfaces = ["eth0"]
+addresses = ["{addr}"]
+{extra_node}tunnel_source_v4 = "{addr}"
+pin_dir = "{pins}"
+control_socket = "{socket}"
+user = "nobody"
+
+[dataplane]
+maglev_table_size = 65537
+conntrack_entries = 65536
+
+[[service]]
+name = "web"
+vip = "{VIP}"
+port = {PORT}
+forwarding = "{forwarding}"
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = {check_timeout}, rise = 2, fall = 2 }}
+"#,
+        name = edge.name,
+        addr = edge.addr,
+        pins = edge.pins.path.display(),
+        socket = socket.display(),
+        check_timeout = check_timeout_ms(),
+    )
 }
 
 /// Starts backend `i` of `n` in `ns`: the VIP on `lo` (accepted, never answered for in ARP),

@@ -199,41 +199,12 @@ impl ScaleLab {
     /// Writes edge `i`'s configuration: the VIP's service with every backend, announced.
     fn write_edge_config(&self, i: usize) -> Result<()> {
         let edge = &self.edges[i];
-        let mut text = format!(
-            r#"[node]
-name = "{name}"
-interfaces = ["eth0"]
-addresses = ["{addr}"]
-tunnel_source_v4 = "{addr}"
-pin_dir = "{pins}"
-control_socket = "{socket}"
-user = "nobody"
-
-[dataplane]
-maglev_table_size = 65537
-conntrack_entries = 65536
-
-[announce]
-table = {TABLE}
-drain_ms = {DRAIN_MS}
-{sessions}
-
-[[service]]
-name = "web"
-vip = "{VIP}"
-port = {PORT}
-forwarding = "ipip"
-health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }}
-"#,
-            name = edge.name,
-            addr = edge.addr,
-            pins = edge.pins.path.display(),
-            socket = self.edge_socket(i).display(),
-            sessions = match self.daemons[i] {
-                Daemon::Bird => format!("bird_socket = \"{}\"", self.bird_socket(i).display()),
-                Daemon::Frr => format!("frr_vty_dir = \"{}\"", self.frr_dir(i).display()),
-            },
-        );
+        let mut text = lab::edge_config_head(edge, &self.edge_socket(i), "", "ipip");
+        let sessions = match self.daemons[i] {
+            Daemon::Bird => format!("bird_socket = \"{}\"", self.bird_socket(i).display()),
+            Daemon::Frr => format!("frr_vty_dir = \"{}\"", self.frr_dir(i).display()),
+        };
+        text += &format!("\n[announce]\ntable = {TABLE}\ndrain_ms = {DRAIN_MS}\n{sessions}\n");
         for b in 0..self.backends.len() {
             text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", backend_addr(b));
         }

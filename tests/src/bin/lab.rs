@@ -193,14 +193,7 @@ fn banner(lab: &LbLab) -> Result<String> {
         )?;
     }
     let foobar = foobar_tests::foobar_bin();
-    for i in 0..lab.edges.len() {
-        writeln!(
-            b,
-            "  {} status --socket {}",
-            foobar.display(),
-            lab.edge_socket(i).display()
-        )?;
-    }
+    status_commands(&mut b, (0..lab.edges.len()).map(|i| lab.edge_socket(i)))?;
     writeln!(
         b,
         "failover: ip netns exec {} ip link set eth0 down   (the other edge takes over in ~300 ms)",
@@ -270,14 +263,7 @@ fn scale_banner(lab: &ScaleLab) -> Result<String> {
     writeln!(b, "the router's route to the VIP, one next hop per announcing edge:")?;
     writeln!(b, "  ip netns exec {router} ip route show {VIP}")?;
     let foobar = foobar_tests::foobar_bin();
-    for i in 0..lab.edges.len() {
-        writeln!(
-            b,
-            "  {} status --socket {}",
-            foobar.display(),
-            lab.edge_socket(i).display()
-        )?;
-    }
+    status_commands(&mut b, (0..lab.edges.len()).map(|i| lab.edge_socket(i)))?;
     let socket = lab.edge_socket(0).display().to_string();
     writeln!(
         b,
@@ -291,6 +277,15 @@ fn scale_banner(lab: &ScaleLab) -> Result<String> {
     )?;
     writeln!(b, "logs and configuration: {}", lab.scratch.path.display())?;
     Ok(b)
+}
+
+/// One `foobar status --socket` line per edge socket.
+fn status_commands(b: &mut String, sockets: impl Iterator<Item = PathBuf>) -> Result<()> {
+    let foobar = foobar_tests::foobar_bin();
+    for socket in sockets {
+        writeln!(b, "  {} status --socket {}", foobar.display(), socket.display())?;
+    }
+    Ok(())
 }
 
 fn status(dir: &std::path::Path) -> Result<()> {
