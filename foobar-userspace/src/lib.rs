@@ -10,6 +10,8 @@ pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod fdlimit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod health;
 pub mod iface;
 pub mod listen;

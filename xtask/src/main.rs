@@ -2,6 +2,7 @@
 //! is there first (nightly rust-src, bpf-linker built against the nightly's own LLVM).
 
 mod benchdoc;
+mod fuzz;
 mod package;
 mod toolchain;
 mod vm;
@@ -82,6 +83,16 @@ enum Task {
     Package,
     /// Renders docs/benchmarks.md's result tables from docs/bench/*.json.
     BenchDocs,
+    /// Build the fuzz targets (nightly, AddressSanitizer, libFuzzer) and run each for a while:
+    /// the parsers of input foobar does not control (request paths and ranges, VRRP adverts,
+    /// the BGP daemons' answers, rtnetlink, configuration, control requests).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        target: Option<String>,
+    },
     /// Benchmarks; writes target/bench/NAME.json, keeps it as docs/bench/NAME.json and renders
     /// it into docs/benchmarks.md.
     Bench {
@@ -112,6 +123,10 @@ fn main() -> Result<()> {
         Task::Bench { name } => bench(&root, &name),
         Task::Package => package::package(&root).map(drop),
         Task::BenchDocs => benchdoc::refresh(&root),
+        Task::Fuzz { seconds, target } => {
+            toolchain::ensure()?;
+            fuzz::fuzz(&root, seconds, target.as_deref())
+        }
     }
 }
 
@@ -214,20 +229,22 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     ])?;
     cleanup_leftovers()?;
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
+    for manifest in ["foobar-ebpf/program/Cargo.toml", "foobar-userspace/fuzz/Cargo.toml"] {
+        cargo(root, &["fmt", "--manifest-path", manifest, "--", "--check"], &[])?;
+    }
     cargo(
         root,
         &[
-            "fmt",
-            "--manifest-path",
-            "foobar-ebpf/program/Cargo.toml",
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            // The fuzz targets' entry points too.
+            "--features",
+            "foobar-userspace/fuzzing",
             "--",
-            "--check",
+            "-D",
+            "warnings",
         ],
-        &[],
-    )?;
-    cargo(
-        root,
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
         &[],
     )?;
     cargo(root, &["build", "--workspace", "--all-targets"], &[])?;
@@ -255,9 +272,11 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         args.push("--test-threads=1");
     }
     cargo(root, &args, &envs)?;
-    // The Debian package builds and passes lintian and systemd-analyze verify.
+    // The Debian package builds and passes lintian and systemd-analyze verify; every fuzz
+    // target runs a little (`cargo xtask fuzz` runs them longer).
     if extra.is_empty() {
         package::package(root)?;
+        fuzz::fuzz(root, 10, None)?;
     }
     // Then the data-plane suite again on a stock distribution kernel (docs/vm.md).
     if extra.is_empty() && std::env::var_os("FOOBAR_SKIP_VM").is_none() {

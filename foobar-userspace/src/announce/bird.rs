@@ -51,13 +51,19 @@ async fn exchange(socket: &Path) -> Result<Vec<BgpSession>> {
 
 /// The BGP rows of a `show protocols` answer (code 1002 rows, continued by lines starting with
 /// a space): name, protocol, table, state, since (one or two words), info.
-fn parse(lines: &[String]) -> Vec<BgpSession> {
+pub(crate) fn parse(lines: &[String]) -> Vec<BgpSession> {
     let mut sessions = Vec::new();
     let mut code = "";
     for line in lines {
+        // A code is four digits and a separator ('-' or ' '), all ASCII: slicing after them
+        // stays on a character boundary whatever follows.
+        let coded = line
+            .as_bytes()
+            .get(..5)
+            .is_some_and(|head| head[..4].iter().all(u8::is_ascii_digit) && matches!(head[4], b'-' | b' '));
         let row = if let Some(rest) = line.strip_prefix(' ') {
             rest
-        } else if line.len() >= 5 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) {
+        } else if coded {
             code = &line[..4];
             &line[5..]
         } else {
@@ -114,5 +120,8 @@ mod tests {
             ]
         );
         assert!(sessions[0].established() && !sessions[1].established());
+        // Found by the bgp_daemon_answers fuzz target: a multibyte character right after the
+        // code (the slice after it cut the character).
+        assert!(parse(&["1002\u{fffd}-x BGP".to_string(), "100é".to_string()]).is_empty());
     }
 }

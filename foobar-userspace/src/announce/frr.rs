@@ -31,7 +31,7 @@ pub async fn sessions(vty_dir: &Path) -> Result<Vec<BgpSession>> {
 }
 
 /// The neighbours of every address family in a `show bgp summary json` answer.
-fn parse(json: &[u8]) -> Result<Vec<BgpSession>> {
+pub(crate) fn parse(json: &[u8]) -> Result<Vec<BgpSession>> {
     let summary: serde_json::Value = serde_json::from_slice(json).context("vtysh's answer is not JSON")?;
     let families = summary.as_object().context("vtysh's answer is not a JSON object")?;
     let mut sessions = BTreeMap::new();

@@ -236,7 +236,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
 /// The messages in one datagram that answer request `sequence`: (type, payload).
-fn messages(datagram: &[u8], sequence: u32) -> Result<Vec<(u16, &[u8])>> {
+pub(crate) fn messages(datagram: &[u8], sequence: u32) -> Result<Vec<(u16, &[u8])>> {
     let mut out = Vec::new();
     let mut rest = datagram;
     while rest.len() >= NLMSG_HDRLEN {
@@ -267,7 +267,7 @@ fn error_of(payload: &[u8]) -> Result<()> {
 }
 
 /// The route attributes in `data`: (type, value).
-fn attributes(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn attributes(mut data: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while data.len() >= 4 {
         let len = u16::from_ne_bytes([data[0], data[1]]) as usize;

@@ -59,7 +59,7 @@ pub struct Files {
 /// segments decoded, empty and `.` ones dropped. `..` and a separator or NUL inside a segment
 /// are refused (400); so is a name starting with a dot (404, outside `/.well-known/`) unless
 /// `dotfiles`.
-fn normalise(raw: &str, dotfiles: bool) -> Result<String, StatusCode> {
+pub(crate) fn normalise(raw: &str, dotfiles: bool) -> Result<String, StatusCode> {
     if !raw.starts_with('/') {
         return Err(StatusCode::BAD_REQUEST);
     }
@@ -519,7 +519,12 @@ fn not_modified(headers: &HeaderMap, etag: &str, modified_s: u64) -> bool {
 
 /// The single byte range to serve (inclusive), None for the whole file, Err when
 /// unsatisfiable. Multiple ranges and ranges with a stale If-Range get the whole file.
-fn requested_range(headers: &HeaderMap, etag: &str, last_modified: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn requested_range(
+    headers: &HeaderMap,
+    etag: &str,
+    last_modified: &str,
+    len: u64,
+) -> Result<Option<(u64, u64)>, ()> {
     let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
