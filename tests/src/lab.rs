@@ -137,7 +137,7 @@ impl LabSpec {
 
 /// Timeout of the backends' health checks, ms: 150, or `$FOOBAR_LAB_CHECK_TIMEOUT_MS` (the
 /// test VM emulates the CPU ten times slower than the host runs it).
-fn check_timeout_ms() -> u64 {
+pub fn check_timeout_ms() -> u64 {
     std::env::var("FOOBAR_LAB_CHECK_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -294,7 +294,7 @@ impl LbLab {
         let n = spec.backends;
         for (i, ns) in backends.iter().enumerate() {
             let pins = PinDir::new(&name(&backend_name(i)));
-            let (foobar, server) = start_backend(ns, &scratch, &pins, i, n, spec.edges)?;
+            let (foobar, server) = start_backend(ns, &scratch, &pins, i, n, spec.edges, None)?;
             backend_foobar.push(foobar);
             other_pins.push(pins);
             servers.push(Some(server));
@@ -644,7 +644,8 @@ health = {{ kind = "tcp", interval_ms = 200, timeout_ms = {check_timeout}, rise 
 /// Starts backend `i` of `n` in `ns`: the VIP on `lo` (accepted, never answered for in ARP),
 /// foobar decapsulating IPIP from the first `edges` edges (the last backend in generic mode,
 /// the others natively) pinned in `pins`, and an echo server on [`PORT`] answering with its
-/// name.
+/// name. With `v6` (the scale-out lab), also the IPv6 VIP on `lo`, IPv6-in-IPv6 from the edges'
+/// IPv6 addresses, and the server on both families.
 pub fn start_backend(
     ns: &Netns,
     scratch: &Scratch,
@@ -652,6 +653,7 @@ pub fn start_backend(
     i: usize,
     n: usize,
     edges: usize,
+    v6: Option<&V6Plan>,
 ) -> Result<(ChildGuard, EchoServer)> {
     ns.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
     for (key, value) in [
@@ -662,27 +664,52 @@ pub fn start_backend(
     ] {
         ns.sysctl(key, value)?;
     }
+    let mut addresses = format!("\"{}\"", backend_addr(i));
+    let mut peers = edge_peers(edges);
+    let mut listen = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    if let Some(plan) = v6 {
+        ns.exec(&["ip", "-6", "addr", "add", &format!("{}/128", plan.vip), "dev", "lo"])?;
+        addresses += &format!(", \"{}\"", plan.backend(i));
+        for e in 0..edges {
+            peers += &format!(", \"{}\"", plan.edge(e));
+        }
+        listen = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    }
     let config = scratch.file(&format!("{}.toml", backend_name(i)));
     std::fs::write(
         &config,
         format!(
-            "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [\"{}\"]\ntunnel_peers = [{}]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+            "[node]\nname = \"{}\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"{}\"\naddresses = [{addresses}]\ntunnel_peers = [{peers}]\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
             backend_name(i),
             // The last backend decapsulates in generic (skb) mode, the others natively.
             if i + 1 == n { "generic" } else { "native" },
-            backend_addr(i),
-            edge_peers(edges),
             pins.path.display(),
             scratch.file(&format!("{}.sock", backend_name(i))).display(),
         ),
     )?;
     let foobar = crate::start_foobar(ns, &config, &scratch.file(&format!("{}.log", backend_name(i))))?;
-    let server = EchoServer::start(
-        ns,
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
-        &backend_name(i),
-    )?;
+    // An IPv6 listener on any address takes IPv4 too (bindv6only is 0).
+    let server = EchoServer::start(ns, SocketAddr::new(listen, PORT), &backend_name(i))?;
     Ok((foobar, server))
+}
+
+/// IPv6 in the scale-out lab: the VIP, and the edges' and backends' addresses on the segment.
+#[derive(Clone, Copy, Debug)]
+pub struct V6Plan {
+    /// The IPv6 VIP.
+    pub vip: std::net::Ipv6Addr,
+}
+
+impl V6Plan {
+    /// Edge `i`'s IPv6 address on the segment.
+    pub fn edge(&self, i: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1 + i as u16)
+    }
+
+    /// Backend `i`'s IPv6 address on the segment.
+    pub fn backend(&self, i: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x11 + i as u16)
+    }
 }
 
 /// Gives each edge the VIP on `lo` (so the kernel takes the VIP traffic XDP delivers locally

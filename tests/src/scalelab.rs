@@ -11,14 +11,17 @@
 //! ```
 
 use crate::{
-    lab::{self, attach_pass, backend_addr, backend_name, edge_addr, start_backend, Edge, METRICS_PORT, PORT, VIP},
+    lab::{
+        self, attach_pass, backend_addr, backend_name, check_timeout_ms, edge_addr, start_backend, Edge, V6Plan,
+        METRICS_PORT, PORT, VIP,
+    },
     veth, wait_until, ChildGuard, EchoServer, Netns, PinDir, Scratch,
 };
 use anyhow::{Context, Result};
 use foobar::ctl::NodeStatus;
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
@@ -27,6 +30,14 @@ use std::{
 
 /// The router's address on the edges' segment.
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 254);
+/// The router's IPv6 address on the edges' segment.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0xfe);
+/// The IPv6 VIP and addressing: the edges announce both VIPs.
+pub const V6: V6Plan = V6Plan {
+    vip: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10),
+};
+/// The client's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x100);
 /// The client's address, on the router's other side.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 100);
 /// The kernel table the edges announce through (FRR 8 imports tables 1..=252 only).
@@ -71,7 +82,8 @@ pub struct ScaleLab {
 
 impl ScaleLab {
     /// Builds one announcing edge per entry of `daemons` (running that BGP daemon) in front of
-    /// `backends` backends and waits until the router spreads the VIP over all of them.
+    /// `backends` backends and waits until the router spreads the VIP over all of them, and the
+    /// IPv6 VIP over the BIRD edges (FRR 8 cannot import an IPv6 table).
     pub fn build(daemons: &[Daemon], backends: usize) -> Result<Self> {
         let edges = daemons.len();
         static LABS: AtomicUsize = AtomicUsize::new(0);
@@ -112,11 +124,25 @@ impl ScaleLab {
         router.exec(&["ip", "addr", "add", "10.20.0.1/24", "dev", "eth1"])?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
-        for e in &edge_list {
-            e.ns.exec(&["ip", "route", "add", "default", "via", &ROUTER.to_string()])?;
-        }
-        for ns in &backend_ns {
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        router.sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
+        // IPv6 beside IPv4 (no duplicate address detection: the lab's addresses are unique).
+        let v6 = |ns: &Netns, dev: &str, addr: Ipv6Addr| {
+            ns.exec(&["ip", "-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])
+        };
+        v6(&router, "eth0", ROUTER6)?;
+        v6(&router, "eth1", Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 1))?;
+        v6(&client, "eth0", CLIENT6)?;
+        client.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:20::1"])?;
+        let hosts6 = edge_list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.ns, V6.edge(i)))
+            .chain(backend_ns.iter().enumerate().map(|(i, ns)| (ns, V6.backend(i))));
+        for (ns, addr) in hosts6 {
+            v6(ns, "eth0", addr)?;
             ns.exec(&["ip", "route", "add", "default", "via", &ROUTER.to_string()])?;
+            ns.exec(&["ip", "-6", "route", "add", "default", "via", &ROUTER6.to_string()])?;
         }
         let mut other_pins = Vec::new();
         for i in 0..edges {
@@ -133,7 +159,7 @@ impl ScaleLab {
         let mut servers = Vec::new();
         for (i, ns) in backend_ns.iter().enumerate() {
             let pins = PinDir::new(&name(&backend_name(i)));
-            let (foobar, server) = start_backend(ns, &scratch, &pins, i, backends, edges)?;
+            let (foobar, server) = start_backend(ns, &scratch, &pins, i, backends, edges, Some(&V6))?;
             backend_foobar.push(foobar);
             other_pins.push(pins);
             servers.push(server);
@@ -168,6 +194,16 @@ impl ScaleLab {
         }
         let all: BTreeSet<Ipv4Addr> = (0..edges).map(edge_addr).collect();
         lab.wait_for_next_hops(&all, Duration::from_secs(30))?;
+        let all6: BTreeSet<Ipv6Addr> = (0..edges)
+            .filter(|i| daemons[*i] == Daemon::Bird)
+            .map(|i| V6.edge(i))
+            .collect();
+        wait_until(
+            Duration::from_secs(30),
+            "the router to route the IPv6 VIP to every BIRD edge",
+            || lab.next_hops6().is_ok_and(|h| h == all6),
+        )
+        .with_context(|| format!("the router routes the IPv6 VIP to {:?}", lab.next_hops6()))?;
         Ok(lab)
     }
 
@@ -199,15 +235,24 @@ impl ScaleLab {
     /// Writes edge `i`'s configuration: the VIP's service with every backend, announced.
     fn write_edge_config(&self, i: usize) -> Result<()> {
         let edge = &self.edges[i];
-        let mut text = lab::edge_config_head(edge, &self.edge_socket(i), "", "ipip");
+        let source6 = format!("tunnel_source_v6 = \"{}\"\n", V6.edge(i));
+        let mut text = lab::edge_config_head(edge, &self.edge_socket(i), &source6, "ipip");
+        for b in 0..self.backends.len() {
+            text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", backend_addr(b));
+        }
+        text += &format!(
+            "\n[[service]]\nname = \"web6\"\nvip = \"{}\"\nport = {PORT}\nforwarding = \"ipip\"\nhealth = {{ kind = \"tcp\", interval_ms = 200, timeout_ms = {}, rise = 2, fall = 2 }}\n",
+            V6.vip,
+            check_timeout_ms()
+        );
+        for b in 0..self.backends.len() {
+            text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", V6.backend(b));
+        }
         let sessions = match self.daemons[i] {
             Daemon::Bird => format!("bird_socket = \"{}\"", self.bird_socket(i).display()),
             Daemon::Frr => format!("frr_vty_dir = \"{}\"", self.frr_dir(i).display()),
         };
         text += &format!("\n[announce]\ntable = {TABLE}\ndrain_ms = {DRAIN_MS}\n{sessions}\n");
-        for b in 0..self.backends.len() {
-            text += &format!("\n[[service.backend]]\naddress = \"{}\"\n", backend_addr(b));
-        }
         text += &format!("\n[monitoring]\nlisten = \"{}:{METRICS_PORT}\"\n", edge.addr);
         std::fs::write(self.edge_config(i), text).context("writing an edge configuration")
     }
@@ -252,7 +297,17 @@ impl ScaleLab {
 
     /// The next hops the router forwards the VIP to now.
     pub fn next_hops(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let routes = self.router.exec(&["ip", "-4", "route", "show", &format!("{VIP}/32")])?;
+        self.next_hops_of(IpAddr::V4(VIP))
+    }
+
+    /// The next hops the router forwards the IPv6 VIP to now.
+    pub fn next_hops6(&self) -> Result<BTreeSet<Ipv6Addr>> {
+        self.next_hops_of(IpAddr::V6(V6.vip))
+    }
+
+    fn next_hops_of<A: std::str::FromStr + Ord>(&self, vip: IpAddr) -> Result<BTreeSet<A>> {
+        let family = if vip.is_ipv4() { "-4" } else { "-6" };
+        let routes = self.router.exec(&["ip", family, "route", "show", &vip.to_string()])?;
         Ok(routes
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -302,6 +357,11 @@ impl ScaleLab {
     /// The VIP service address.
     pub fn vip(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(VIP), PORT)
+    }
+
+    /// The IPv6 VIP service address.
+    pub fn vip6(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(V6.vip), PORT)
     }
 
     /// New flows edge `i`'s data plane has balanced so far (Maglev picks).
@@ -378,7 +438,7 @@ fn spawn_frr(ns: &Netns, dir: &std::path::Path, i: usize) -> Result<Vec<ChildGua
 }
 
 /// Edge `i` with FRR, by daemon in start order: zebra imports foobar's table, bgpd announces
-/// it to the router (origin IGP, as BIRD's edges do: the router merges only equal routes into
+/// it to the router (IPv4 only: FRR 8 has no `ipv6 import-table`) (origin IGP, as BIRD's edges do: the router merges only equal routes into
 /// one multipath route), with a 100 ms BFD session from bfdd.
 fn edge_frr_configs(i: usize) -> [(&'static str, String); 3] {
     let addr = edge_addr(i);
@@ -416,11 +476,18 @@ exit
 const BFD: &str = "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }";
 const BGP_TIMERS: &str = "bfd on; connect delay time 1; connect retry time 1; error wait time 1, 2;";
 
-/// The router: a BGP session with BFD to each edge, and every equal route to the VIP in the
-/// kernel as one multipath route.
+/// The router: BGP sessions with BFD to each edge (one per family), and every equal route to a
+/// VIP in the kernel as one multipath route.
 fn router_bird_config(edges: usize) -> String {
     let mut text = format!(
-        "router id {ROUTER};\nprotocol device {{ scan time 1; }}\nprotocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n{BFD}\ntemplate bgp edge {{ local {ROUTER} as 65000; {BGP_TIMERS} ipv4 {{ import all; export none; }}; }}\n"
+        "router id {ROUTER};
+protocol device {{ scan time 1; }}
+protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
+protocol kernel {{ merge paths on; ipv6 {{ import none; export all; }}; }}
+{BFD}
+template bgp edge {{ local {ROUTER} as 65000; {BGP_TIMERS} ipv4 {{ import all; export none; }}; }}
+template bgp edge6 {{ local {ROUTER6} as 65000; {BGP_TIMERS} ipv6 {{ import all; export none; }}; }}
+"
     );
     for i in 0..edges {
         text += &format!(
@@ -428,14 +495,27 @@ fn router_bird_config(edges: usize) -> String {
             i + 1,
             edge_addr(i)
         );
+        text += &format!(
+            "protocol bgp edge{}_6 from edge6 {{ neighbor {} as 65001; }}\n",
+            i + 1,
+            V6.edge(i)
+        );
     }
     text
 }
 
-/// Edge `i`: learns foobar's table and announces it to the router, next hop itself.
+/// Edge `i`: learns foobar's table and announces it to the router, next hop itself, one
+/// session per family.
 fn edge_bird_config(i: usize) -> String {
-    let addr = edge_addr(i);
+    let (addr, addr6) = (edge_addr(i), V6.edge(i));
     format!(
-        "router id {addr};\nprotocol device {{ scan time 1; }}\nprotocol kernel foobar {{ kernel table {TABLE}; learn; scan time 5; ipv4 {{ import all; export none; }}; }}\n{BFD}\nprotocol bgp uplink {{ local {addr} as 65001; neighbor {ROUTER} as 65000; {BGP_TIMERS} ipv4 {{ import none; export where proto = \"foobar\"; next hop self; }}; }}\n"
+        "router id {addr};
+protocol device {{ scan time 1; }}
+protocol kernel foobar {{ kernel table {TABLE}; learn; scan time 5; ipv4 {{ import all; export none; }}; }}
+protocol kernel foobar6 {{ kernel table {TABLE}; learn; scan time 5; ipv6 {{ import all; export none; }}; }}
+{BFD}
+protocol bgp uplink {{ local {addr} as 65001; neighbor {ROUTER} as 65000; {BGP_TIMERS} ipv4 {{ import none; export where proto = \"foobar\"; next hop self; }}; }}
+protocol bgp uplink6 {{ local {addr6} as 65001; neighbor {ROUTER6} as 65000; {BGP_TIMERS} ipv6 {{ import none; export where proto = \"foobar6\"; next hop self; }}; }}
+"
     )
 }

@@ -96,7 +96,7 @@ fn exercise_scale_out(prefix: &str, state: &std::path::Path, lab_bin: &str) -> R
     ensure!(curl.contains(&format!("{prefix}-s0-client")), "{curl:?}");
     let args: Vec<&str> = curl.iter().map(String::as_str).collect();
     ensure!(sh(&args)?.contains("hello from b"), "no backend answered");
-    let route = command("ip route show")?;
+    let route = command(" ip route show")?;
     let args: Vec<&str> = route.iter().map(String::as_str).collect();
     let hops = sh(&args)?;
     ensure!(hops.matches("nexthop via").count() == 3, "the router's route: {hops}");

@@ -1,5 +1,6 @@
-//! Scale-out: edges that all forward, announcing the VIP through real BIRD 2 to a router that
-//! spreads flows with ECMP ([`foobar_tests::scalelab`]). New flows reach every edge; long-lived
+//! Scale-out: edges that all forward, announcing an IPv4 VIP (and with BIRD an IPv6 one) through
+//! real BIRD 2 and FRR to a router that spreads flows with ECMP ([`foobar_tests::scalelab`]).
+//! New flows reach every edge; long-lived
 //! transfers survive an edge draining, crashing (link down, processes killed) and joining again,
 //! every byte checked; an announcement follows the node's fitness (data plane detached, every
 //! backend down, stopping) and outlives a restart of foobar and of BIRD.
@@ -29,8 +30,12 @@ fn hops(edges: &[usize]) -> BTreeSet<Ipv4Addr> {
 /// Opens `n` connections to the VIP from the client, one round trip each, and closes them;
 /// returns how many new flows each edge balanced meanwhile.
 fn new_flows_per_edge(lab: &ScaleLab, n: usize) -> Result<Vec<u64>> {
+    new_flows_per_edge_to(lab, lab.vip(), n)
+}
+
+/// [`new_flows_per_edge`] to `vip`.
+fn new_flows_per_edge_to(lab: &ScaleLab, vip: std::net::SocketAddr, n: usize) -> Result<Vec<u64>> {
     let before: Vec<u64> = (0..lab.edges.len()).map(|i| lab.new_flows(i)).collect::<Result<_>>()?;
-    let vip = lab.vip();
     let mut conns = lab
         .client
         .run(move || (0..n).map(|_| EchoClient::connect(vip)).collect::<Result<Vec<_>>>())??;
@@ -62,14 +67,21 @@ fn every_edge_forwards_and_connections_survive_edges_leaving_and_joining() -> Re
         })
     })
     .with_context(|| format!("{:?}", lab.status(2).map(|s| s.announce)))?;
-    // New flows spread over all three edges (an even 5-tuple hash gives each about 40).
+    // New flows spread over all three edges (an even 5-tuple hash gives each about 40), and
+    // IPv6 ones (IPv6-in-IPv6 to the backends) over the two BIRD edges.
     let spread = new_flows_per_edge(&lab, 120)?;
     ensure!(
         spread.iter().all(|n| *n >= 10) && spread.iter().sum::<u64>() >= 120,
         "new flows per edge: {spread:?}"
     );
+    let spread = new_flows_per_edge_to(&lab, lab.vip6(), 80)?;
+    ensure!(
+        spread[0] >= 10 && spread[1] >= 10 && spread[2] == 0,
+        "new IPv6 flows per edge: {spread:?}"
+    );
 
     let transfers = Transfers::start(&lab.client, lab.vip(), 60, Duration::from_millis(20))?;
+    let transfers6 = Transfers::start(&lab.client, lab.vip6(), 30, Duration::from_millis(20))?;
     std::thread::sleep(Duration::from_millis(500));
 
     // Edge 3 drains: its announcement goes, it keeps forwarding what still reaches it, and no
@@ -116,6 +128,8 @@ fn every_edge_forwards_and_connections_survive_edges_leaving_and_joining() -> Re
     // Every transfer moved between edges several times and lost nothing.
     let reports = transfers.finish()?;
     ensure!(reports.len() == 60, "{} transfers reported", reports.len());
+    let reports6 = transfers6.finish().context("the IPv6 transfers")?;
+    ensure!(reports6.len() == 30, "{} IPv6 transfers reported", reports6.len());
     // The crashed edge's flows were black-holed until the router moved them.
     let stalled = reports.iter().map(|r| r.longest_stall).max().unwrap_or_default();
     eprintln!("longest stall of a transfer: {stalled:?}");
@@ -172,6 +186,7 @@ fn announcements_follow_the_node_and_outlive_restarts() -> Result<()> {
     let vip = VIP.to_string();
     for (name, labels, value) in [
         ("foobar_vip_announced", vec![("vip", vip.as_str())], 1.0),
+        ("foobar_vip_announced", vec![("vip", "2001:db8::10")], 1.0),
         ("foobar_vip_announce_faults", vec![("vip", vip.as_str())], 0.0),
         ("foobar_bgp_session_established", vec![("session", "uplink")], 1.0),
         ("foobar_draining", vec![], 0.0),

@@ -223,7 +223,8 @@ fn scale_banner(lab: &ScaleLab) -> Result<String> {
     let mut b = String::new();
     writeln!(
         b,
-        "scale-out lab is up: VIP {VIP}:80 announced by {} edges (namespaces {}-*)",
+        "scale-out lab is up: VIPs {VIP}:80 and [{}]:80 announced by {} edges (namespaces {}-*)",
+        scalelab::V6.vip,
         lab.edges.len(),
         foobar_tests::prefix()
     )?;
@@ -260,8 +261,10 @@ fn scale_banner(lab: &ScaleLab) -> Result<String> {
     let (client, router) = (&lab.client.name, &lab.router.name);
     writeln!(b, "a request (each new connection may cross another edge):")?;
     writeln!(b, "  ip netns exec {client} curl -s http://{VIP}/")?;
-    writeln!(b, "the router's route to the VIP, one next hop per announcing edge:")?;
+    writeln!(b, "  ip netns exec {client} curl -s -g http://[{}]/", scalelab::V6.vip)?;
+    writeln!(b, "the router's routes to the VIPs, one next hop per announcing edge:")?;
     writeln!(b, "  ip netns exec {router} ip route show {VIP}")?;
+    writeln!(b, "  ip netns exec {router} ip -6 route show {}", scalelab::V6.vip)?;
     let foobar = foobar_tests::foobar_bin();
     status_commands(&mut b, (0..lab.edges.len()).map(|i| lab.edge_socket(i)))?;
     let socket = lab.edge_socket(0).display().to_string();
