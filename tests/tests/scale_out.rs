@@ -3,7 +3,8 @@
 //! New flows reach every edge; long-lived
 //! transfers survive an edge draining, crashing (link down, processes killed) and joining again,
 //! every byte checked; an announcement follows the node's fitness (data plane detached, every
-//! backend down, stopping) and outlives a restart of foobar and of BIRD.
+//! backend down, stopping), outlives a restart of foobar and of BIRD, and `foobar detach
+//! --config` removes what a crashed foobar left.
 
 use anyhow::{ensure, Context, Result};
 use foobar::{operate::Operation, track::Fault};
@@ -250,6 +251,25 @@ fn announcements_follow_the_node_and_outlive_restarts() -> Result<()> {
     lab.wait_for_next_hops(&hops(&[0]), Duration::from_secs(3))?;
     lab.start_daemon(1)?;
     lab.wait_for_next_hops(&both, Duration::from_secs(10))?;
+
+    // foobar crashes on edge 2: its announcements stay (the data plane forwards on), and
+    // `foobar detach --config` removes them with the data plane; a new run starts over.
+    lab.edges[1].foobar.take().context("edge 2 runs")?.signal(Signal::SIGKILL)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(lab.next_hops()? == both, "a crashed foobar's announcement went");
+    let (config, pins) = (
+        lab.edge_config(1).display().to_string(),
+        lab.edges[1].pins.path.display().to_string(),
+    );
+    let said = lab.edges[1].ns.exec_direct(
+        &foobar_tests::foobar_bin(),
+        &["detach", "--pin-dir", &pins, "--config", &config],
+    )?;
+    ensure!(said.contains("withdrew 2 announcement(s)"), "{said}");
+    ensure!(lab.table_routes(1)?.trim().is_empty(), "{}", lab.table_routes(1)?);
+    lab.wait_for_next_hops(&hops(&[0]), Duration::from_secs(3))?;
+    lab.start_edge(1)?;
+    lab.wait_for_next_hops(&both, Duration::from_secs(5))?;
 
     // The data plane is detached behind foobar's back: edge 1 withdraws.
     let pin = foobar::dataplane::pin_root(&lab.edges[0].pins.path).join("link_eth0");
