@@ -254,7 +254,11 @@ fn announcements_follow_the_node_and_outlive_restarts() -> Result<()> {
 
     // foobar crashes on edge 2: its announcements stay (the data plane forwards on), and
     // `foobar detach --config` removes them with the data plane; a new run starts over.
-    lab.edges[1].foobar.take().context("edge 2 runs")?.signal(Signal::SIGKILL)?;
+    lab.edges[1]
+        .foobar
+        .take()
+        .context("edge 2 runs")?
+        .signal(Signal::SIGKILL)?;
     std::thread::sleep(Duration::from_millis(300));
     ensure!(lab.next_hops()? == both, "a crashed foobar's announcement went");
     let (config, pins) = (

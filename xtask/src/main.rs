@@ -53,6 +53,9 @@ enum Task {
         /// up, status or down.
         #[arg(value_enum)]
         action: LabAction,
+        /// With up: the scale-out lab with N announcing edges (as `run --edges N`).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=8))]
+        edges: Option<u8>,
     },
     /// Boot a stock Debian kernel under QEMU and run the data-plane suite inside (or, with
     /// --shell, an interactive shell where `cargo xtask run` works with the host's artefacts).
@@ -111,7 +114,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(&root, release),
         Task::Test { args } => test(&root, &args),
         Task::Run { edges, args } => run(&root, edges, &args),
-        Task::Lab { action } => lab(&root, action),
+        Task::Lab { action, edges } => lab(&root, action, edges),
         Task::Vm {
             shell,
             kernel,
@@ -436,8 +439,11 @@ fn lab_pid(dir: &Path) -> Option<i32> {
     Some(pid)
 }
 
-fn lab(root: &Path, action: LabAction) -> Result<()> {
+fn lab(root: &Path, action: LabAction, edges: Option<u8>) -> Result<()> {
     use std::os::unix::process::CommandExt;
+    if edges.is_some() && !matches!(action, LabAction::Up) {
+        bail!("--edges chooses the lab that `lab up` brings up; status and down find it themselves");
+    }
     let dir = PathBuf::from(LAB_STATE);
     let log = dir.join("lab.log");
     let tail = |log: &Path| {
@@ -455,7 +461,9 @@ fn lab(root: &Path, action: LabAction) -> Result<()> {
             let _ = std::fs::remove_file(dir.join("banner"));
             let out = std::fs::File::create(&log)?;
             // Its own process group: a Ctrl-C in this terminal does not reach it.
+            let edges: Vec<String> = edges.map(|n| vec!["--edges".into(), n.to_string()]).unwrap_or_default();
             let mut child = Command::new(bin)
+                .args(&edges)
                 .arg("serve")
                 .arg(&dir)
                 .env("FOOBAR_BIN", root.join("target/release/foobar"))

@@ -231,7 +231,7 @@ fn scale_banner(lab: &ScaleLab) -> Result<String> {
     for edge in &lab.edges {
         writeln!(
             b,
-            "  {} {}: XDP load balancer announcing the VIP through BIRD (kernel table {})",
+            "  {} {}: XDP load balancer announcing the VIPs through BIRD (kernel table {})",
             edge.name,
             edge.addr,
             scalelab::TABLE
