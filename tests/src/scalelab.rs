@@ -290,6 +290,16 @@ impl ScaleLab {
         self.edge_daemons[i].clear();
     }
 
+    /// Stops edge `i`'s BGP daemon as its service manager would (SIGTERM, newest process
+    /// first; FRR's zebra then removes the routes it installed).
+    pub fn stop_daemon_gracefully(&mut self, i: usize) -> Result<()> {
+        while let Some(mut process) = self.edge_daemons[i].pop() {
+            process.signal(nix::sys::signal::Signal::SIGTERM)?;
+            process.wait(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
     /// Edge `i`'s status from its control socket.
     pub fn status(&self, i: usize) -> Result<NodeStatus> {
         foobar::ctl::query(&self.edge_socket(i))

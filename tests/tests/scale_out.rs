@@ -124,6 +124,12 @@ fn every_edge_forwards_and_connections_survive_edges_leaving_and_joining() -> Re
     let answer = foobar::ctl::operate(&lab.edge_socket(2), &Operation::UndrainNode)?;
     ensure!(answer.is_ok(), "{answer:?}");
     lab.wait_for_next_hops(&hops(&[0, 1, 2]), Duration::from_secs(5))?;
+    // A restarted FRR (stopped as systemd stops it) imports the table again and announces
+    // what foobar left there.
+    lab.stop_daemon_gracefully(2)?;
+    lab.wait_for_next_hops(&hops(&[0, 1]), Duration::from_secs(5))?;
+    lab.start_daemon(2)?;
+    lab.wait_for_next_hops(&hops(&[0, 1, 2]), Duration::from_secs(15))?;
     std::thread::sleep(Duration::from_millis(500));
 
     // Every transfer moved between edges several times and lost nothing.
