@@ -116,7 +116,7 @@ pub async fn run(path: &Path) -> Result<()> {
             .with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
         instances.push(Handle::start(i, spec, claims_tx.clone())?);
     }
-    let claimed_now: Vec<String> = if config.vrrp.is_empty() && config.announce.is_none() {
+    let claimed_now: Vec<String> = if dataplane.claims_every_vip() {
         config.services.iter().map(|s| s.vip.get_ref().to_string()).collect()
     } else {
         Vec::new()

@@ -301,6 +301,11 @@ impl Dataplane {
         self.forwarding
     }
 
+    /// Whether it answers ARP / ND for every VIP (no VRRP election, no announcing).
+    pub fn claims_every_vip(&self) -> bool {
+        self.claimed.is_none()
+    }
+
     /// Sets the VIPs this node answers ARP / neighbour solicitations for while forwarding
     /// (None: all of them).
     pub fn set_claimed(&mut self, c: &Config, claimed: Option<HashSet<IpAddr>>) -> Result<()> {

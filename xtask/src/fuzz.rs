@@ -85,8 +85,8 @@ pub fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
             .with_context(|| format!("running the {target} fuzz target"))?;
         let log = String::from_utf8_lossy(&run.stderr);
         if !run.status.success() {
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
             bail!(
                 "fuzz target {target} found a failure ({}); the input is in {}:\n{}",
                 run.status,

@@ -78,6 +78,12 @@ fn timed(lab: &ScaleLab, event: impl FnOnce() -> Result<()>, done: impl Fn() -> 
     })
 }
 
+/// Carries out `op` on the edge listening on `socket`; its refusal is an error.
+fn operate(socket: &std::path::Path, op: Operation) -> Result<()> {
+    foobar::ctl::operate(socket, &op)?.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
 fn hops(edges: &[usize]) -> BTreeSet<Ipv4Addr> {
     edges.iter().map(|i| edge_addr(*i)).collect()
 }
@@ -90,28 +96,22 @@ fn scale_round() -> Result<(Vec<f64>, [Takeover; 3])> {
     let share = |lab: &ScaleLab| busiest_share(&lab.client, lab.vip(), &pins);
     let mut shares = vec![share(&lab)?];
     for drained in [2, 1] {
-        foobar::ctl::operate(&lab.edge_socket(drained), &Operation::DrainNode)?.map_err(anyhow::Error::msg)?;
+        operate(&lab.edge_socket(drained), Operation::DrainNode)?;
         lab.wait_for_next_hops(&hops(&(0..drained).collect::<Vec<_>>()), Duration::from_secs(5))?;
         shares.push(share(&lab)?);
     }
     for edge in [1, 2] {
-        foobar::ctl::operate(&lab.edge_socket(edge), &Operation::UndrainNode)?.map_err(anyhow::Error::msg)?;
+        operate(&lab.edge_socket(edge), Operation::UndrainNode)?;
     }
     lab.wait_for_next_hops(&hops(&[0, 1, 2]), Duration::from_secs(5))?;
     let drain = timed(
         &lab,
-        || {
-            foobar::ctl::operate(&lab.edge_socket(2), &Operation::DrainNode)?.map_err(anyhow::Error::msg)?;
-            Ok(())
-        },
+        || operate(&lab.edge_socket(2), Operation::DrainNode),
         || lab.next_hops().is_ok_and(|h| h == hops(&[0, 1])),
     )?;
     let join = timed(
         &lab,
-        || {
-            foobar::ctl::operate(&lab.edge_socket(2), &Operation::UndrainNode)?.map_err(anyhow::Error::msg)?;
-            Ok(())
-        },
+        || operate(&lab.edge_socket(2), Operation::UndrainNode),
         || lab.next_hops().is_ok_and(|h| h == hops(&[0, 1, 2])),
     )?;
     let foobar = lab.edges[1].foobar.take().context("edge 2 runs")?;
@@ -150,10 +150,7 @@ fn vrrp_round() -> Result<(f64, [Takeover; 3])> {
     let lab = LbLab::build(LabSpec::pair(3, true, false))?;
     let pins: Vec<&std::path::Path> = lab.edges.iter().map(|e| e.pins.path.as_path()).collect();
     let share = busiest_share(&lab.client, lab.vip(), &pins)?;
-    let op = |op: Operation| -> Result<()> {
-        foobar::ctl::operate(&lab.edge_socket(0), &op)?.map_err(anyhow::Error::msg)?;
-        Ok(())
-    };
+    let op = |op: Operation| operate(&lab.edge_socket(0), op);
     let step_down = measure(
         &lab.client,
         lab.vip(),
