@@ -823,6 +823,49 @@ track_services = ["web"]
 "#;
 
     #[test]
+    fn failover_needs_three_servers_and_an_absolute_replication_login() {
+        let text = r#"
+[node]
+name = "a"
+interfaces = ["eth0"]
+
+[[database]]
+name = "main"
+address = "10.0.0.1"
+servers = ["10.0.0.11:3306", "10.0.0.12:3306"]
+credentials = "/etc/foobar/monitor.toml"
+
+[database.failover]
+replication_credentials = "repl.toml"
+after_ms = 0
+"#;
+        let reasons: Vec<String> = problems(text)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.line, p.reason))
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("7: ") && reasons[0].contains("after_ms and catch_up_timeout_ms must be positive"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("9: ") && reasons[1].contains("at least three servers"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].starts_with("13: ") && reasons[2].contains("absolute path"),
+            "{reasons:?}"
+        );
+        let fine = text
+            .replace("\"10.0.0.12:3306\"]", "\"10.0.0.12:3306\", \"10.0.0.13:3306\"]")
+            .replace("\"repl.toml\"", "\"/etc/foobar/repl.toml\"")
+            .replace("after_ms = 0", "rejoin = true");
+        let c = parse(&fine).unwrap();
+        let f = c.databases[0].failover.as_ref().unwrap();
+        assert!(f.rejoin && !f.semi_sync && f.after_ms == 5000 && f.catch_up_timeout_ms == 30_000);
+    }
+
+    #[test]
     fn vrrp_instances_parse_with_defaults() {
         let c = parse(&format!("{GOOD}{VRRP}")).expect("valid");
         let v = &c.vrrp[0];

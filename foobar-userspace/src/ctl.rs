@@ -229,11 +229,12 @@ pub fn query(path: &Path) -> Result<NodeStatus> {
 
 /// Asks the daemon listening on `path` to carry out `op`; Ok(what it did) or Err(why not).
 pub fn operate(path: &Path, op: &Operation) -> Result<Answer> {
-    let reply = request(
-        path,
-        &format!("op {}", serde_json::to_string(op)?),
-        Duration::from_secs(10),
-    )?;
+    // A switchover waits for a replica to catch up (`catch_up_timeout_ms`).
+    let limit = match op {
+        Operation::Switchover { .. } => RELOAD_TIMEOUT * 2,
+        _ => Duration::from_secs(10),
+    };
+    let reply = request(path, &format!("op {}", serde_json::to_string(op)?), limit)?;
     serde_json::from_str(&reply).context("reading the daemon's answer")
 }
 
@@ -377,6 +378,15 @@ pub fn print(s: &NodeStatus) {
             d.refused_read_only,
             d.timed_out
         );
+        if let Some(f) = &d.failover {
+            println!("  failover: {}", f.summary(d.servers.len()));
+            if let Some(why) = &f.waiting {
+                println!("  failover waits: {why}");
+            }
+            for e in f.events.iter().rev().take(5).rev() {
+                println!("  {} {}", ago(e.at_ms), e.what);
+            }
+        }
         for server in &d.servers {
             let st = &server.state;
             // A server that is down stands out, as a VRRP state does.
@@ -387,6 +397,11 @@ pub fn print(s: &NodeStatus) {
             };
             let lag = st.lag_text().map(|l| format!(", {l}")).unwrap_or_default();
             let error = st.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            let lag = if st.gtid_current_pos.is_empty() {
+                lag
+            } else {
+                format!("{lag}, gtid {}", st.gtid_current_pos)
+            };
             println!(
                 "    {} {role}{lag}{error}: {} open, {} total, {} connect failures, {} closed by the router",
                 server.address, server.active, server.total, server.connect_failures, server.closed_by_router
@@ -395,11 +410,16 @@ pub fn print(s: &NodeStatus) {
     }
 }
 
-/// Prints the announcements and BGP sessions for people.
-fn print_announcements(a: &AnnounceStatus) {
+/// How long ago a time in ms since the Unix epoch was: `3.2 s ago`.
+fn ago(unix_ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    format!("{:.1} s ago", now.saturating_sub(unix_ms) as f64 / 1000.0)
+}
+
+/// Prints the announcements and BGP sessions for people.
+fn print_announcements(a: &AnnounceStatus) {
     println!(
         "announcing through kernel table {}{}",
         a.table,
@@ -410,12 +430,12 @@ fn print_announcements(a: &AnnounceStatus) {
         }
     );
     for v in &a.vips {
-        let ago = now.saturating_sub(v.since_unix_ms) as f64 / 1000.0;
+        let ago = ago(v.since_unix_ms);
         let why: Vec<String> = v.faults.iter().map(ToString::to_string).collect();
         if v.announced {
-            println!("    VIP {} announced since {ago:.1} s ago", v.vip);
+            println!("    VIP {} announced since {ago}", v.vip);
         } else {
-            println!("    VIP {} WITHDRAWN since {ago:.1} s ago: {}", v.vip, why.join("; "));
+            println!("    VIP {} WITHDRAWN since {ago}: {}", v.vip, why.join("; "));
         }
     }
     if let Some(e) = &a.table_error {

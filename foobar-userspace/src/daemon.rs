@@ -224,6 +224,19 @@ pub async fn run(path: &Path) -> Result<()> {
                 owners.track(&config, &health, &overrides, &mut dataplane);
             }
             Some((op, reply)) = operations_rx.recv() => {
+                if let Operation::Switchover { database, to } = op {
+                    // It takes seconds: its own task answers, the loop goes on.
+                    let switchover = databases.switchover(&database, to);
+                    tokio::spawn(async move {
+                        let answer = switchover.await;
+                        match &answer {
+                            Ok(done) => info!("{done}"),
+                            Err(why) => warn!(database, "switchover refused: {why}"),
+                        }
+                        let _ = reply.send(answer);
+                    });
+                    continue;
+                }
                 let answer = operate::apply(
                     &op,
                     &config,

@@ -84,6 +84,15 @@ enum Command {
         #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
         socket: PathBuf,
     },
+    /// Database operations on the running daemon: a planned switchover to another primary.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: DbAction,
+        /// The daemon's control socket (`[node] control_socket`).
+        #[arg(long, default_value = "/run/foobar/control.sock", global = true)]
+        socket: PathBuf,
+    },
     /// Drain the node (kept on reload, forgotten on restart): with `[announce]`, withdraw every
     /// VIP's announcement and keep forwarding what the routers still send; with VRRP, step
     /// every instance down. The node stays up and drained until `foobar undrain`.
@@ -172,6 +181,20 @@ enum UpstreamAction {
         upstream: String,
         /// The server, as the pool names it (address:port).
         server: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Move the primary without losing a write: the primary goes read-only, the target
+    /// applies everything, is promoted, and the others replicate from it; prints the write
+    /// pause. Run it on the edge that acts for the cluster (`foobar status` says which).
+    Switchover {
+        /// The `[[database]]` name.
+        database: String,
+        /// The replica to promote (address:port); by default the one that received the most.
+        #[arg(long)]
+        to: Option<SocketAddr>,
     },
 }
 
@@ -277,6 +300,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 VrrpAction::Resume { instance } => Operation::Resume { instance },
             };
             return operate(&socket, &op);
+        }
+        Command::Db { action, socket } => {
+            let DbAction::Switchover { database, to } = action;
+            return operate(&socket, &Operation::Switchover { database, to });
         }
         Command::Drain { socket } => return operate(&socket, &Operation::DrainNode),
         Command::Undrain { socket } => return operate(&socket, &Operation::UndrainNode),

@@ -461,8 +461,35 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         Kind::Counter,
         "Client connections refused over max_client_connections or max_connections_per_client.",
     );
+    let mut acting = gauge(
+        "failover_acting",
+        "1 while this edge acts for the cluster's failover (it holds the lock on a majority of servers).",
+    );
+    let mut failover_steps = counter(
+        "failover_steps",
+        "Failover steps taken by this edge, by kind: failover, switchover, fence, repoint, failed.",
+    );
+    let mut pause = gauge(
+        "switchover_write_pause_seconds",
+        "How long writes paused in the last switchover this edge carried out.",
+    );
     for d in &status.databases {
         over_limit.sample(&[("database", &d.name)], d.refused_over_limit as f64);
+        if let Some(f) = &d.failover {
+            acting.sample(&[("database", &d.name)], f64::from(u8::from(f.acting)));
+            for (kind, n) in [
+                ("failover", f.failovers),
+                ("switchover", f.switchovers),
+                ("fence", f.fenced),
+                ("repoint", f.repointed),
+                ("failed", f.failed_steps),
+            ] {
+                failover_steps.sample(&[("database", &d.name), ("kind", kind)], n as f64);
+            }
+            if let Some(ms) = f.last_write_pause_ms {
+                pause.sample(&[("database", &d.name)], ms as f64 / 1000.0);
+            }
+        }
         for s in &d.servers {
             let labels = [("database", d.name.as_str()), ("server", s.address.as_str())];
             let is_primary = d.primary.as_deref() == Some(s.address.as_str());
@@ -488,7 +515,20 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         timed_out.sample(&[("database", &d.name)], d.timed_out as f64);
     }
     vec![
-        up, primary, read_only, lag, open, total, failures, closed, refused, timed_out, over_limit,
+        up,
+        primary,
+        read_only,
+        lag,
+        open,
+        total,
+        failures,
+        closed,
+        refused,
+        timed_out,
+        over_limit,
+        acting,
+        failover_steps,
+        pause,
     ]
 }
 

@@ -4,6 +4,8 @@
 //! the server, refuses with a MySQL error packet when none qualifies, and closes connections
 //! to a server that went down or stopped being the primary so application pools reconnect.
 
+pub mod failover;
+pub mod gtid;
 pub mod monitor;
 pub mod route;
 
@@ -15,9 +17,11 @@ use crate::{
 };
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
+use failover::FailoverStatus;
 use monitor::{Credentials, ServerState};
 use serde::{Deserialize, Serialize};
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -25,7 +29,13 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch, task::JoinSet, time::timeout};
+use tokio::{
+    io::AsyncWriteExt,
+    net::TcpStream,
+    sync::{mpsc, oneshot, watch},
+    task::JoinSet,
+    time::{timeout, Instant},
+};
 use tracing::{debug, info, warn};
 
 /// Relay buffer per direction: large enough that a result set moves in few system calls.
@@ -64,6 +74,10 @@ struct Cluster {
     admission: Arc<Admission>,
     /// Connections refused for a cap.
     over_limit: AtomicU64,
+    /// Bumped whenever the primary changes: held write connections wait on it.
+    primary_changes: watch::Sender<u64>,
+    /// Automatic failover and switchover, when configured.
+    failover: Option<failover::Shared>,
 }
 
 /// Per-server connection counters.
@@ -95,6 +109,9 @@ pub struct DatabaseStatus {
     /// Connections refused over `max_client_connections` or `max_connections_per_client`.
     #[serde(default)]
     pub refused_over_limit: u64,
+    /// Automatic failover and switchover, when configured.
+    #[serde(default)]
+    pub failover: Option<FailoverStatus>,
 }
 
 /// One server's state and counters.
@@ -126,7 +143,8 @@ impl DatabaseRouter {
         let pool = Workers::start("db", 0, Duration::from_millis(drain))?;
         for db in databases {
             let name = db.name.get_ref();
-            let credentials = credentials_of(db)?;
+            let (credentials, replication) = credentials_of(db)?;
+            let (requests_tx, requests) = mpsc::channel(4);
             let servers = db.servers.get_ref();
             let (view_tx, view) = watch::channel(vec![ServerState::default(); servers.len()]);
             let cluster = Arc::new(Cluster {
@@ -147,6 +165,12 @@ impl DatabaseRouter {
                     ipv6_prefix_len: 64,
                 }),
                 over_limit: AtomicU64::new(0),
+                primary_changes: watch::channel(0).0,
+                failover: replication.map(|replication| failover::Shared {
+                    status: Mutex::new(FailoverStatus::default()),
+                    replication: ArcSwap::from_pointee(replication),
+                    requests: requests_tx,
+                }),
             });
             for (role, addr) in db.listeners() {
                 let cluster = cluster.clone();
@@ -156,6 +180,10 @@ impl DatabaseRouter {
             }
             monitor::spawn(&mut monitors, db, cluster.credentials.clone(), &view_tx, &stopping);
             tasks.spawn(follow(cluster.clone(), view_tx));
+            if let Some(settings) = &db.failover {
+                let coordinator = failover::Coordinator::new(cluster.clone(), settings.clone());
+                monitors.spawn(coordinator.run(requests, stopping.clone()));
+            }
             info!(database = name, listeners = ?db.listeners(), "database routing started");
             clusters.push(cluster);
         }
@@ -168,15 +196,50 @@ impl DatabaseRouter {
         })
     }
 
-    /// Reads the monitor credentials of every cluster again without using them yet.
-    pub fn prepare_credentials(&self, databases: &[Database]) -> Result<Vec<Credentials>> {
+    /// Reads the monitor (and replication) credentials of every cluster again without using
+    /// them yet.
+    pub fn prepare_credentials(&self, databases: &[Database]) -> Result<Vec<ClusterCredentials>> {
         databases.iter().map(credentials_of).collect()
     }
 
-    /// Makes prepared credentials the ones the next monitor login uses.
-    pub fn commit_credentials(&self, credentials: Vec<Credentials>) {
-        for (cluster, credentials) in self.clusters.iter().zip(credentials) {
-            cluster.credentials.store(Arc::new(credentials));
+    /// Makes prepared credentials the ones the next logins use.
+    pub fn commit_credentials(&self, credentials: Vec<ClusterCredentials>) {
+        for (cluster, (monitor, replication)) in self.clusters.iter().zip(credentials) {
+            cluster.credentials.store(Arc::new(monitor));
+            if let (Some(shared), Some(replication)) = (&cluster.failover, replication) {
+                shared.replication.store(Arc::new(replication));
+            }
+        }
+    }
+
+    /// A planned switchover of `database` to `to` (None: the replica that received the most),
+    /// carried out by its failover coordinator; what happened, or why not.
+    pub fn switchover(
+        &self,
+        database: &str,
+        to: Option<SocketAddr>,
+    ) -> impl Future<Output = Result<String, String>> + Send + 'static {
+        let requests = match self.clusters.iter().find(|c| c.config.name.get_ref() == database) {
+            None => {
+                let names: Vec<&str> = self.clusters.iter().map(|c| c.config.name.get_ref().as_str()).collect();
+                Err(format!("no database {database:?} (databases: {})", names.join(", ")))
+            }
+            Some(c) => c
+                .failover
+                .as_ref()
+                .map(|f| f.requests.clone())
+                .ok_or_else(|| format!("database {database} has no [database.failover]")),
+        };
+        async move {
+            let requests = requests?;
+            let (reply, answer) = oneshot::channel();
+            requests
+                .send((to, reply))
+                .await
+                .map_err(|_| "the failover coordinator stopped".to_owned())?;
+            answer
+                .await
+                .map_err(|_| "the failover coordinator dropped the switchover".to_owned())?
         }
     }
 
@@ -238,6 +301,10 @@ impl Cluster {
             refused_read_only: self.refused[1].load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
             refused_over_limit: self.over_limit.load(Ordering::Relaxed),
+            failover: self
+                .failover
+                .as_ref()
+                .and_then(|f| f.status.lock().ok().map(|s| s.clone())),
         }
     }
 
@@ -337,7 +404,7 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
         let changed = match cluster.primary.lock() {
             Ok(mut primary) => {
                 let old = *primary;
-                *primary = route::primary(&now, old);
+                *primary = route::primary(&now, addresses, old);
                 (old != *primary).then_some((old, *primary))
             }
             Err(_) => None,
@@ -348,6 +415,7 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
                     .map_or("none".into(), |a| a.to_string())
             };
             info!(database = name, from = show(old), to = show(new), "primary changed");
+            cluster.primary_changes.send_modify(|generation| *generation += 1);
             if let Some(old) = old {
                 cluster.close(old, Role::ReadWrite, "no longer the primary");
             }
@@ -360,9 +428,20 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
     }
 }
 
-/// The monitor credentials of a cluster, read from its file.
-fn credentials_of(db: &Database) -> Result<Credentials> {
-    Credentials::load(db.credentials.get_ref()).with_context(|| format!("database {}", db.name.get_ref()))
+/// A cluster's monitor login, and its replication login when it fails over.
+pub type ClusterCredentials = (Credentials, Option<Credentials>);
+
+/// The credentials of a cluster, read from their files.
+fn credentials_of(db: &Database) -> Result<ClusterCredentials> {
+    let context = || format!("database {}", db.name.get_ref());
+    let monitor = Credentials::load(db.credentials.get_ref()).with_context(context)?;
+    let replication = db
+        .failover
+        .as_ref()
+        .map(|f| failover::replication_credentials(f.replication_credentials.get_ref()))
+        .transpose()
+        .with_context(context)?;
+    Ok((monitor, replication))
 }
 
 /// Relays one client connection to the server chosen for it, or refuses it.
@@ -375,10 +454,18 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
         return;
     };
     let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
+    let hold_until = Instant::now() + Duration::from_millis(cluster.config.hold_writes_ms);
     let mut tried = Vec::new();
     let (mut server, mut lease) = loop {
+        let mut primary_changed = cluster.primary_changes.subscribe();
         let lease = match cluster.lease(role, &tried) {
             Ok(lease) => lease,
+            Err(_) if role == Role::ReadWrite && tried.is_empty() && Instant::now() < hold_until => {
+                // No primary yet (a switchover's pause, a failover's promotion): hold the
+                // client until one appears or the hold runs out.
+                let _ = tokio::time::timeout_at(hold_until, primary_changed.changed()).await;
+                continue;
+            }
             Err(why) => {
                 cluster.refused[role.index()].fetch_add(1, Ordering::Relaxed);
                 let name = cluster.config.name.get_ref();

@@ -76,6 +76,14 @@ pub enum Operation {
     DrainNode,
     /// Undoes a node drain.
     UndrainNode,
+    /// A planned switchover of a database cluster to another primary (carried out by the
+    /// cluster's failover coordinator, not by [`apply`]).
+    Switchover {
+        /// The `[[database]]` name.
+        database: String,
+        /// The replica to promote; None: the one that received the most.
+        to: Option<SocketAddr>,
+    },
 }
 
 impl fmt::Display for Operation {
@@ -92,6 +100,8 @@ impl fmt::Display for Operation {
             Operation::Resume { instance } => write!(f, "resume vrrp instance {instance}"),
             Operation::DrainNode => write!(f, "drain the node"),
             Operation::UndrainNode => write!(f, "undrain the node"),
+            Operation::Switchover { database, to: Some(to) } => write!(f, "switch database {database} over to {to}"),
+            Operation::Switchover { database, to: None } => write!(f, "switch database {database} over"),
         }
     }
 }
@@ -219,6 +229,7 @@ pub fn apply(
                 (false, false) => "the node was not draining".into(),
             })
         }
+        Operation::Switchover { .. } => Err("a switchover is the database router's to carry out".into()),
     }
 }
 

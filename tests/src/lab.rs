@@ -312,7 +312,7 @@ impl LbLab {
                 .enumerate()
                 .map(|(i, ns)| (ns, database_addr(i).to_string()))
                 .collect();
-            databases = mariadb::cluster(&scratch.path, &hosts)?;
+            databases = mariadb::cluster(&scratch.path, &hosts, false)?;
             mariadb::write_credentials(&scratch.file("monitor.toml"), mariadb::MONITOR_USER.1, 0o600)?;
         }
         let mut app = None;

@@ -26,13 +26,15 @@ pub struct MariaDb {
     dir: PathBuf,
     /// Started with `--read-only` (a replica's setting survives restarts).
     read_only: bool,
+    /// Semi-synchronous replication, both sides, enabled at start.
+    semi_sync: bool,
     process: Option<ChildGuard>,
 }
 
 impl MariaDb {
     /// Copies the data directory `template` (made by [`install`]) under `dir`, makes a TLS
     /// certificate, and starts the server in `ns` on `addr:3306`.
-    pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path) -> Result<Self> {
+    pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path, semi_sync: bool) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let data = dir.join("data");
         crate::sh(&["cp", "-a", &template.display().to_string(), &data.display().to_string()])?;
@@ -43,6 +45,7 @@ impl MariaDb {
             server_id,
             dir: dir.to_owned(),
             read_only: false,
+            semi_sync,
             process: None,
         };
         server.run(ns)?;
@@ -82,6 +85,13 @@ impl MariaDb {
             "--performance-schema=0".into(),
             "--max-connect-errors=10".into(),
             format!("--read-only={}", u8::from(self.read_only)),
+            // The primary side on the primary alone: a replica with it on waits for
+            // acknowledgements when it applies (foobar moves it on failover).
+            format!(
+                "--rpl-semi-sync-master-enabled={}",
+                u8::from(self.semi_sync && !self.read_only)
+            ),
+            format!("--rpl-semi-sync-slave-enabled={}", u8::from(self.semi_sync)),
             format!("--ssl-cert={}", self.dir.join("tls.crt").display()),
             format!("--ssl-key={}", self.dir.join("tls.key").display()),
         ];
@@ -113,9 +123,16 @@ impl MariaDb {
 
     /// Runs SQL as root over the Unix socket; the rows as tab-separated lines.
     pub fn sql(&self, statements: &str) -> Result<String> {
+        self.sql_as(&["-N", "-B"], statements)
+    }
+
+    /// Runs SQL as root with the client options `format`; its output.
+    fn sql_as(&self, format: &[&str], statements: &str) -> Result<String> {
         let out = Command::new("mariadb")
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "-N", "-B", "-e", statements])
+            .arg("-uroot")
+            .args(format)
+            .args(["-e", statements])
             .output()
             .context("running mariadb")?;
         if !out.status.success() {
@@ -129,6 +146,17 @@ impl MariaDb {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Its replication status (`SHOW SLAVE STATUS`) by column; empty when it replicates from
+    /// nobody.
+    pub fn replica_status(&self) -> Result<std::collections::HashMap<String, String>> {
+        let text = self.sql_as(&["--vertical"], "SHOW SLAVE STATUS")?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
     /// Makes this server the primary of a fresh cluster: the replication, monitor and
     /// application users and the `appdb.t` table.
     pub fn init_primary(&self) -> Result<()> {
@@ -138,7 +166,7 @@ impl MariaDb {
             "CREATE USER 'repl'@'%' IDENTIFIED BY '{REPL_PASSWORD}';
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
              CREATE USER '{mon}'@'%' IDENTIFIED BY '{mon_pw}';
-             GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{mon}'@'%';
+             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, RELOAD ON *.* TO '{mon}'@'%';
              CREATE DATABASE appdb;
              CREATE TABLE appdb.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
              CREATE TABLE appdb.visits (id INT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
@@ -152,7 +180,7 @@ impl MariaDb {
     pub fn replicate_from(&mut self, primary: &MariaDb) -> Result<()> {
         self.read_only = true;
         self.sql(&format!(
-            "SET GLOBAL read_only = 1;
+            "SET GLOBAL read_only = 1; SET GLOBAL rpl_semi_sync_master_enabled = 0;
              CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = 3306, MASTER_USER = 'repl',
                MASTER_PASSWORD = '{REPL_PASSWORD}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;
              START SLAVE;",
@@ -182,13 +210,13 @@ pub fn install(data: &Path) -> Result<()> {
 /// Starts a primary in `namespaces[0]` and GTID replicas of it in the others (server ids 1, 2,
 /// ...; data directories under `dir`), with the lab's users, and waits until the replicas
 /// have copied the primary.
-pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)]) -> Result<Vec<MariaDb>> {
+pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)], semi_sync: bool) -> Result<Vec<MariaDb>> {
     let template = dir.join("mariadb-template");
     install(&template)?;
     let mut servers = Vec::new();
     for (i, (ns, addr)) in namespaces.iter().enumerate() {
         let data = dir.join(format!("db{}", i + 1));
-        servers.push(MariaDb::start(ns, &data, addr, i as u32 + 1, &template)?);
+        servers.push(MariaDb::start(ns, &data, addr, i as u32 + 1, &template, semi_sync)?);
     }
     let (primary, replicas) = servers.split_first_mut().context("a cluster needs a server")?;
     primary.init_primary()?;
@@ -205,11 +233,13 @@ pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)]) -> Result<Vec<MariaD
 
 /// Writes a monitor credentials file for [`MONITOR_USER`] with `password`, file mode `mode`.
 pub fn write_credentials(path: &Path, password: &str, mode: u32) -> Result<()> {
+    write_login(path, MONITOR_USER.0, password, mode)
+}
+
+/// Writes a credentials file (`user`, `password`) with file mode `mode`.
+pub fn write_login(path: &Path, user: &str, password: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(
-        path,
-        format!("user = \"{}\"\npassword = \"{password}\"\n", MONITOR_USER.0),
-    )?;
+    std::fs::write(path, format!("user = \"{user}\"\npassword = \"{password}\"\n"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }

@@ -198,7 +198,11 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
     // Credentials others could read are refused before anything starts.
     lab.write_credentials(MONITOR_USER.1, 0o644)?;
     let config = lab.config().display().to_string();
-    let out = foobar_tests::foobar_refuses(&lab.router_ns, &["run", "--config", &config], Duration::from_secs(10))?;
+    let out = foobar_tests::foobar_refuses(
+        &lab.routers[0].ns,
+        &["run", "--config", &config],
+        Duration::from_secs(10),
+    )?;
     ensure!(
         out.contains("must not be accessible to group or others (mode 644)"),
         "{out}"
@@ -227,7 +231,10 @@ fn an_unreachable_cluster_at_startup_and_bad_monitor_credentials() -> Result<()>
         let conn = runtime.block_on(connect(MAIN.0));
         conn.map(|c| (runtime, c))
     })??;
-    let mut router = lab.router.take().ok_or_else(|| anyhow::anyhow!("no router"))?;
+    let mut router = lab.routers[0]
+        .process
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no router"))?;
     router.signal(nix::sys::signal::Signal::SIGTERM)?;
     let mut out = String::new();
     wait_until(Duration::from_secs(3), "the listeners to close", || {

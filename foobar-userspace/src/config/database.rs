@@ -64,9 +64,53 @@ pub struct Database {
     /// keep it above the applications' pool idle times).
     #[serde(default)]
     pub idle_timeout_ms: u64,
+    /// A new read-write connection that finds no primary waits this long for one before it is
+    /// refused, ms (0: refused at once). It rides out a switchover's write pause and the
+    /// promotion after a failover.
+    #[serde(default)]
+    pub hold_writes_ms: u64,
     /// How the servers are watched.
     #[serde(default)]
     pub monitor: Monitor,
+    /// Automatic failover and planned switchover; absent: a person promotes replicas.
+    #[serde(default)]
+    pub failover: Option<Failover>,
+}
+
+/// `[database.failover]`: promote the most advanced replica when the primary is gone, fence a
+/// returning old primary, and switch over on request. One edge acts for the cluster: the one
+/// holding a named lock (`GET_LOCK`) on a majority of its servers.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// The primary must have been down this long, as the monitor sees it, before a replica is
+    /// promoted, ms; and no replica may still be receiving from it.
+    #[serde(default = "default_failover_after_ms")]
+    pub after_ms: u64,
+    /// File with the replication user and password (TOML, as `credentials`) that replicas
+    /// pointed at a new primary log in with; mode 600.
+    pub replication_credentials: Spanned<PathBuf>,
+    /// A returning old primary whose transactions are all in the new primary's history
+    /// rejoins as its replica; otherwise it stays read-only and out of service.
+    #[serde(default)]
+    pub rejoin: bool,
+    /// How long a replica being promoted may take to apply what it has received, ms.
+    #[serde(default = "default_catch_up_timeout_ms")]
+    pub catch_up_timeout_ms: u64,
+    /// The cluster uses MariaDB's semi-synchronous replication: foobar keeps its primary side
+    /// (`rpl_semi_sync_master_enabled`) on the primary alone, turning it on on a server it
+    /// promotes and off on servers it makes replicas (a replica with it on stalls applying,
+    /// waiting for acknowledgements from replicas it does not have).
+    #[serde(default)]
+    pub semi_sync: bool,
+}
+
+fn default_failover_after_ms() -> u64 {
+    5000
+}
+
+fn default_catch_up_timeout_ms() -> u64 {
+    30_000
 }
 
 impl Database {
@@ -233,6 +277,28 @@ pub(super) fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)
         }
         if !db.credentials.get_ref().is_absolute() {
             report(&db.credentials.span(), "credentials must be an absolute path".into());
+        }
+        if let Some(f) = &db.failover {
+            if servers.len() < 3 {
+                report(
+                    &db.servers.span(),
+                    format!(
+                        "database {name:?}: [database.failover] needs at least three servers (the acting edge holds a lock on a majority of them; with two, a dead primary leaves no majority)"
+                    ),
+                );
+            }
+            if !f.replication_credentials.get_ref().is_absolute() {
+                report(
+                    &f.replication_credentials.span(),
+                    "replication_credentials must be an absolute path".into(),
+                );
+            }
+            if f.after_ms == 0 || f.catch_up_timeout_ms == 0 {
+                report(
+                    &db.name.span(),
+                    format!("database {name:?}: failover after_ms and catch_up_timeout_ms must be positive"),
+                );
+            }
         }
         let m = &db.monitor;
         if m.interval_ms == 0 || m.timeout_ms == 0 || m.rise == 0 || m.fall == 0 || db.connect_timeout_ms == 0 {

@@ -67,6 +67,12 @@ pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
         if let Err(e) = Credentials::load(db.credentials.get_ref()) {
             report(&db.credentials.span(), format!("{e:#}"));
         }
+        if let Some(f) = &db.failover {
+            let path = f.replication_credentials.get_ref();
+            if let Err(e) = crate::mysql::failover::replication_credentials(path) {
+                report(&f.replication_credentials.span(), format!("{e:#}"));
+            }
+        }
     }
     for svc in &c.services {
         if let (CheckKind::Mysql, Some(path)) = (svc.health.kind, &svc.health.credentials) {

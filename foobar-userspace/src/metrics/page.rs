@@ -201,6 +201,21 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
             );
         }
         html.push_str("</table>");
+        if let Some(f) = &d.failover {
+            let _ = write!(
+                html,
+                r#"<p class="failover">Failover: {}{}</p><ul class="failover-events">"#,
+                esc(&f.summary(d.servers.len())),
+                f.waiting
+                    .as_deref()
+                    .map(|w| format!("; waiting: {}", esc(w)))
+                    .unwrap_or_default()
+            );
+            for e in f.events.iter().rev().take(5) {
+                let _ = write!(html, "<li>{}</li>", esc(&e.what));
+            }
+            html.push_str("</ul>");
+        }
     }
     html.push_str("</section>\n</body></html>\n");
     html

@@ -3,6 +3,7 @@
 //! never probes with a bare handshake: MySQL counts those as aborted connects and ends up
 //! blocking the router's host, while each full login resets that count.
 
+use super::gtid::Gtids;
 use crate::{
     config::database::{Database, Monitor},
     health::{ProbeError, RiseFall},
@@ -47,6 +48,11 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// The password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// Reads a credentials file, refusing one that group or others could read or write.
     pub fn load(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
@@ -83,6 +89,35 @@ pub struct ServerState {
     pub lag: Lag,
     /// Why the last check failed, if it did.
     pub last_error: Option<String>,
+    /// `@@gtid_current_pos` at the last passed check: the last transaction per domain the
+    /// server holds (MariaDB; empty elsewhere). Kept while the server is down: where it stopped.
+    #[serde(default)]
+    pub gtid_current_pos: Gtids,
+    /// `@@gtid_binlog_state` at the last passed check: its binary log's history, the last
+    /// transaction per domain and originating server.
+    #[serde(default)]
+    pub gtid_binlog_state: Gtids,
+    /// Whom it replicates from, at the last passed check (None: nobody).
+    #[serde(default)]
+    pub replication: Option<Replication>,
+}
+
+/// A replica's link to its primary, from its replication status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    /// The primary it replicates from, `Master_Host:Master_Port`.
+    pub source: String,
+    /// Its receiver is connected to that primary (`Slave_IO_Running` is `Yes`).
+    pub receiving: bool,
+    /// What it received (`Gtid_IO_Pos`; MariaDB).
+    pub received: Gtids,
+}
+
+impl Replication {
+    /// Whether it replicates from `server`.
+    pub fn follows(&self, server: SocketAddr) -> bool {
+        self.source.parse::<SocketAddr>().is_ok_and(|s| s == server)
+    }
 }
 
 /// A server's replication lag as its replication status tells it.
@@ -137,10 +172,13 @@ impl ServerState {
 }
 
 /// One passed check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Reading {
     read_only: bool,
     lag: Lag,
+    gtid_current_pos: Gtids,
+    gtid_binlog_state: Gtids,
+    replication: Option<Replication>,
 }
 
 /// Starts one monitor task per server of `db` in `tasks`; they publish into `view` (one entry
@@ -178,6 +216,7 @@ async fn watch_server(
     let mut probe = Probe {
         addr,
         conn: None,
+        mariadb: false,
         legacy_status: false,
         last_lag_s: None,
     };
@@ -223,6 +262,9 @@ async fn watch_server(
                     next.read_only = r.read_only;
                     next.lag = r.lag;
                     next.last_error = None;
+                    next.gtid_current_pos = r.gtid_current_pos.clone();
+                    next.gtid_binlog_state = r.gtid_binlog_state.clone();
+                    next.replication = r.replication.clone();
                 }
                 Err(reason) => next.last_error = Some(reason.to_string()),
             }
@@ -238,6 +280,8 @@ struct Probe {
     addr: SocketAddr,
     /// The logged-in connection and when it logged in.
     conn: Option<(Conn, Instant)>,
+    /// The server is MariaDB (it has its GTIDs), as its version said at login.
+    mariadb: bool,
     /// The server does not know `SHOW REPLICA STATUS` (MySQL before 8.0.22): use the old name.
     legacy_status: bool,
     /// The lag last measured, for [`Lag::Disconnected`].
@@ -253,7 +297,13 @@ impl Probe {
                     // A clean quit: the server counts nothing against this host.
                     let _ = old.disconnect().await;
                 }
-                (login(self.addr, creds).await?, Instant::now())
+                let mut conn = login(self.addr, creds).await?;
+                let version: Option<String> = conn
+                    .query_first("SELECT @@version")
+                    .await
+                    .map_err(|e| ProbeError::Mysql(format!("SELECT @@version: {e}")))?;
+                self.mariadb = version.is_some_and(|v| v.contains("MariaDB"));
+                (conn, Instant::now())
             }
         };
         let reading = self.ask(&mut conn).await?;
@@ -267,6 +317,16 @@ impl Probe {
             .await
             .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.read_only: {e}")))?;
         let read_only = row.is_some_and(|(_, ro)| ro != 0);
+        let (gtid_current_pos, gtid_binlog_state) = if self.mariadb {
+            let gtids: Option<(String, String)> = conn
+                .query_first("SELECT @@global.gtid_current_pos, @@global.gtid_binlog_state")
+                .await
+                .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.gtid_current_pos: {e}")))?;
+            let (current, state) = gtids.unwrap_or_default();
+            (gtids_of(&current)?, gtids_of(&state)?)
+        } else {
+            Default::default()
+        };
         let rows: Vec<Row> = loop {
             let statement = if self.legacy_status {
                 "SHOW SLAVE STATUS"
@@ -281,8 +341,20 @@ impl Probe {
                 Err(e) => return Err(ProbeError::Mysql(format!("{statement}: {e}"))),
             }
         };
-        // Several rows with multi-source replication: the worst one counts.
+        // Several rows with multi-source replication: the worst one counts, and the default
+        // connection (the first row) is the one failover follows.
         let mut lag = Lag::NotReplica;
+        let replication = match rows.first() {
+            Some(row) => Some(Replication {
+                source: source_of(
+                    &column(row, &["Master_Host", "Source_Host"]).unwrap_or_default(),
+                    &column(row, &["Master_Port", "Source_Port"]).unwrap_or_default(),
+                ),
+                receiving: column(row, &["Slave_IO_Running", "Replica_IO_Running"]).as_deref() == Some("Yes"),
+                received: gtids_of(&column(row, &["Gtid_IO_Pos"]).unwrap_or_default())?,
+            }),
+            None => None,
+        };
         for row in &rows {
             let this = match (
                 column(row, &["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|v| v.parse().ok()),
@@ -297,12 +369,32 @@ impl Probe {
         if let Lag::Seconds(seconds) = lag {
             self.last_lag_s = Some(seconds);
         }
-        Ok(Reading { read_only, lag })
+        Ok(Reading {
+            read_only,
+            lag,
+            gtid_current_pos,
+            gtid_binlog_state,
+            replication,
+        })
     }
 }
 
+/// `host:port`, with an IPv6 address in brackets.
+fn source_of(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A GTID list a server reported; an unreadable one fails the check.
+fn gtids_of(text: &str) -> Result<Gtids, ProbeError> {
+    text.parse().map_err(|e| ProbeError::Mysql(format!("{e}")))
+}
+
 /// Logs in to `addr` as the monitor user.
-async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, ProbeError> {
+pub(super) async fn login(addr: SocketAddr, creds: &Credentials) -> Result<Conn, ProbeError> {
     let opts = OptsBuilder::default()
         .ip_or_hostname(addr.ip().to_string())
         .tcp_port(addr.port())

@@ -18,11 +18,22 @@ pub struct Rules {
     pub max_connections: u32,
 }
 
-/// The primary: the current one while it stays up and writable, else the first up, writable
-/// server in configuration order.
-pub fn primary(servers: &[ServerState], current: Option<usize>) -> Option<usize> {
+/// The primary: the current one while it stays up and writable, else the up, writable server
+/// that most servers replicate from (a returning old primary that nobody follows loses to the
+/// promoted one), then the first in configuration order.
+pub fn primary(servers: &[ServerState], addresses: &[SocketAddr], current: Option<usize>) -> Option<usize> {
     let writable = |i: &usize| servers.get(*i).is_some_and(|s| s.up && !s.read_only);
-    current.filter(writable).or_else(|| (0..servers.len()).find(writable))
+    let followers = |i: usize| {
+        servers
+            .iter()
+            .filter(|s| s.up && s.replication.as_ref().is_some_and(|r| r.follows(addresses[i])))
+            .count()
+    };
+    current.filter(writable).or_else(|| {
+        (0..servers.len().min(addresses.len()))
+            .filter(writable)
+            .max_by_key(|&i| (followers(i), std::cmp::Reverse(i)))
+    })
 }
 
 /// Why no server qualifies, twice: for the client, who may not be trusted with internal
@@ -84,10 +95,12 @@ pub fn pick(
         Role::ReadWrite => use_primary("no writable server"),
         Role::ReadOnly => {
             let best = (0..servers.len())
-                .filter(|&i| Some(i) != primary && !tried.contains(&i) && !full(i))
+                .filter(|&i| Some(i) != primary && !full(i))
                 .filter(|&i| {
-                    let s = &servers[i];
-                    s.up && s.read_only && s.effective_lag(rules.unknown_lag_s, primary.is_some()) <= rules.max_lag_s
+                    matches!(
+                        Standing::of(i, &servers[i], tried, rules, primary.is_some()),
+                        Standing::ReadOnly(_)
+                    )
                 })
                 .min_by_key(|&i| active.get(i).copied().unwrap_or(0));
             match (best, rules.when_no_replica) {
@@ -116,6 +129,7 @@ enum Standing {
     DidNotAccept,
     Down,
     Writable,
+    NotReplicating,
     ReplicationStopped,
     NotConnected,
     Lagging(u64),
@@ -133,6 +147,10 @@ impl Standing {
         if !s.read_only {
             return Standing::Writable;
         }
+        if s.lag == Lag::NotReplica && primary_up {
+            // Read-only beside a primary it does not follow (a fenced old primary): stale.
+            return Standing::NotReplicating;
+        }
         let lag = s.effective_lag(rules.unknown_lag_s, primary_up);
         let over = lag > rules.max_lag_s;
         match s.lag {
@@ -149,6 +167,7 @@ impl Standing {
             Standing::DidNotAccept => "did not accept",
             Standing::Down => "down",
             Standing::Writable => "writable",
+            Standing::NotReplicating => "not replicating",
             Standing::ReplicationStopped => "replication stopped",
             Standing::NotConnected => "not connected to the primary",
             Standing::Lagging(_) => "lagging",
@@ -186,6 +205,7 @@ fn describe(servers: &[ServerState], addresses: &[SocketAddr], tried: &[usize], 
                 format!("{a} is down: {why}")
             }
             Standing::Writable => format!("{a} is writable"),
+            Standing::NotReplicating => format!("{a} is read-only and replicates from nobody"),
             Standing::ReplicationStopped => format!("{a} has its replication SQL thread stopped"),
             Standing::NotConnected => format!("{a} is not connected to its primary"),
             Standing::Lagging(lag) => format!("{a} lags {lag} s (max {})", rules.max_lag_s),
@@ -215,6 +235,7 @@ mod tests {
                 (true, None) => Lag::Stopped,
             },
             last_error: (!up).then(|| "login: Connection refused".into()),
+            ..ServerState::default()
         }
     }
 
@@ -229,17 +250,46 @@ mod tests {
 
     #[test]
     fn primary_is_sticky_and_follows_read_only() {
+        let a = addrs(3);
         let mut s = vec![server(true, false, None), server(true, false, None)];
-        assert_eq!(primary(&s, None), Some(0));
+        assert_eq!(primary(&s, &a, None), Some(0));
         assert_eq!(
-            primary(&s, Some(1)),
+            primary(&s, &a, Some(1)),
             Some(1),
             "two writable servers: keep the current one"
         );
         s[1].read_only = true;
-        assert_eq!(primary(&s, Some(1)), Some(0), "demoted: the writable one takes over");
+        assert_eq!(
+            primary(&s, &a, Some(1)),
+            Some(0),
+            "demoted: the writable one takes over"
+        );
         s[0].up = false;
-        assert_eq!(primary(&s, Some(0)), None);
+        assert_eq!(primary(&s, &a, Some(0)), None);
+    }
+
+    #[test]
+    fn without_a_current_primary_the_followed_writable_server_wins() {
+        let a = addrs(3);
+        // A returning old primary (0) is writable again; the promoted one (1) has a replica.
+        let mut s = vec![
+            server(true, false, None),
+            server(true, false, None),
+            server(true, true, Some(0)),
+        ];
+        s[2].replication = Some(crate::mysql::monitor::Replication {
+            source: "10.0.0.2:3306".into(),
+            receiving: true,
+            received: Default::default(),
+        });
+        assert_eq!(primary(&s, &a, None), Some(1));
+        assert_eq!(primary(&s, &a, Some(0)), Some(0), "the current one stays");
+        // The fenced old primary is read-only and follows nobody: no reads for it.
+        s[0].read_only = true;
+        let r = rules(NoReplica::Refuse);
+        assert_eq!(pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[], &r), Ok(2));
+        assert_eq!(pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[2], &r).map_err(|r| r.public),
+            Err("no replica qualifies (servers: 1 not replicating, 1 writable, 1 did not accept); when_no_replica = refuse".into()));
     }
 
     #[test]

@@ -91,8 +91,8 @@ listen mysql
     let path = lab.scratch.file("haproxy.cfg");
     std::fs::write(&path, conf)?;
     let path = path.display().to_string();
-    let guard = lab
-        .router_ns
+    let guard = lab.routers[0]
+        .ns
         .spawn_system(&["haproxy", "-db", "-f", &path], &lab.scratch.file("haproxy.log"))?;
     foobar_tests::wait_until(Duration::from_secs(5), "HAProxy to listen", || {
         lab.query(HAPROXY_PORT, "SELECT 1").is_ok_and(|(ok, _)| ok)
