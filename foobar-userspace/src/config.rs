@@ -822,9 +822,11 @@ vips = ["192.0.2.1"]
 track_services = ["web"]
 "#;
 
-    #[test]
-    fn failover_needs_three_servers_and_an_absolute_replication_login() {
-        let text = r#"
+    /// A node with one `[[database]]` named `main` (line 7) of `servers` (line 9), then `tail`
+    /// (from line 12).
+    fn with_database(servers: &str, tail: &str) -> String {
+        format!(
+            r#"
 [node]
 name = "a"
 interfaces = ["eth0"]
@@ -832,13 +834,20 @@ interfaces = ["eth0"]
 [[database]]
 name = "main"
 address = "10.0.0.1"
-servers = ["10.0.0.11:3306", "10.0.0.12:3306"]
+servers = [{servers}]
 credentials = "/etc/foobar/monitor.toml"
 
-[database.failover]
-replication_credentials = "repl.toml"
-after_ms = 0
-"#;
+{tail}"#
+        )
+    }
+
+    #[test]
+    fn failover_needs_three_servers_and_an_absolute_replication_login() {
+        let text = with_database(
+            r#""10.0.0.11:3306", "10.0.0.12:3306""#,
+            "[database.failover]\nreplication_credentials = \"repl.toml\"\nafter_ms = 0\n",
+        );
+        let text = text.as_str();
         let reasons: Vec<String> = problems(text)
             .into_iter()
             .map(|p| format!("{}: {}", p.line, p.reason))
@@ -863,6 +872,33 @@ after_ms = 0
         let c = parse(&fine).unwrap();
         let f = c.databases[0].failover.as_ref().unwrap();
         assert!(f.rejoin && !f.semi_sync && f.after_ms == 5000 && f.catch_up_timeout_ms == 30_000);
+    }
+
+    #[test]
+    fn galera_options_need_a_galera_cluster_which_needs_no_failover() {
+        let text = with_database(
+            r#""10.0.0.11:3306", "10.0.0.12:3306", "10.0.0.13:3306""#,
+            "[database.galera]\ndonors_serve = true\n",
+        );
+        let text = text.as_str();
+        let reasons: Vec<String> = problems(text)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.line, p.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            ["12: database \"main\": [database.galera] needs kind = \"galera\""]
+        );
+        let galera = text.replace("name = \"main\"", "name = \"main\"\nkind = \"galera\"");
+        let c = parse(&galera).unwrap();
+        assert_eq!(c.databases[0].kind, database::ClusterKind::Galera);
+        let with_failover =
+            format!("{galera}\n[database.failover]\nreplication_credentials = \"/etc/foobar/r.toml\"\n");
+        let reasons: Vec<String> = problems(&with_failover).into_iter().map(|p| p.reason).collect();
+        assert!(
+            reasons.len() == 1 && reasons[0].contains("needs no [database.failover]"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -461,6 +461,14 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         Kind::Counter,
         "Client connections refused over max_client_connections or max_connections_per_client.",
     );
+    let mut galera_state = gauge(
+        "galera_local_state",
+        "A Galera member's wsrep_local_state at the last check: 1 joining, 2 donor or desynced, 3 joined, 4 synced.",
+    );
+    let mut galera_primary = gauge(
+        "galera_primary_component",
+        "1 while the Galera member is in the primary component (wsrep_cluster_status = Primary).",
+    );
     let mut acting = gauge(
         "failover_acting",
         "1 while this edge acts for the cluster's failover (it holds the lock on a majority of servers).",
@@ -499,6 +507,10 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
             if let crate::mysql::monitor::Lag::Seconds(l) = s.state.lag {
                 lag.sample(&labels, l as f64);
             }
+            if let Some(g) = &s.state.galera {
+                galera_state.sample(&labels, f64::from(g.local_state));
+                galera_primary.sample(&labels, f64::from(u8::from(g.cluster_status == "Primary")));
+            }
             open.sample(&labels, f64::from(s.active));
             total.sample(&labels, s.total as f64);
             failures.sample(&labels, s.connect_failures as f64);
@@ -526,6 +538,8 @@ fn database_families(status: &NodeStatus) -> Vec<Family> {
         refused,
         timed_out,
         over_limit,
+        galera_state,
+        galera_primary,
         acting,
         failover_steps,
         pause,

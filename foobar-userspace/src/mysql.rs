@@ -11,7 +11,7 @@ pub mod route;
 
 use crate::{
     admission::{Admission, Caps},
-    config::database::{Database, Role},
+    config::database::{ClusterKind, Database, Role},
     listen, relay,
     workers::Workers,
 };
@@ -314,7 +314,13 @@ impl Cluster {
             unknown_lag_s: self.config.unknown_lag_s,
             when_no_replica: self.config.when_no_replica,
             max_connections: self.config.max_connections_per_server,
+            donors_serve: self.donors_serve(),
         }
+    }
+
+    /// `[database.galera] donors_serve`.
+    fn donors_serve(&self) -> bool {
+        self.config.galera.as_ref().is_some_and(|g| g.get_ref().donors_serve)
     }
 
     /// Picks a server for a new connection and takes a place on it (counted until the lease
@@ -388,14 +394,20 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
         let now = view.borrow_and_update().clone();
         let name = cluster.config.name.get_ref();
         let addresses = cluster.config.servers.get_ref();
+        let donors_serve = cluster.donors_serve();
+        let galera = cluster.config.kind == ClusterKind::Galera;
         for (i, (was, is)) in before.iter().zip(&now).enumerate() {
-            if was.up && !is.up {
-                cluster.close(i, Role::ReadWrite, "server down");
-                cluster.close(i, Role::ReadOnly, "server down");
+            if was.serves(donors_serve) && !is.serves(donors_serve) {
+                let why = match (&is.galera, is.up) {
+                    (Some(g), true) => g.unfit(donors_serve).unwrap_or("unfit"),
+                    _ => "server down",
+                };
+                cluster.close(i, Role::ReadWrite, why);
+                cluster.close(i, Role::ReadOnly, why);
             }
         }
         let writable = now.iter().filter(|s| s.up && !s.read_only).count();
-        if writable > 1 && writable != writable_before {
+        if !galera && writable > 1 && writable != writable_before {
             warn!(
                 database = name,
                 writable, "more than one server is writable: writes stay with the current primary"
@@ -404,7 +416,11 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
         let changed = match cluster.primary.lock() {
             Ok(mut primary) => {
                 let old = *primary;
-                *primary = route::primary(&now, addresses, old);
+                *primary = if galera {
+                    route::galera_writer(&now, donors_serve)
+                } else {
+                    route::primary(&now, addresses, old)
+                };
                 (old != *primary).then_some((old, *primary))
             }
             Err(_) => None,

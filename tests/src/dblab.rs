@@ -54,6 +54,8 @@ pub struct Shape {
     /// `Some(extra)`: only the `main` cluster, with `[database.failover]` made of the
     /// replication credentials and `extra` (TOML lines), and writes held 5 s.
     pub failover: Option<String>,
+    /// The servers are a Galera cluster, and `main` alone routes to it (`kind = "galera"`).
+    pub galera: bool,
 }
 
 impl Default for Shape {
@@ -63,6 +65,7 @@ impl Default for Shape {
             edges: 1,
             semi_sync: false,
             failover: None,
+            galera: false,
         }
     }
 }
@@ -128,7 +131,11 @@ impl DbLab {
             .enumerate()
             .map(|(i, ns)| (ns, server_addr(i).to_string()))
             .collect();
-        let servers = mariadb::cluster(&scratch.path, &servers, shape.semi_sync)?;
+        let servers = if shape.galera {
+            mariadb::galera_cluster(&scratch.path, &servers)?
+        } else {
+            mariadb::cluster(&scratch.path, &servers, shape.semi_sync)?
+        };
         let lab = Self {
             routers,
             servers,
@@ -185,6 +192,7 @@ impl DbLab {
         let credentials = self.credentials();
         let main = mariadb::database_section("main", &router, MAIN, &servers, &credentials, "primary");
         let clusters = match &self.shape.failover {
+            None if self.shape.galera => format!("{main}kind = \"galera\"\n"),
             None => format!(
                 "{main}{}",
                 mariadb::database_section("strict", &router, STRICT, &servers, &credentials, "refuse")

@@ -26,15 +26,32 @@ pub struct MariaDb {
     dir: PathBuf,
     /// Started with `--read-only` (a replica's setting survives restarts).
     read_only: bool,
-    /// Semi-synchronous replication, both sides, enabled at start.
-    semi_sync: bool,
+    /// How it replicates.
+    mode: Mode,
     process: Option<ChildGuard>,
+}
+
+/// How a server replicates.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Binary log with GTIDs; `semi_sync`: semi-synchronous replication enabled at start.
+    Replication {
+        /// Semi-synchronous replication.
+        semi_sync: bool,
+    },
+    /// A Galera member (runs as the `mysql` user, whom rsync state transfers need).
+    Galera {
+        /// `gcomm://` addresses of every member.
+        peers: String,
+        /// The next start bootstraps a new cluster (only the very first).
+        bootstrap: bool,
+    },
 }
 
 impl MariaDb {
     /// Copies the data directory `template` (made by [`install`]) under `dir`, makes a TLS
     /// certificate, and starts the server in `ns` on `addr:3306`.
-    pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path, semi_sync: bool) -> Result<Self> {
+    pub fn start(ns: &Netns, dir: &Path, addr: &str, server_id: u32, template: &Path, mode: Mode) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let data = dir.join("data");
         crate::sh(&["cp", "-a", &template.display().to_string(), &data.display().to_string()])?;
@@ -45,7 +62,7 @@ impl MariaDb {
             server_id,
             dir: dir.to_owned(),
             read_only: false,
-            semi_sync,
+            mode,
             process: None,
         };
         server.run(ns)?;
@@ -73,28 +90,51 @@ impl MariaDb {
             format!("--tmpdir={}", self.dir.display()),
             format!("--bind-address={}", self.addr),
             "--port=3306".into(),
-            "--user=root".into(),
             format!("--server-id={}", self.server_id),
-            format!("--log-bin={}", self.data_dir().join("binlog").display()),
             "--binlog-format=ROW".into(),
-            "--log-slave-updates".into(),
-            "--gtid-strict-mode=1".into(),
             "--skip-name-resolve".into(),
             "--innodb-buffer-pool-size=32M".into(),
             "--innodb-log-file-size=8M".into(),
             "--performance-schema=0".into(),
             "--max-connect-errors=10".into(),
             format!("--read-only={}", u8::from(self.read_only)),
-            // The primary side on the primary alone: a replica with it on waits for
-            // acknowledgements when it applies (foobar moves it on failover).
-            format!(
-                "--rpl-semi-sync-master-enabled={}",
-                u8::from(self.semi_sync && !self.read_only)
-            ),
-            format!("--rpl-semi-sync-slave-enabled={}", u8::from(self.semi_sync)),
             format!("--ssl-cert={}", self.dir.join("tls.crt").display()),
             format!("--ssl-key={}", self.dir.join("tls.key").display()),
         ];
+        let mut args = args.to_vec();
+        match &mut self.mode {
+            Mode::Replication { semi_sync } => args.extend([
+                "--user=root".into(),
+                format!("--log-bin={}", self.dir.join("data").join("binlog").display()),
+                "--log-slave-updates".into(),
+                "--gtid-strict-mode=1".into(),
+                // The primary side on the primary alone: a replica with it on waits for
+                // acknowledgements when it applies (foobar moves it on failover).
+                format!(
+                    "--rpl-semi-sync-master-enabled={}",
+                    u8::from(*semi_sync && !self.read_only)
+                ),
+                format!("--rpl-semi-sync-slave-enabled={}", u8::from(*semi_sync)),
+            ]),
+            Mode::Galera { peers, bootstrap } => {
+                crate::sh(&["chown", "-R", "mysql:mysql", &self.dir.display().to_string()])?;
+                args.extend([
+                    "--user=mysql".into(),
+                    "--innodb-autoinc-lock-mode=2".into(),
+                    "--wsrep-on=ON".into(),
+                    "--wsrep-provider=/usr/lib/galera/libgalera_smm.so".into(),
+                    "--wsrep-cluster-name=foobar-test".into(),
+                    format!("--wsrep-node-address={}", self.addr),
+                    format!("--wsrep-cluster-address=gcomm://{peers}"),
+                    "--wsrep-sst-method=rsync".into(),
+                    // A member cut off is out of the primary component in seconds.
+                    "--wsrep-provider-options=evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT2S;evs.inactive_timeout=PT3S;evs.inactive_check_period=PT0.5S;evs.install_timeout=PT3S".into(),
+                ]);
+                if std::mem::take(bootstrap) {
+                    args.push("--wsrep-new-cluster".into());
+                }
+            }
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = ns.spawn_system(&args, &log)?;
         let socket = self.socket();
@@ -157,6 +197,18 @@ impl MariaDb {
             .collect())
     }
 
+    /// Waits until this Galera member is synced with its cluster.
+    pub fn wait_synced(&self) -> Result<()> {
+        let mut last = String::new();
+        crate::wait_until(Duration::from_secs(60), "a Galera member to be synced", || {
+            last = self
+                .sql("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+                .unwrap_or_else(|e| e.to_string());
+            last.ends_with("Synced")
+        })
+        .with_context(|| format!("db{}: {last}", self.server_id))
+    }
+
     /// Makes this server the primary of a fresh cluster: the replication, monitor and
     /// application users and the `appdb.t` table.
     pub fn init_primary(&self) -> Result<()> {
@@ -216,7 +268,8 @@ pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)], semi_sync: bool) -> 
     let mut servers = Vec::new();
     for (i, (ns, addr)) in namespaces.iter().enumerate() {
         let data = dir.join(format!("db{}", i + 1));
-        servers.push(MariaDb::start(ns, &data, addr, i as u32 + 1, &template, semi_sync)?);
+        let mode = Mode::Replication { semi_sync };
+        servers.push(MariaDb::start(ns, &data, addr, i as u32 + 1, &template, mode)?);
     }
     let (primary, replicas) = servers.split_first_mut().context("a cluster needs a server")?;
     primary.init_primary()?;
@@ -227,6 +280,29 @@ pub fn cluster(dir: &Path, namespaces: &[(&Netns, String)], semi_sync: bool) -> 
                 .sql("SELECT COUNT(*) FROM mysql.user WHERE user = 'app'")
                 .is_ok_and(|n| n == "1")
         })?;
+    }
+    Ok(servers)
+}
+
+/// Starts a Galera cluster: the first member bootstraps it with the lab's users, the others
+/// join by rsync state transfer; waits until every member is synced.
+pub fn galera_cluster(dir: &Path, namespaces: &[(&Netns, String)]) -> Result<Vec<MariaDb>> {
+    let template = dir.join("mariadb-template");
+    install(&template)?;
+    let peers: Vec<&str> = namespaces.iter().map(|(_, a)| a.as_str()).collect();
+    let mut servers: Vec<MariaDb> = Vec::new();
+    for (i, (ns, addr)) in namespaces.iter().enumerate() {
+        let data = dir.join(format!("db{}", i + 1));
+        let mode = Mode::Galera {
+            peers: peers.join(","),
+            bootstrap: i == 0,
+        };
+        let server = MariaDb::start(ns, &data, addr, i as u32 + 1, &template, mode)?;
+        if i == 0 {
+            server.init_primary()?;
+        }
+        server.wait_synced()?;
+        servers.push(server);
     }
     Ok(servers)
 }

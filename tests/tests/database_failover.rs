@@ -28,6 +28,7 @@ fn failover_lab(tag: &str, edges: usize, semi_sync: bool, rejoin: bool) -> Resul
                 "after_ms = {}\nrejoin = {rejoin}\nsemi_sync = {semi_sync}",
                 AFTER.as_millis()
             )),
+            ..Shape::default()
         },
     )?;
     lab.start_router()?;

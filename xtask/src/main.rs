@@ -227,6 +227,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "nft",
         "wrk",
         "mariadbd",
+        toolchain::GALERA,
+        "rsync",
         "chromium",
         toolchain::PROMETHEUS_PARSER,
     ])?;

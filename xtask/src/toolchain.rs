@@ -109,6 +109,8 @@ fn llvm_prefix(libllvm: &Path, soname: &str) -> Result<PathBuf> {
 /// Path whose presence shows Debian's python3-prometheus-client is installed (the tests parse
 /// metrics with it).
 pub const PROMETHEUS_PARSER: &str = "/usr/lib/python3/dist-packages/prometheus_client";
+/// The Galera provider the Galera tests load into MariaDB.
+pub const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
 
 /// Installs the Debian packages providing `tools` (commands, or paths) that are missing.
 pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
@@ -138,6 +140,7 @@ pub fn ensure_os_packages(tools: &[&str]) -> Result<()> {
             "vtysh" => "frr",
             "depmod" | "modprobe" => "kmod",
             PROMETHEUS_PARSER => "python3-prometheus-client",
+            GALERA => "galera-4",
             other => other,
         })
         .collect();

@@ -16,6 +16,12 @@ use toml::Spanned;
 pub struct Database {
     /// Name, unique; used in logs, status and error messages.
     pub name: Spanned<String>,
+    /// A primary with replicas, or a Galera cluster.
+    #[serde(default)]
+    pub kind: ClusterKind,
+    /// `[database.galera]`: how Galera members are chosen (only with `kind = "galera"`).
+    #[serde(default)]
+    pub galera: Option<Spanned<Galera>>,
     /// Address both listeners bind, usually a VIP (it need not be local yet: `IP_FREEBIND`).
     pub address: Spanned<IpAddr>,
     /// Port of the read-write listener (to the primary).
@@ -123,6 +129,28 @@ impl Database {
         }
         out
     }
+}
+
+/// What kind of cluster a `[[database]]` is.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterKind {
+    /// A primary (`read_only = 0`) and asynchronous or semi-synchronous replicas.
+    #[default]
+    Replication,
+    /// Galera (MariaDB Galera Cluster): every synced member of the primary component takes
+    /// reads; writes go to one of them, the same on every edge.
+    Galera,
+}
+
+/// `[database.galera]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Galera {
+    /// A member that is a state-transfer donor still serves (it is behind while it sends);
+    /// a member desynced on purpose (`wsrep_desync`) never does.
+    #[serde(default)]
+    pub donors_serve: bool,
 }
 
 /// Which listener a client came in on.
@@ -277,6 +305,19 @@ pub(super) fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)
         }
         if !db.credentials.get_ref().is_absolute() {
             report(&db.credentials.span(), "credentials must be an absolute path".into());
+        }
+        let galera = db.kind == ClusterKind::Galera;
+        if let (Some(g), false) = (&db.galera, galera) {
+            report(
+                &g.span(),
+                format!("database {name:?}: [database.galera] needs kind = \"galera\""),
+            );
+        }
+        if let (Some(_), true) = (&db.failover, galera) {
+            report(
+                &db.name.span(),
+                format!("database {name:?}: a Galera cluster needs no [database.failover] (every synced member can take writes)"),
+            );
         }
         if let Some(f) = &db.failover {
             if servers.len() < 3 {

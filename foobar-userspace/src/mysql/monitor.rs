@@ -5,7 +5,7 @@
 
 use super::gtid::Gtids;
 use crate::{
-    config::database::{Database, Monitor},
+    config::database::{ClusterKind, Database, Monitor},
     health::{ProbeError, RiseFall},
 };
 use anyhow::{bail, Context, Result};
@@ -100,6 +100,59 @@ pub struct ServerState {
     /// Whom it replicates from, at the last passed check (None: nobody).
     #[serde(default)]
     pub replication: Option<Replication>,
+    /// Its Galera state at the last passed check (members of `kind = "galera"` clusters).
+    #[serde(default)]
+    pub galera: Option<GaleraMember>,
+}
+
+/// A Galera member's state, from its `wsrep_` status variables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GaleraMember {
+    /// `wsrep_cluster_status`: `Primary`, `non-Primary` or `Disconnected`.
+    pub cluster_status: String,
+    /// `wsrep_local_state`: 1 joining, 2 donor or desynced, 3 joined, 4 synced.
+    pub local_state: u8,
+    /// `wsrep_ready`: it accepts queries.
+    pub ready: bool,
+    /// `@@global.wsrep_desync`: desynced on purpose (maintenance, a backup).
+    pub desync: bool,
+}
+
+impl GaleraMember {
+    /// Why it may not serve clients, or None when it may: in the primary component, ready,
+    /// and synced (or a donor, when `donors_serve`, unless desynced on purpose).
+    pub fn unfit(&self, donors_serve: bool) -> Option<&'static str> {
+        if self.cluster_status != "Primary" {
+            return Some("not in the primary component");
+        }
+        if !self.ready {
+            return Some("not ready (wsrep_ready = OFF)");
+        }
+        match self.local_state {
+            4 => None,
+            2 if self.desync => Some("desynced (wsrep_desync = ON)"),
+            2 if donors_serve => None,
+            2 => Some("a state transfer donor"),
+            1 => Some("joining"),
+            3 => Some("joined, not synced yet"),
+            _ => Some("in an unknown state"),
+        }
+    }
+
+    /// Its state for people: `synced`, `donor`, `desynced`, `joining`, `joined`, `non-primary`.
+    pub fn state_name(&self) -> &'static str {
+        if self.cluster_status != "Primary" {
+            return "non-primary";
+        }
+        match (self.local_state, self.desync) {
+            (4, _) => "synced",
+            (2, true) => "desynced",
+            (2, false) => "donor",
+            (1, _) => "joining",
+            (3, _) => "joined",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A replica's link to its primary, from its replication status.
@@ -137,13 +190,19 @@ pub enum Lag {
 }
 
 impl ServerState {
-    /// `down`, `writable` or `read-only`, for people.
+    /// `down`, `writable` or `read-only` (a Galera member: its state), for people.
     pub fn role(&self) -> &'static str {
-        match (self.up, self.read_only) {
-            (false, _) => "down",
-            (true, false) => "writable",
-            (true, true) => "read-only",
+        match (self.up, self.read_only, &self.galera) {
+            (false, _, _) => "down",
+            (true, _, Some(g)) => g.state_name(),
+            (true, false, None) => "writable",
+            (true, true, None) => "read-only",
         }
+    }
+
+    /// Whether it may take client connections: up, and for a Galera member fit to serve.
+    pub fn serves(&self, donors_serve: bool) -> bool {
+        self.up && self.galera.as_ref().is_none_or(|g| g.unfit(donors_serve).is_none())
     }
 
     /// The replication state for people (`lag 3 s`, `replication stopped`, ...); None for a
@@ -179,6 +238,7 @@ struct Reading {
     gtid_current_pos: Gtids,
     gtid_binlog_state: Gtids,
     replication: Option<Replication>,
+    galera: Option<GaleraMember>,
 }
 
 /// Starts one monitor task per server of `db` in `tasks`; they publish into `view` (one entry
@@ -192,10 +252,18 @@ pub fn spawn(
     stop: &watch::Receiver<bool>,
 ) {
     for (index, addr) in db.servers.get_ref().iter().enumerate() {
+        let probe = Probe {
+            addr: *addr,
+            conn: None,
+            galera: db.kind == ClusterKind::Galera,
+            mariadb: false,
+            legacy_status: false,
+            last_lag_s: None,
+        };
         tasks.spawn(watch_server(
             db.name.get_ref().clone(),
             index,
-            *addr,
+            probe,
             db.monitor.clone(),
             credentials.clone(),
             view.clone(),
@@ -207,19 +275,13 @@ pub fn spawn(
 async fn watch_server(
     database: String,
     index: usize,
-    addr: SocketAddr,
+    mut probe: Probe,
     monitor: Monitor,
     credentials: Arc<ArcSwap<Credentials>>,
     view: watch::Sender<Vec<ServerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut probe = Probe {
-        addr,
-        conn: None,
-        mariadb: false,
-        legacy_status: false,
-        last_lag_s: None,
-    };
+    let addr = probe.addr;
     let limit = Duration::from_millis(monitor.timeout_ms);
     let mut ticker = tokio::time::interval(Duration::from_millis(monitor.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,6 +327,7 @@ async fn watch_server(
                     next.gtid_current_pos = r.gtid_current_pos.clone();
                     next.gtid_binlog_state = r.gtid_binlog_state.clone();
                     next.replication = r.replication.clone();
+                    next.galera = r.galera.clone();
                 }
                 Err(reason) => next.last_error = Some(reason.to_string()),
             }
@@ -280,6 +343,8 @@ struct Probe {
     addr: SocketAddr,
     /// The logged-in connection and when it logged in.
     conn: Option<(Conn, Instant)>,
+    /// A Galera member: its `wsrep_` state is read instead of the replication status.
+    galera: bool,
     /// The server is MariaDB (it has its GTIDs), as its version said at login.
     mariadb: bool,
     /// The server does not know `SHOW REPLICA STATUS` (MySQL before 8.0.22): use the old name.
@@ -327,6 +392,16 @@ impl Probe {
         } else {
             Default::default()
         };
+        if self.galera {
+            return Ok(Reading {
+                read_only,
+                lag: Lag::NotReplica,
+                gtid_current_pos,
+                gtid_binlog_state,
+                replication: None,
+                galera: Some(galera_member(conn).await?),
+            });
+        }
         let rows: Vec<Row> = loop {
             let statement = if self.legacy_status {
                 "SHOW SLAVE STATUS"
@@ -375,8 +450,34 @@ impl Probe {
             gtid_current_pos,
             gtid_binlog_state,
             replication,
+            galera: None,
         })
     }
+}
+
+/// A Galera member's state from its status variables.
+async fn galera_member(conn: &mut Conn) -> Result<GaleraMember, ProbeError> {
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_status', 'wsrep_local_state', 'wsrep_ready')")
+        .await
+        .map_err(|e| ProbeError::Mysql(format!("SHOW GLOBAL STATUS (wsrep): {e}")))?;
+    let value = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let cluster_status = value("wsrep_cluster_status")
+        .ok_or_else(|| ProbeError::Mysql("no wsrep_cluster_status: not a Galera member (wsrep_on = OFF?)".into()))?;
+    let desync: Option<i64> = conn
+        .query_first("SELECT @@global.wsrep_desync")
+        .await
+        .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.wsrep_desync: {e}")))?;
+    Ok(GaleraMember {
+        cluster_status,
+        local_state: value("wsrep_local_state").and_then(|v| v.parse().ok()).unwrap_or(0),
+        ready: value("wsrep_ready").as_deref() == Some("ON"),
+        desync: desync.is_some_and(|d| d != 0),
+    })
 }
 
 /// `host:port`, with an IPv6 address in brackets.

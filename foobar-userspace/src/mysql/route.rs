@@ -16,6 +16,8 @@ pub struct Rules {
     pub when_no_replica: NoReplica,
     /// Connections per server at most (0 = unlimited).
     pub max_connections: u32,
+    /// Galera: a state-transfer donor serves.
+    pub donors_serve: bool,
 }
 
 /// The primary: the current one while it stays up and writable, else the up, writable server
@@ -34,6 +36,13 @@ pub fn primary(servers: &[ServerState], addresses: &[SocketAddr], current: Optio
             .filter(writable)
             .max_by_key(|&i| (followers(i), std::cmp::Reverse(i)))
     })
+}
+
+/// The writer of a Galera cluster: the first member in configuration order that is fit to
+/// serve. Every edge that sees the same members picks the same one, so writes from all edges
+/// meet on one member and never conflict in certification.
+pub fn galera_writer(servers: &[ServerState], donors_serve: bool) -> Option<usize> {
+    servers.iter().position(|s| s.serves(donors_serve))
 }
 
 /// Why no server qualifies, twice: for the client, who may not be trusted with internal
@@ -129,6 +138,7 @@ enum Standing {
     DidNotAccept,
     Down,
     Writable,
+    NotServing(&'static str),
     NotReplicating,
     ReplicationStopped,
     NotConnected,
@@ -143,6 +153,13 @@ impl Standing {
         }
         if !s.up {
             return Standing::Down;
+        }
+        if let Some(g) = &s.galera {
+            // Every fit member serves reads (the writer is skipped by the caller).
+            return match g.unfit(rules.donors_serve) {
+                Some(why) => Standing::NotServing(why),
+                None => Standing::ReadOnly(0),
+            };
         }
         if !s.read_only {
             return Standing::Writable;
@@ -168,6 +185,7 @@ impl Standing {
             Standing::Down => "down",
             Standing::Writable => "writable",
             Standing::NotReplicating => "not replicating",
+            Standing::NotServing(_) => "not synced",
             Standing::ReplicationStopped => "replication stopped",
             Standing::NotConnected => "not connected to the primary",
             Standing::Lagging(_) => "lagging",
@@ -206,6 +224,7 @@ fn describe(servers: &[ServerState], addresses: &[SocketAddr], tried: &[usize], 
             }
             Standing::Writable => format!("{a} is writable"),
             Standing::NotReplicating => format!("{a} is read-only and replicates from nobody"),
+            Standing::NotServing(why) => format!("{a} is {why}"),
             Standing::ReplicationStopped => format!("{a} has its replication SQL thread stopped"),
             Standing::NotConnected => format!("{a} is not connected to its primary"),
             Standing::Lagging(lag) => format!("{a} lags {lag} s (max {})", rules.max_lag_s),
@@ -245,6 +264,7 @@ mod tests {
             unknown_lag_s: 86_400,
             when_no_replica,
             max_connections: 2,
+            donors_serve: false,
         }
     }
 
@@ -290,6 +310,52 @@ mod tests {
         assert_eq!(pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[], &r), Ok(2));
         assert_eq!(pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[2], &r).map_err(|r| r.public),
             Err("no replica qualifies (servers: 1 not replicating, 1 writable, 1 did not accept); when_no_replica = refuse".into()));
+    }
+
+    #[test]
+    fn galera_writes_meet_on_the_first_fit_member_and_reads_avoid_unfit_ones() {
+        use crate::mysql::monitor::GaleraMember;
+        let member = |status: &str, state: u8, desync: bool| ServerState {
+            up: true,
+            galera: Some(GaleraMember {
+                cluster_status: status.into(),
+                local_state: state,
+                ready: true,
+                desync,
+            }),
+            ..ServerState::default()
+        };
+        let a = addrs(3);
+        let mut s = vec![
+            member("Primary", 4, false),
+            member("Primary", 4, false),
+            member("Primary", 4, false),
+        ];
+        let r = rules(NoReplica::Refuse);
+        assert_eq!(galera_writer(&s, false), Some(0));
+        assert_eq!(pick(Role::ReadOnly, &s, &a, Some(0), &[0, 1, 0], &[], &r), Ok(2));
+        s[0] = member("non-Primary", 4, false);
+        s[2] = member("Primary", 2, true);
+        assert_eq!(galera_writer(&s, true), Some(1), "a desynced member never serves");
+        let why = pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[], &r)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            why.detail.contains("10.0.0.1:3306 is not in the primary component")
+                && why.detail.contains("10.0.0.3:3306 is desynced"),
+            "{why:?}"
+        );
+        s[2] = member("Primary", 2, false);
+        assert_eq!(galera_writer(&s, false), Some(1));
+        assert!(
+            pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[], &r).is_err(),
+            "a donor"
+        );
+        let donors = Rules {
+            donors_serve: true,
+            ..r
+        };
+        assert_eq!(pick(Role::ReadOnly, &s, &a, Some(1), &[0; 3], &[], &donors), Ok(2));
     }
 
     #[test]
