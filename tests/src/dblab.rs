@@ -469,6 +469,31 @@ impl DbLab {
         Ok(acting[0])
     }
 
+    /// Waits until writes through `edge` reach a server other than `not`; its index.
+    pub fn new_primary(&self, edge: usize, not: usize, limit: Duration) -> Result<usize> {
+        let mut id = String::new();
+        crate::wait_until(limit, "writes to reach a new primary", || {
+            id = match self.query_via(edge, MAIN.0, "SELECT @@server_id") {
+                Ok((true, id)) => id,
+                _ => String::new(),
+            };
+            !id.is_empty() && id != (not + 1).to_string()
+        })
+        .with_context(|| self.logs())?;
+        Ok(id.parse::<usize>()? - 1)
+    }
+
+    /// Waits until server `i` replicates from server `source` with its receiver connected.
+    pub fn wait_replicating(&self, i: usize, source: usize, limit: Duration) -> Result<()> {
+        let mut last = Default::default();
+        crate::wait_until(limit, "a replica to follow the new primary", || {
+            last = self.servers[i].replica_status().unwrap_or_default();
+            last.get("Master_Host").map(String::as_str) == Some(server_addr(source).to_string().as_str())
+                && last.get("Slave_IO_Running").map(String::as_str) == Some("Yes")
+        })
+        .with_context(|| format!("db{} replication: {last:?}\n{}", i + 1, self.logs()))
+    }
+
     /// Router `i`'s failover status of `main`.
     pub fn failover_of(&self, i: usize) -> Result<Option<foobar::mysql::failover::FailoverStatus>> {
         let status = self.status_of(i)?;

@@ -42,31 +42,6 @@ fn failover_lab(tag: &str, edges: usize, semi_sync: bool, rejoin: bool) -> Resul
     Ok(lab)
 }
 
-/// Waits until writes through `edge` reach a server other than `not`; its index.
-fn new_primary(lab: &DbLab, edge: usize, not: usize, limit: Duration) -> Result<usize> {
-    let mut id = String::new();
-    wait_until(limit, "writes to reach a new primary", || {
-        id = match lab.query_via(edge, MAIN.0, "SELECT @@server_id") {
-            Ok((true, id)) => id,
-            _ => String::new(),
-        };
-        !id.is_empty() && id != (not + 1).to_string()
-    })
-    .with_context(|| lab.logs())?;
-    Ok(id.parse::<usize>()? - 1)
-}
-
-/// Waits until server `i` replicates from server `source` with its receiver connected.
-fn wait_replicating(lab: &DbLab, i: usize, source: usize) -> Result<()> {
-    let mut last = Default::default();
-    wait_until(STEP, "a replica to follow the new primary", || {
-        last = lab.servers[i].replica_status().unwrap_or_default();
-        last.get("Master_Host").map(String::as_str) == Some(server_addr(source).to_string().as_str())
-            && last.get("Slave_IO_Running").map(String::as_str) == Some("Yes")
-    })
-    .with_context(|| format!("db{} replication: {last:?}\n{}", i + 1, lab.logs()))
-}
-
 /// Waits until some edge's failover status waits for a reason containing `needle`.
 fn wait_waiting(lab: &DbLab, edge: usize, needle: &str) -> Result<String> {
     let mut last = None;
@@ -93,7 +68,7 @@ fn a_dead_primary_under_load_is_replaced_by_one_edge_without_losing_an_acknowled
     std::thread::sleep(Duration::from_secs(1));
     lab.servers[0].kill()?;
     let killed = started.elapsed();
-    let new = new_primary(&lab, through, 0, Duration::from_secs(30))?;
+    let new = lab.new_primary(through, 0, Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_secs(1));
     let written = writer.stop()?;
 
@@ -125,7 +100,7 @@ fn a_dead_primary_under_load_is_replaced_by_one_edge_without_losing_an_acknowled
         "exactly the acting edge promotes: {failovers:?}"
     );
     let other = 3 - new;
-    wait_replicating(&lab, other, new)?;
+    lab.wait_replicating(other, new, STEP)?;
     for edge in 0..2 {
         let (ok, id) = lab.query_via(edge, MAIN.0, "SELECT @@server_id")?;
         ensure!(ok && id == (new + 1).to_string(), "edge {edge} writes to db{id}");
@@ -157,7 +132,7 @@ fn a_dead_primary_under_load_is_replaced_by_one_edge_without_losing_an_acknowled
     .with_context(|| lab.logs())?;
     match errant {
         None => {
-            wait_replicating(&lab, 0, new)?;
+            lab.wait_replicating(0, new, STEP)?;
             let (ok, out) = lab.query_via(through, MAIN.0, "INSERT INTO appdb.t (v) VALUES ('after the rejoin')")?;
             ensure!(ok, "{out}");
             wait_until(STEP, "the rejoined old primary to replicate", || {
@@ -199,9 +174,9 @@ fn a_partition_only_the_monitor_sees_fails_nothing_over_and_errant_servers_stay_
     // A crash with nothing in flight: a replica is promoted and the old primary rejoins.
     lab.must_query(MAIN.0, "INSERT INTO appdb.t (v) VALUES ('before the crash')")?;
     lab.servers[0].kill()?;
-    let new = new_primary(&lab, 0, 0, Duration::from_secs(30))?;
+    let new = lab.new_primary(0, 0, Duration::from_secs(30))?;
     lab.servers[0].run(&lab.server_ns[0])?;
-    wait_replicating(&lab, 0, new)?;
+    lab.wait_replicating(0, new, STEP)?;
     ensure!(read_only(&lab, 0), "the rejoined old primary is writable");
     lab.must_query(MAIN.0, "INSERT INTO appdb.t (v) VALUES ('after the rejoin')")?;
     wait_until(STEP, "the rejoined server to replicate", || {
@@ -225,7 +200,7 @@ fn a_partition_only_the_monitor_sees_fails_nothing_over_and_errant_servers_stay_
     }
     lab.servers[new].sql("INSERT INTO appdb.t (v) VALUES ('errant')")?;
     lab.servers[new].kill()?;
-    let newer = new_primary(&lab, 0, new, Duration::from_secs(30))?;
+    let newer = lab.new_primary(0, new, Duration::from_secs(30))?;
     lab.servers[new].run(&lab.server_ns[new])?;
     wait_until(STEP, "the returning primary to be fenced", || read_only(&lab, new)).with_context(|| lab.logs())?;
     let why = wait_waiting(&lab, 0, "errant")?;
@@ -280,8 +255,8 @@ fn a_switchover_under_load_loses_no_write_and_reports_the_pause() -> Result<()> 
         })?;
     }
     // The old primary and the other replica follow the new one.
-    wait_replicating(&lab, 0, 2)?;
-    wait_replicating(&lab, 1, 2)?;
+    lab.wait_replicating(0, 2, STEP)?;
+    lab.wait_replicating(1, 2, STEP)?;
     ensure!(read_only(&lab, 0) && read_only(&lab, 1));
     let f = lab.failover_of(acting)?.context("no failover status")?;
     ensure!(

@@ -529,9 +529,12 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         "failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "keepalived", "haproxy"])?,
         "web" => toolchain::ensure_os_packages(&["ip", "curl", "openssl", "wrk", "nginx"])?,
         "mysql" => toolchain::ensure_os_packages(&["ip", "ethtool", "mariadbd", "sysbench", "haproxy"])?,
+        "db-failover" => toolchain::ensure_os_packages(&["ip", "ethtool", "mariadbd"])?,
         "pktgen" => toolchain::ensure_os_packages(&["ip", "modprobe"])?,
         "scaleout" => toolchain::ensure_os_packages(&["ip", "ethtool", "bird"])?,
-        other => bail!("unknown benchmark {other:?} (available: xdp, failover, web, mysql, pktgen, scaleout)"),
+        other => {
+            bail!("unknown benchmark {other:?} (available: xdp, failover, db-failover, web, mysql, pktgen, scaleout)")
+        }
     }
     cargo(root, &["build", "--release", "--package", "foobar-userspace"], &[])?;
     cargo(

@@ -1,8 +1,9 @@
-//! `cargo xtask bench xdp|failover|web|mysql|pktgen|scaleout`: each benchmark measures foobar against a
+//! `cargo xtask bench xdp|failover|db-failover|web|mysql|pktgen|scaleout`: each benchmark measures foobar against a
 //! baseline measured the same way in the same run, and writes `$FOOBAR_BENCH_OUT/NAME.json`
 //! (xtask renders it into docs/benchmarks.md). Peers are named with the versions their own
 //! binaries report.
 
+mod dbfailover;
 mod failover;
 mod mysql;
 mod pktgen;
@@ -37,11 +38,12 @@ fn main() -> Result<()> {
     let rows = match name.as_str() {
         "xdp" => xdp::run()?,
         "failover" => failover::run()?,
+        "db-failover" => dbfailover::run()?,
         "web" => web::run()?,
         "mysql" => mysql::run()?,
         "pktgen" => pktgen::run()?,
         "scaleout" => scaleout::run()?,
-        _ => bail!("usage: foobar-bench xdp|failover|web|mysql|pktgen|scaleout"),
+        _ => bail!("usage: foobar-bench xdp|failover|db-failover|web|mysql|pktgen|scaleout"),
     };
     let out_dir = PathBuf::from(std::env::var("FOOBAR_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     write(&out_dir, &name, &rows)
