@@ -117,3 +117,23 @@ pub fn control_request(data: &[u8]) {
         assert_eq!(serde_json::from_str::<Operation>(&again).ok(), Some(op));
     }
 }
+
+/// GTID text a database server reports (its positions, sets and replica status): what parses
+/// prints back as text that parses to the same, and comparing it with itself finds nothing
+/// missing and its own history complete.
+pub fn gtids(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(parsed) = text.parse::<crate::mysql::gtid::Gtids>() else {
+        return;
+    };
+    let printed = parsed.to_string();
+    let again: crate::mysql::gtid::Gtids = printed
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} -> {printed:?}: {e}"));
+    assert_eq!(again, parsed, "{text:?} -> {printed:?}");
+    assert_eq!(parsed.missing_from(&parsed), 0, "{text:?}");
+    assert!(parsed.contains_history_of(&parsed), "{text:?}");
+    let _ = parsed.union(&again).progress();
+}

@@ -4,6 +4,7 @@
 //! the server, refuses with a MySQL error packet when none qualifies, and closes connections
 //! to a server that went down or stopped being the primary so application pools reconnect.
 
+pub mod dialect;
 pub mod failover;
 pub mod gtid;
 pub mod monitor;

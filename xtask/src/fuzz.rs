@@ -16,6 +16,7 @@ const TARGETS: &[&str] = &[
     "netlink",
     "configuration",
     "control_request",
+    "gtids",
 ];
 
 /// The host target, named so that build scripts are not instrumented.

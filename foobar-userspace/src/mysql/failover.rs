@@ -1,5 +1,5 @@
-//! Automatic failover and planned switchover of a replicated MariaDB cluster
-//! (`[database.failover]`).
+//! Automatic failover and planned switchover of a replicated cluster (`[database.failover]`):
+//! MariaDB, tested; MySQL 8 in its own SQL (`dialect.rs`), not tested here.
 //!
 //! Every edge runs a coordinator per cluster, but only one acts: the edge holding the named
 //! lock `foobar_failover_<name>` (`GET_LOCK`, on a connection of its own to each server) on a
@@ -22,7 +22,7 @@
 
 use super::{
     gtid::Gtids,
-    monitor::{self, Credentials, ServerState},
+    monitor::{self, Credentials, Flavor, ServerState},
     Cluster,
 };
 use crate::config::database::Failover;
@@ -249,7 +249,7 @@ fn plan_promotion(view: &[ServerState], addresses: &[SocketAddr], down_ms: &[Opt
     };
     if replicas.iter().all(|&i| view[i].gtid_current_pos.is_empty()) {
         return Plan::Wait(format!(
-            "primary {} is down, but no replica reports a MariaDB GTID position: failover needs MariaDB replicating with GTIDs",
+            "primary {} is down, but no replica reports a GTID position: failover needs replication with GTIDs (MariaDB, or MySQL with gtid_mode = ON)",
             name(lost)
         ));
     }
@@ -444,8 +444,8 @@ impl Coordinator {
             Plan::Nothing | Plan::Wait(_) => return,
             Plan::Fence(i) => self.fence(i).await,
             Plan::Promote { lost, to } => self.promote(lost, to, &view).await,
-            Plan::Repoint(i) => self.repoint(i, primary, "slave_pos").await,
-            Plan::Rejoin(i) => self.repoint(i, primary, "current_pos").await,
+            Plan::Repoint(i) => self.repoint(i, primary, false).await,
+            Plan::Rejoin(i) => self.repoint(i, primary, true).await,
         };
         if let Err(e) = done {
             self.update(|s| s.failed_steps += 1);
@@ -465,9 +465,10 @@ impl Coordinator {
 
     async fn fence(&self, i: usize) -> Result<()> {
         let addr = self.addresses()[i];
+        let flavor = self.flavor(i);
         let mut conn = self.admin(i).await?;
-        run(&mut conn, addr, "SET GLOBAL read_only = 1", self.limit()).await?;
-        self.semi_sync_side(&mut conn, addr, false).await?;
+        run(&mut conn, addr, flavor.fence(), self.limit()).await?;
+        self.semi_sync_side(&mut conn, addr, flavor, false).await?;
         let _ = conn.disconnect().await;
         self.update(|s| s.fenced += 1);
         self.event(
@@ -489,13 +490,14 @@ impl Coordinator {
             true,
             format!("primary {old} is down and no replica receives from it: promoting {new} (received {received})"),
         );
+        let flavor = self.flavor(to);
         let mut conn = self.admin(to).await?;
-        self.catch_up(&mut conn, new, &received).await?;
-        self.make_primary(&mut conn, new).await?;
+        self.catch_up(&mut conn, new, flavor, &received).await?;
+        self.make_primary(&mut conn, new, flavor).await?;
         let position: Option<String> = conn
-            .query_first("SELECT @@global.gtid_current_pos")
+            .query_first(flavor.holds())
             .await
-            .with_context(|| format!("{new}: reading gtid_current_pos"))?;
+            .with_context(|| format!("{new}: {}", flavor.holds()))?;
         let _ = conn.disconnect().await;
         let position: Gtids = position.unwrap_or_default().parse()?;
         let last_seen = &view[lost].gtid_current_pos;
@@ -513,7 +515,7 @@ impl Coordinator {
         );
         for i in (0..view.len()).filter(|&i| i != to && i != lost && view[i].up) {
             if view[i].replication.as_ref().is_some_and(|r| r.follows(old)) {
-                if let Err(e) = self.repoint(i, Some(to), "slave_pos").await {
+                if let Err(e) = self.repoint(i, Some(to), false).await {
                     self.update(|s| s.failed_steps += 1);
                     self.event(true, format!("{e:#} (retried at the next check)"));
                 }
@@ -525,16 +527,16 @@ impl Coordinator {
     }
 
     /// Waits until the replica behind `conn` has applied everything up to `received`.
-    async fn catch_up(&self, conn: &mut Conn, addr: SocketAddr, received: &Gtids) -> Result<()> {
+    async fn catch_up(&self, conn: &mut Conn, addr: SocketAddr, flavor: Flavor, received: &Gtids) -> Result<()> {
         if received.is_empty() {
             return Ok(());
         }
         let limit = Duration::from_millis(self.settings.catch_up_timeout_ms);
-        let sql = format!("SELECT MASTER_GTID_WAIT('{received}', {:.3})", limit.as_secs_f64());
+        let sql = flavor.wait_for(received, limit);
         let waited: Option<i64> = timeout(limit + self.limit(), conn.query_first(sql))
             .await
             .map_err(|_| anyhow!("{addr}: applying what it received ({received}) timed out"))?
-            .with_context(|| format!("{addr}: MASTER_GTID_WAIT"))?;
+            .with_context(|| format!("{addr}: waiting to apply {received}"))?;
         if waited != Some(0) {
             bail!(
                 "{addr} did not apply what it received ({received}) within {} ms",
@@ -547,57 +549,62 @@ impl Coordinator {
     /// Stops the replication of the server behind `conn`, forgets it and makes it writable.
     /// When forgetting fails (a missing privilege), replication starts again so the server
     /// stays a candidate for the next round.
-    async fn make_primary(&self, conn: &mut Conn, addr: SocketAddr) -> Result<()> {
-        run(conn, addr, "STOP ALL SLAVES", self.limit()).await?;
-        if let Err(e) = run(conn, addr, "RESET SLAVE ALL", self.limit()).await {
-            let _ = run(conn, addr, "START ALL SLAVES", self.limit()).await;
+    async fn make_primary(&self, conn: &mut Conn, addr: SocketAddr, flavor: Flavor) -> Result<()> {
+        run(conn, addr, flavor.stop_replication(), self.limit()).await?;
+        if let Err(e) = run(conn, addr, flavor.forget_replication(), self.limit()).await {
+            let _ = run(conn, addr, flavor.start_replication(), self.limit()).await;
             return Err(e);
         }
-        self.semi_sync_side(conn, addr, true).await?;
-        run(conn, addr, "SET GLOBAL read_only = 0", self.limit()).await
+        self.semi_sync_side(conn, addr, flavor, true).await?;
+        run(conn, addr, flavor.unfence(), self.limit()).await
     }
 
     /// With `semi_sync`, turns the primary side of semi-synchronous replication on (a primary)
     /// or off (a replica) on the server behind `conn`; the replica side stays on everywhere.
-    async fn semi_sync_side(&self, conn: &mut Conn, addr: SocketAddr, primary: bool) -> Result<()> {
+    async fn semi_sync_side(&self, conn: &mut Conn, addr: SocketAddr, flavor: Flavor, primary: bool) -> Result<()> {
         if !self.settings.semi_sync {
             return Ok(());
         }
-        let on = if primary { "ON" } else { "OFF" };
-        run(
-            conn,
-            addr,
-            &format!("SET GLOBAL rpl_semi_sync_master_enabled = {on}"),
-            self.limit(),
-        )
-        .await?;
-        run(conn, addr, "SET GLOBAL rpl_semi_sync_slave_enabled = ON", self.limit()).await
+        for sql in flavor.semi_sync(primary) {
+            run(conn, addr, &sql, self.limit()).await?;
+        }
+        Ok(())
     }
 
-    /// Points server `i` at `primary`, from its `slave_pos` (a replica) or `current_pos` (an
-    /// old primary).
-    async fn repoint(&self, i: usize, primary: Option<usize>, using: &str) -> Result<()> {
+    /// What server `i` is, as the monitor last saw it (MariaDB until it has seen).
+    fn flavor(&self, i: usize) -> Flavor {
+        self.cluster
+            .view
+            .borrow()
+            .get(i)
+            .and_then(|s| s.flavor)
+            .unwrap_or(Flavor::MariaDb)
+    }
+
+    /// Points server `i` at `primary`: a replica from what it applied, an old primary
+    /// (`rejoining`) from what it holds.
+    async fn repoint(&self, i: usize, primary: Option<usize>, rejoining: bool) -> Result<()> {
         let p = primary.ok_or_else(|| anyhow!("no primary to point replicas at"))?;
         let (addr, source) = (self.addresses()[i], self.addresses()[p]);
         let repl = self
             .shared()
             .map(|s| s.replication.load_full())
             .ok_or_else(|| anyhow!("no replication credentials"))?;
+        let flavor = self.flavor(i);
         let mut conn = self.admin(i).await?;
-        self.semi_sync_side(&mut conn, addr, false).await?;
-        let change = format!(
-            "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{}', MASTER_PASSWORD = '{}', MASTER_USE_GTID = {using}",
-            source.ip(),
-            source.port(),
-            repl.user,
-            repl.password()
-        );
-        for sql in ["SET GLOBAL read_only = 1", "STOP SLAVE", change.as_str(), "START SLAVE"] {
+        self.semi_sync_side(&mut conn, addr, flavor, false).await?;
+        let change = flavor.change_source(source, &repl, rejoining);
+        for sql in [
+            flavor.fence(),
+            flavor.stop_replication(),
+            change.as_str(),
+            flavor.start_replication(),
+        ] {
             run(&mut conn, addr, sql, self.limit()).await?;
         }
         let _ = conn.disconnect().await;
         self.update(|s| s.repointed += 1);
-        let what = if using == "current_pos" {
+        let what = if rejoining {
             format!("{addr} rejoined as a replica of {source} (its history is part of the primary's)")
         } else {
             format!("{addr} now replicates from {source}")
@@ -685,16 +692,17 @@ impl Coordinator {
         let new = self.addresses()[t];
         self.event(false, format!("switchover from {old} to {new}: writes pause"));
         let started = Instant::now();
+        let (old_flavor, new_flavor) = (self.flavor(p), self.flavor(t));
         let mut primary = self.admin(p).await?;
-        run(&mut primary, old, "SET GLOBAL read_only = 1", self.limit()).await?;
+        run(&mut primary, old, old_flavor.fence(), self.limit()).await?;
         let mut target = self.admin(t).await?;
         let caught_up = async {
             let written: Option<String> = primary
-                .query_first("SELECT @@global.gtid_binlog_pos")
+                .query_first(old_flavor.written())
                 .await
-                .with_context(|| format!("{old}: reading gtid_binlog_pos"))?;
+                .with_context(|| format!("{old}: {}", old_flavor.written()))?;
             let written: Gtids = written.unwrap_or_default().parse()?;
-            self.catch_up(&mut target, new, &written).await?;
+            self.catch_up(&mut target, new, new_flavor, &written).await?;
             Ok::<_, anyhow::Error>(written)
         }
         .await;
@@ -702,7 +710,7 @@ impl Coordinator {
             Ok(w) => w,
             Err(e) => {
                 // Give the writes back to the old primary.
-                let undo = run(&mut primary, old, "SET GLOBAL read_only = 0", self.limit()).await;
+                let undo = run(&mut primary, old, old_flavor.unfence(), self.limit()).await;
                 bail!(
                     "{e:#}; {old} {}",
                     if undo.is_ok() {
@@ -716,7 +724,7 @@ impl Coordinator {
                 );
             }
         };
-        self.make_primary(&mut target, new).await?;
+        self.make_primary(&mut target, new, new_flavor).await?;
         let _ = target.disconnect().await;
         let _ = primary.disconnect().await;
         self.wait_for_view(|v| v.get(t).is_some_and(|s| s.up && !s.read_only))
@@ -733,8 +741,7 @@ impl Coordinator {
             ),
         );
         for i in (0..view.len()).filter(|&i| i != t && view[i].up) {
-            let using = if i == p { "current_pos" } else { "slave_pos" };
-            if let Err(e) = self.repoint(i, Some(t), using).await {
+            if let Err(e) = self.repoint(i, Some(t), i == p).await {
                 self.update(|s| s.failed_steps += 1);
                 self.event(true, format!("{e:#} (retried at the next check)"));
             }
@@ -747,12 +754,20 @@ impl Coordinator {
 
 /// Runs one statement on `addr` within `limit`.
 async fn run(conn: &mut Conn, addr: SocketAddr, sql: &str, limit: Duration) -> Result<()> {
-    // The statement text may hold the replication password: errors name only its verb.
-    let verb: String = sql.split(" MASTER_USER").next().unwrap_or(sql).to_owned();
+    let verb = verb_of(sql);
     timeout(limit, conn.query_drop(sql))
         .await
         .map_err(|_| anyhow!("{addr}: {verb} timed out"))?
         .map_err(|e| anyhow!("{addr}: {verb}: {e}"))
+}
+
+/// What an error about `sql` may quote of it: all of it but a login (a `CHANGE ... TO`
+/// statement holds the replication password from its user on).
+fn verb_of(sql: &str) -> &str {
+    [" MASTER_USER", " SOURCE_USER"]
+        .iter()
+        .find_map(|login| sql.split_once(login).map(|(verb, _)| verb))
+        .unwrap_or(sql)
 }
 
 /// The failover lock connections, one per server.
@@ -927,6 +942,21 @@ mod tests {
         assert!(matches!(plan(&v, &a, Some(1), &[None; 3], &rules(true)), Plan::Wait(w) if w.contains("errant")));
         v[0] = replica(2, true, "0-2-12");
         assert_eq!(plan(&v, &a, Some(1), &[None; 3], &rules(true)), Plan::Nothing);
+    }
+
+    #[test]
+    fn errors_never_quote_the_replication_password() {
+        let login: Credentials = toml::from_str("user = \"repl\"\npassword = \"hunter2\"").unwrap();
+        let source: SocketAddr = "10.0.0.2:3306".parse().unwrap();
+        for flavor in [Flavor::MariaDb, Flavor::MySql] {
+            let sql = flavor.change_source(source, &login, false);
+            let verb = verb_of(&sql);
+            assert!(
+                sql.contains("hunter2") && !verb.contains("hunter2") && verb.contains("10.0.0.2"),
+                "{verb}"
+            );
+        }
+        assert_eq!(verb_of("STOP REPLICA"), "STOP REPLICA");
     }
 
     #[test]

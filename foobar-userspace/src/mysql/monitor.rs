@@ -89,12 +89,16 @@ pub struct ServerState {
     pub lag: Lag,
     /// Why the last check failed, if it did.
     pub last_error: Option<String>,
-    /// `@@gtid_current_pos` at the last passed check: the last transaction per domain the
-    /// server holds (MariaDB; empty elsewhere). Kept while the server is down: where it stopped.
+    /// What the server is, as its version said at the last login.
+    #[serde(default)]
+    pub flavor: Option<Flavor>,
+    /// What the server holds at the last passed check: MariaDB's `@@gtid_current_pos` (the last
+    /// transaction per domain), MySQL's `@@gtid_executed`. Kept while the server is down:
+    /// where it stopped.
     #[serde(default)]
     pub gtid_current_pos: Gtids,
-    /// `@@gtid_binlog_state` at the last passed check: its binary log's history, the last
-    /// transaction per domain and originating server.
+    /// Its history at the last passed check: MariaDB's `@@gtid_binlog_state` (the last
+    /// transaction per domain and originating server), MySQL's `@@gtid_executed`.
     #[serde(default)]
     pub gtid_binlog_state: Gtids,
     /// Whom it replicates from, at the last passed check (None: nobody).
@@ -162,8 +166,19 @@ pub struct Replication {
     pub source: String,
     /// Its receiver is connected to that primary (`Slave_IO_Running` is `Yes`).
     pub receiving: bool,
-    /// What it received (`Gtid_IO_Pos`; MariaDB).
+    /// What it received: MariaDB's `Gtid_IO_Pos`; MySQL's `Retrieved_Gtid_Set` with
+    /// `Executed_Gtid_Set`.
     pub received: Gtids,
+}
+
+/// Which server a monitor talks to: the SQL of replication differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// MariaDB: per-domain GTID positions, `CHANGE MASTER TO`, `MASTER_GTID_WAIT`.
+    MariaDb,
+    /// MySQL 8: GTID sets, `CHANGE REPLICATION SOURCE TO`, `WAIT_FOR_EXECUTED_GTID_SET`.
+    MySql,
 }
 
 impl Replication {
@@ -235,6 +250,7 @@ impl ServerState {
 struct Reading {
     read_only: bool,
     lag: Lag,
+    flavor: Flavor,
     gtid_current_pos: Gtids,
     gtid_binlog_state: Gtids,
     replication: Option<Replication>,
@@ -256,7 +272,7 @@ pub fn spawn(
             addr: *addr,
             conn: None,
             galera: db.kind == ClusterKind::Galera,
-            mariadb: false,
+            flavor: Flavor::MariaDb,
             legacy_status: false,
             last_lag_s: None,
         };
@@ -324,6 +340,7 @@ async fn watch_server(
                     next.read_only = r.read_only;
                     next.lag = r.lag;
                     next.last_error = None;
+                    next.flavor = Some(r.flavor);
                     next.gtid_current_pos = r.gtid_current_pos.clone();
                     next.gtid_binlog_state = r.gtid_binlog_state.clone();
                     next.replication = r.replication.clone();
@@ -345,8 +362,8 @@ struct Probe {
     conn: Option<(Conn, Instant)>,
     /// A Galera member: its `wsrep_` state is read instead of the replication status.
     galera: bool,
-    /// The server is MariaDB (it has its GTIDs), as its version said at login.
-    mariadb: bool,
+    /// What the server is, as its version said at login.
+    flavor: Flavor,
     /// The server does not know `SHOW REPLICA STATUS` (MySQL before 8.0.22): use the old name.
     legacy_status: bool,
     /// The lag last measured, for [`Lag::Disconnected`].
@@ -367,7 +384,11 @@ impl Probe {
                     .query_first("SELECT @@version")
                     .await
                     .map_err(|e| ProbeError::Mysql(format!("SELECT @@version: {e}")))?;
-                self.mariadb = version.is_some_and(|v| v.contains("MariaDB"));
+                self.flavor = if version.is_some_and(|v| v.contains("MariaDB")) {
+                    Flavor::MariaDb
+                } else {
+                    Flavor::MySql
+                };
                 (conn, Instant::now())
             }
         };
@@ -382,19 +403,21 @@ impl Probe {
             .await
             .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.read_only: {e}")))?;
         let read_only = row.is_some_and(|(_, ro)| ro != 0);
-        let (gtid_current_pos, gtid_binlog_state) = if self.mariadb {
-            let gtids: Option<(String, String)> = conn
-                .query_first("SELECT @@global.gtid_current_pos, @@global.gtid_binlog_state")
-                .await
-                .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.gtid_current_pos: {e}")))?;
-            let (current, state) = gtids.unwrap_or_default();
-            (gtids_of(&current)?, gtids_of(&state)?)
-        } else {
-            Default::default()
+        let flavor = self.flavor;
+        let statement = match flavor {
+            Flavor::MariaDb => "SELECT @@global.gtid_current_pos, @@global.gtid_binlog_state",
+            Flavor::MySql => "SELECT @@global.gtid_executed, @@global.gtid_executed",
         };
+        let gtids: Option<(String, String)> = conn
+            .query_first(statement)
+            .await
+            .map_err(|e| ProbeError::Mysql(format!("{statement}: {e}")))?;
+        let (current, state) = gtids.unwrap_or_default();
+        let (gtid_current_pos, gtid_binlog_state) = (gtids_of(&current)?, gtids_of(&state)?);
         if self.galera {
             return Ok(Reading {
                 read_only,
+                flavor,
                 lag: Lag::NotReplica,
                 gtid_current_pos,
                 gtid_binlog_state,
@@ -426,7 +449,13 @@ impl Probe {
                     &column(row, &["Master_Port", "Source_Port"]).unwrap_or_default(),
                 ),
                 receiving: column(row, &["Slave_IO_Running", "Replica_IO_Running"]).as_deref() == Some("Yes"),
-                received: gtids_of(&column(row, &["Gtid_IO_Pos"]).unwrap_or_default())?,
+                received: match flavor {
+                    Flavor::MariaDb => gtids_of(&column(row, &["Gtid_IO_Pos"]).unwrap_or_default())?,
+                    Flavor::MySql => {
+                        let set = |name| gtids_of(&column(row, &[name]).unwrap_or_default());
+                        set("Retrieved_Gtid_Set")?.union(&set("Executed_Gtid_Set")?)
+                    }
+                },
             }),
             None => None,
         };
@@ -446,6 +475,7 @@ impl Probe {
         }
         Ok(Reading {
             read_only,
+            flavor,
             lag,
             gtid_current_pos,
             gtid_binlog_state,
