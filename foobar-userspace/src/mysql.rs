@@ -3,6 +3,8 @@
 //! untouched (authentication, TLS and every command pass through); the router only chooses
 //! the server, refuses with a MySQL error packet when none qualifies, and closes connections
 //! to a server that went down or stopped being the primary so application pools reconnect.
+//! A Galera cluster's writer is one synced member, the same from every edge; with
+//! `[database.failover]` the edges also promote, fence and switch over (`failover.rs`).
 
 pub mod dialect;
 pub mod failover;
