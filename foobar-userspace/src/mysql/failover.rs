@@ -305,6 +305,7 @@ impl Coordinator {
             locks: Locks {
                 name: lock,
                 conns: (0..servers).map(|_| None).collect(),
+                resting: 0,
             },
             down_since: vec![None; servers],
         }
@@ -388,6 +389,17 @@ impl Coordinator {
             .await;
         let servers = self.addresses().len();
         let acting = 2 * held > servers;
+        if !acting && held > 0 {
+            // A minority helps nobody and may keep the other edge from a majority (the locks
+            // split 1:1 when a server dies): give them back and sit out one to three rounds,
+            // so that the edges do not keep splitting them.
+            self.locks.release().await;
+            self.locks.resting = 1 + u64::from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos()),
+            ) % 3;
+        }
         if acting != self.acting() {
             self.event(
                 false,
@@ -776,11 +788,17 @@ struct Locks {
     name: String,
     /// A connection per server, holding the lock or trying to.
     conns: Vec<Option<(Conn, bool)>>,
+    /// Rounds to sit out after giving a minority of the locks back.
+    resting: u64,
 }
 
 impl Locks {
     /// Keeps or takes the lock on every server at once; on how many this edge holds it.
     async fn refresh(&mut self, addresses: &[SocketAddr], creds: &Credentials, limit: Duration, idle_s: u64) -> usize {
+        if self.resting > 0 {
+            self.resting -= 1;
+            return 0;
+        }
         let name = &self.name;
         let rounds = self.conns.iter_mut().zip(addresses).map(|(slot, addr)| async move {
             let held = timeout(limit, hold(slot, *addr, creds, name, idle_s)).await;
