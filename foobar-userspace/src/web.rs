@@ -21,8 +21,9 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
+    http::uri::Authority,
     service::service_fn,
-    Request, Response, StatusCode,
+    Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -531,7 +532,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     let site = sites.route(host);
     let mut upstream = None;
     let mut route = &site.served;
-    let mut response = if let Some(why) = smuggling_shape(req.headers()) {
+    let refusal =
+        smuggling_shape(req.headers()).or_else(|| host_problem(req.version(), uri.authority(), req.headers()));
+    let mut response = if let Some(why) = refusal {
         warn!(client = %conn.peer.ip(), why, "request refused");
         route = &site.refused;
         let mut r = status_page(StatusCode::BAD_REQUEST);
@@ -615,6 +618,34 @@ fn smuggling_shape(headers: &header::HeaderMap) -> Option<&'static str> {
     }
 }
 
+/// What RFC 9112 §3.2 says a server must answer 400 to about the target host, if anything: an
+/// HTTP/1.1 request without a Host header, one with several, or one whose Host is not a host
+/// and optional port (userinfo included). With an absolute-form target the target's
+/// authority counts and Host is ignored, as the RFC says.
+fn host_problem(version: Version, authority: Option<&Authority>, headers: &header::HeaderMap) -> Option<&'static str> {
+    let hosts: Vec<&HeaderValue> = headers.get_all(header::HOST).iter().collect();
+    match hosts.as_slice() {
+        [] if version == Version::HTTP_11 && authority.is_none() => Some("an HTTP/1.1 request without Host"),
+        [] => None,
+        [_, _, ..] => Some("more than one Host"),
+        [_] if authority.is_some() => None,
+        [one] => {
+            // `http` parses the port leniently: after the host (an IPv6 literal is bracketed)
+            // only digits may follow the colon (RFC 3986: port = *DIGIT).
+            let text = String::from_utf8_lossy(one.as_bytes());
+            let port = match text.rfind(']') {
+                Some(end) => text[end + 1..].strip_prefix(':'),
+                None => text.rsplit_once(':').map(|(_, port)| port),
+            };
+            let valid = !one.is_empty()
+                && !one.as_bytes().contains(&b'@')
+                && Authority::try_from(one.as_bytes()).is_ok()
+                && port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()));
+            (!valid).then_some("a Host that is not a host and port")
+        }
+    }
+}
+
 fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {
     let Some(host) = host else {
         return status_page(StatusCode::BAD_REQUEST);
@@ -656,6 +687,30 @@ mod tests {
             ("transfer-encoding", "chunked")
         ]))
         .is_some());
+    }
+
+    #[test]
+    fn requests_without_one_valid_host_are_named() {
+        let hosts = |values: &[&str]| {
+            let mut m = header::HeaderMap::new();
+            for v in values {
+                m.append(header::HOST, HeaderValue::from_str(v).expect("value"));
+            }
+            m
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(host_problem(v11, None, &hosts(&["www.foobar.com:443"])), None);
+        assert_eq!(host_problem(v11, None, &hosts(&["[2001:db8::1]"])), None);
+        assert_eq!(host_problem(v11, None, &hosts(&["[2001:db8::1]:8443"])), None);
+        assert_eq!(host_problem(Version::HTTP_10, None, &hosts(&[])), None);
+        assert!(host_problem(v11, None, &hosts(&[])).is_some());
+        assert!(host_problem(v11, None, &hosts(&["a", "a"])).is_some());
+        for bad in ["", "a b", "user@www.foobar.com", "www.foobar.com:port", "/path"] {
+            assert!(host_problem(v11, None, &hosts(&[bad])).is_some(), "{bad:?}");
+        }
+        let target = Authority::from_static("www.foobar.com");
+        assert_eq!(host_problem(v11, Some(&target), &hosts(&[])), None, "absolute form");
+        assert_eq!(host_problem(v11, Some(&target), &hosts(&["whatever else"])), None);
     }
 
     #[test]

@@ -359,6 +359,39 @@ fn smuggling_shapes_are_refused_at_the_redirect_listener_and_the_proxy() -> Resu
 }
 
 #[test]
+fn requests_without_exactly_one_valid_host_are_refused() -> Result<()> {
+    let lab = WebLab::start("host")?;
+    // The probe: with a Host the request reaches the application, and so does an HTTP/1.0
+    // request without one (1.0 has no Host requirement).
+    for ok in [
+        "GET /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n",
+        "GET /api/echo HTTP/1.0\r\n\r\n",
+    ] {
+        let before = received(&lab);
+        let out = lab.raw_tls(ok.as_bytes())?;
+        ensure!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{ok:?}: {out}"
+        );
+        ensure!(received_since(&lab, &before).len() == 1, "{ok:?} did not reach the app");
+    }
+    // RFC 9112 §3.2: none, several, or one that is not a host and port: 400, nothing proxied.
+    for bad in [
+        "GET /api/echo HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nHost: evil.example\r\n\r\n",
+        "GET /api/echo HTTP/1.1\r\nHost: user@www.foobar.com\r\n\r\n",
+        "GET /api/echo HTTP/1.1\r\nHost: www.foobar.com/x\r\n\r\n",
+    ] {
+        let before = received(&lab);
+        let out = lab.raw_tls(bad.as_bytes())?;
+        ensure!(out.starts_with("HTTP/1.1 400"), "{bad:?}: {out}");
+        let reached = received_since(&lab, &before);
+        ensure!(reached.is_empty(), "{bad:?} reached the app: {reached:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn slow_and_oversized_heads_are_refused() -> Result<()> {
     let lab = WebLab::start("heads")?;
     // The same request with a small head is served.
