@@ -875,6 +875,20 @@ credentials = "/etc/foobar/monitor.toml"
     }
 
     #[test]
+    fn writes_are_held_a_minute_at_most() {
+        let text = with_database(r#""10.0.0.11:3306""#, "").replace(
+            "credentials = \"/etc/foobar/monitor.toml\"",
+            "credentials = \"/etc/foobar/monitor.toml\"\nhold_writes_ms = 60001",
+        );
+        let reasons: Vec<String> = problems(&text).into_iter().map(|p| p.reason).collect();
+        assert!(
+            reasons.len() == 1 && reasons[0].contains("hold_writes_ms is at most 60000"),
+            "{reasons:?}"
+        );
+        assert!(parse(&text.replace("60001", "60000")).is_ok());
+    }
+
+    #[test]
     fn galera_options_need_a_galera_cluster_which_needs_no_failover() {
         let text = with_database(
             r#""10.0.0.11:3306", "10.0.0.12:3306", "10.0.0.13:3306""#,

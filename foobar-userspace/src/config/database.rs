@@ -111,6 +111,9 @@ pub struct Failover {
     pub semi_sync: bool,
 }
 
+/// The longest `hold_writes_ms`.
+const MAX_HOLD_WRITES_MS: u64 = 60_000;
+
 fn default_failover_after_ms() -> u64 {
     5000
 }
@@ -340,6 +343,12 @@ pub(super) fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)
                     format!("database {name:?}: failover after_ms and catch_up_timeout_ms must be positive"),
                 );
             }
+        }
+        if db.hold_writes_ms > MAX_HOLD_WRITES_MS {
+            report(
+                &db.name.span(),
+                format!("database {name:?}: hold_writes_ms is at most {MAX_HOLD_WRITES_MS} (a client held longer is better told)"),
+            );
         }
         let m = &db.monitor;
         if m.interval_ms == 0 || m.timeout_ms == 0 || m.rise == 0 || m.fall == 0 || db.connect_timeout_ms == 0 {

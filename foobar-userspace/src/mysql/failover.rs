@@ -346,6 +346,12 @@ impl Coordinator {
         Duration::from_millis(self.cluster.config.monitor.timeout_ms)
     }
 
+    /// One monitor round at most: its interval and its timeout, ms.
+    fn round_ms(&self) -> u64 {
+        let m = &self.cluster.config.monitor;
+        m.interval_ms.saturating_add(m.timeout_ms)
+    }
+
     /// Records a step: the log (and so the push exporter), the status.
     fn event(&self, warning: bool, what: String) {
         let database = self.cluster.config.name.get_ref();
@@ -380,9 +386,7 @@ impl Coordinator {
     async fn step(&mut self) {
         let creds = self.cluster.credentials.load_full();
         let limit = self.limit();
-        let idle_s = (5 * (self.cluster.config.monitor.interval_ms + self.cluster.config.monitor.timeout_ms))
-            .div_ceil(1000)
-            .max(10);
+        let idle_s = (self.round_ms().saturating_mul(5)).div_ceil(1000).max(10);
         let held = self
             .locks
             .refresh(self.cluster.config.servers.get_ref(), &creds, limit, idle_s)
@@ -545,7 +549,7 @@ impl Coordinator {
         }
         let limit = Duration::from_millis(self.settings.catch_up_timeout_ms);
         let sql = flavor.wait_for(received, limit);
-        let waited: Option<i64> = timeout(limit + self.limit(), conn.query_first(sql))
+        let waited: Option<i64> = timeout(limit.saturating_add(self.limit()), conn.query_first(sql))
             .await
             .map_err(|_| anyhow!("{addr}: applying what it received ({received}) timed out"))?
             .with_context(|| format!("{addr}: waiting to apply {received}"))?;
@@ -634,9 +638,7 @@ impl Coordinator {
     /// Waits (a few monitor rounds at most) until the monitor's view satisfies `done`, so the
     /// next step plans on what the last one did.
     async fn wait_for_view(&self, done: impl Fn(&[ServerState]) -> bool) {
-        let rounds = Duration::from_millis(
-            4 * (self.cluster.config.monitor.interval_ms + self.cluster.config.monitor.timeout_ms),
-        );
+        let rounds = Duration::from_millis(self.round_ms().saturating_mul(4));
         let mut view = self.cluster.view.clone();
         let _ = timeout(rounds, async {
             while !done(&view.borrow_and_update()) {

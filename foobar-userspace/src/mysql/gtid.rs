@@ -67,32 +67,39 @@ impl Gtids {
                         let t = Self::sequence(theirs, d).unwrap_or(0);
                         t.saturating_sub(Self::sequence(mine, d).unwrap_or(0))
                     })
-                    .sum()
+                    .fold(0, u64::saturating_add)
             }
             (Gtids::MySql(mine), Gtids::MySql(theirs)) => theirs
                 .iter()
                 .map(|(uuid, intervals)| {
                     let have = mine.get(uuid).map_or(&[][..], Vec::as_slice);
-                    intervals.iter().map(|&i| uncovered(i, have)).sum::<u64>()
+                    intervals
+                        .iter()
+                        .map(|&i| uncovered(i, have))
+                        .fold(0, u64::saturating_add)
                 })
-                .sum(),
+                .fold(0, u64::saturating_add),
             (_, other) => other.progress(),
         }
     }
 
     /// How much it holds, to rank replicas of one cluster: the sum of every domain's highest
-    /// sequence number (MariaDB), or the number of transactions (MySQL).
+    /// sequence number (MariaDB), or the number of transactions (MySQL); saturating, since a
+    /// server reports what it likes.
     pub fn progress(&self) -> u64 {
         match self {
             Gtids::MariaDb(ids) => {
                 let mut domains: Vec<u32> = ids.iter().map(|g| g.domain).collect();
                 domains.dedup();
-                domains.into_iter().filter_map(|d| Self::sequence(ids, d)).sum()
+                domains
+                    .into_iter()
+                    .filter_map(|d| Self::sequence(ids, d))
+                    .fold(0, u64::saturating_add)
             }
             Gtids::MySql(set) => set
                 .values()
                 .flat_map(|intervals| intervals.iter().map(|(a, b)| b - a + 1))
-                .sum(),
+                .fold(0, u64::saturating_add),
         }
     }
 
@@ -145,7 +152,7 @@ fn uncovered((start, end): (u64, u64), have: &[(u64, u64)]) -> u64 {
                 0
             }
         })
-        .sum();
+        .fold(0, u64::saturating_add);
     (end - start + 1).saturating_sub(covered)
 }
 
@@ -317,6 +324,17 @@ mod tests {
             g(&format!("{A}:1-50")).union(&g(&format!("{A}:40-60:62"))).to_string(),
             format!("{A}:1-60:62")
         );
+    }
+
+    #[test]
+    fn huge_numbers_saturate_instead_of_overflowing() {
+        // Found by the fuzz target: sums of sequence numbers a server reported.
+        let huge = g(&format!("0-1-{max},1-1-{max}", max = u64::MAX));
+        assert_eq!(huge.progress(), u64::MAX);
+        assert_eq!(g("").missing_from(&huge), u64::MAX);
+        let set = g(&format!("{A}:1-{max},{B}:1-{max}", max = u64::MAX));
+        assert_eq!(set.progress(), u64::MAX);
+        assert_eq!(set.missing_from(&set), 0);
     }
 
     #[test]
