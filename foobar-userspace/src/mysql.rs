@@ -474,15 +474,19 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
     };
     let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
     let hold_until = Instant::now() + Duration::from_millis(cluster.config.hold_writes_ms);
+    let holds = role == Role::ReadWrite && cluster.config.hold_writes_ms > 0;
     let mut tried = Vec::new();
     let (mut server, mut lease) = loop {
-        let mut primary_changed = cluster.primary_changes.subscribe();
+        // Subscribed before the pick, so a primary appearing after it wakes the hold.
+        let mut primary_changed = holds.then(|| cluster.primary_changes.subscribe());
         let lease = match cluster.lease(role, &tried) {
             Ok(lease) => lease,
-            Err(_) if role == Role::ReadWrite && tried.is_empty() && Instant::now() < hold_until => {
+            Err(_) if tried.is_empty() && Instant::now() < hold_until && primary_changed.is_some() => {
                 // No primary yet (a switchover's pause, a failover's promotion): hold the
                 // client until one appears or the hold runs out.
-                let _ = tokio::time::timeout_at(hold_until, primary_changed.changed()).await;
+                if let Some(changed) = primary_changed.as_mut() {
+                    let _ = tokio::time::timeout_at(hold_until, changed.changed()).await;
+                }
                 continue;
             }
             Err(why) => {

@@ -1,5 +1,6 @@
 //! The database monitor: one task per server keeps a logged-in connection as the monitor user
-//! and asks, every interval, `SELECT 1, @@global.read_only` and the replication status. It
+//! and asks, every interval, `@@global.read_only` with the GTIDs it holds, and the replication
+//! status (a Galera member: its `wsrep_` state). It
 //! never probes with a bare handshake: MySQL counts those as aborted connects and ends up
 //! blocking the router's host, while each full login resets that count.
 
@@ -398,21 +399,18 @@ impl Probe {
     }
 
     async fn ask(&mut self, conn: &mut Conn) -> Result<Reading, ProbeError> {
-        let row: Option<(i64, i64)> = conn
-            .query_first("SELECT 1, @@global.read_only")
-            .await
-            .map_err(|e| ProbeError::Mysql(format!("SELECT @@global.read_only: {e}")))?;
-        let read_only = row.is_some_and(|(_, ro)| ro != 0);
+        // One round trip: read_only and what the server holds.
         let flavor = self.flavor;
         let statement = match flavor {
-            Flavor::MariaDb => "SELECT @@global.gtid_current_pos, @@global.gtid_binlog_state",
-            Flavor::MySql => "SELECT @@global.gtid_executed, @@global.gtid_executed",
+            Flavor::MariaDb => "SELECT @@global.read_only, @@global.gtid_current_pos, @@global.gtid_binlog_state",
+            Flavor::MySql => "SELECT @@global.read_only, @@global.gtid_executed, @@global.gtid_executed",
         };
-        let gtids: Option<(String, String)> = conn
+        let row: Option<(i64, String, String)> = conn
             .query_first(statement)
             .await
             .map_err(|e| ProbeError::Mysql(format!("{statement}: {e}")))?;
-        let (current, state) = gtids.unwrap_or_default();
+        let read_only = row.as_ref().is_some_and(|(ro, _, _)| *ro != 0);
+        let (_, current, state) = row.unwrap_or_default();
         let (gtid_current_pos, gtid_binlog_state) = (gtids_of(&current)?, gtids_of(&state)?);
         if self.galera {
             return Ok(Reading {

@@ -139,6 +139,13 @@ pub fn run() -> Result<Vec<Row>> {
     let bound = AFTER_MS + FALL * INTERVAL_MS + INTERVAL_MS;
     let crash_outage = median(crashes.iter().map(|c| c.outage_ms).collect());
     let setup = format!("{version}, semi-sync, after_ms {AFTER_MS}, monitor {INTERVAL_MS} ms × fall {FALL}");
+    let against_crash = |name: &str, ms: fn(&Switch) -> f64| Row {
+        name: name.into(),
+        value: median(switches.iter().map(ms).collect()),
+        unit: "ms",
+        baseline: "the crash outage of the same run".into(),
+        baseline_value: crash_outage,
+    };
     Ok(vec![
         Row {
             name: "crash_write_outage".into(),
@@ -154,20 +161,8 @@ pub fn run() -> Result<Vec<Row>> {
             baseline: format!("writes acknowledged over {ROUNDS} crash rounds"),
             baseline_value: crashes.iter().map(|c| c.acked).sum::<usize>() as f64,
         },
-        Row {
-            name: "switchover_write_pause_reported".into(),
-            value: median(switches.iter().map(|s| s.reported_ms).collect()),
-            unit: "ms",
-            baseline: "the crash outage of the same run".into(),
-            baseline_value: crash_outage,
-        },
-        Row {
-            name: "switchover_client_longest_wait".into(),
-            value: median(switches.iter().map(|s| s.client_ms).collect()),
-            unit: "ms",
-            baseline: "the crash outage of the same run".into(),
-            baseline_value: crash_outage,
-        },
+        against_crash("switchover_write_pause_reported", |s| s.reported_ms),
+        against_crash("switchover_client_longest_wait", |s| s.client_ms),
         Row {
             name: "switchover_acknowledged_writes_lost".into(),
             value: switches.iter().map(|s| s.lost).sum::<usize>() as f64,
