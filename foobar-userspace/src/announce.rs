@@ -91,7 +91,7 @@ pub struct AnnounceStatus {
 pub fn evaluate(c: &Config, health: &Health, node_faults: &[Fault]) -> BTreeMap<IpAddr, Vec<Fault>> {
     let mut services: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
     for s in &c.services {
-        services.entry(*s.vip.get_ref()).or_default().push(s.name.get_ref());
+        services.entry(s.vip).or_default().push(&s.name);
     }
     services
         .into_iter()
@@ -120,7 +120,7 @@ pub struct Announcer {
 impl Announcer {
     /// Opens the table of `[announce]`; writes nothing until the first [`Announcer::update`].
     pub fn start(a: &Announce) -> Result<Self> {
-        let table = *a.table.get_ref();
+        let table = a.table;
         Ok(Self {
             routes: RouteTable::open(table)?,
             status: Arc::new(Mutex::new(AnnounceStatus {
@@ -254,7 +254,7 @@ pub fn spawn_session_reader(status: Arc<Mutex<AnnounceStatus>>, config: watch::R
         loop {
             tick.tick().await;
             let (bird, frr): (Option<PathBuf>, Option<PathBuf>) = match &config.borrow().announce {
-                Some(a) => (a.get_ref().bird_socket.clone(), a.get_ref().frr_vty_dir.clone()),
+                Some(a) => (a.bird_socket.clone(), a.frr_vty_dir.clone()),
                 None => (None, None),
             };
             let read = match (bird, frr) {

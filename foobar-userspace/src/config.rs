@@ -1,88 +1,204 @@
-//! The configuration file: one TOML document, parsed and validated in full before anything
-//! uses it. Every problem is reported with file, line, column and reason; a file with any
-//! problem is refused as a whole.
+//! The configuration: one TOML file, decoded and checked in full before anything uses it, then
+//! lowered into the domain values the rest of the program runs on (durations, parsed prefixes
+//! and URLs, enums where the file has flags that could contradict each other). Every problem is
+//! reported with file, line, column and reason; a file with any problem is refused as a whole.
+//! The file's own tree, with the place of every value, stays in [`file`].
 
 pub mod announce;
 pub mod database;
-pub mod decode;
-pub mod files;
+mod decode;
+mod file;
+mod files;
 pub mod monitoring;
 pub mod web;
 
-use crate::maglev;
 use serde::Deserialize;
 use std::{
-    collections::{BTreeSet, HashSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
-use toml::Spanned;
 
 /// A validated configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// This node.
     pub node: Node,
     /// Data-plane sizing and policy.
-    #[serde(default)]
     pub dataplane: Dataplane,
     /// VIP services.
-    #[serde(default, rename = "service")]
     pub services: Vec<Service>,
     /// VRRP instances electing which edge owns the VIPs; none (and no `[announce]`) means this
     /// node always owns them.
-    #[serde(default)]
     pub vrrp: Vec<VrrpInstance>,
     /// VIP ownership by route announcement through the host's BGP daemon (every edge active);
     /// excludes `[[vrrp]]`.
-    pub announce: Option<Spanned<announce::Announce>>,
+    pub announce: Option<announce::Announce>,
     /// The web tier; none means this node serves no HTTP.
     pub web: Option<web::Web>,
     /// Database clusters routed by this node.
-    #[serde(default, rename = "database")]
     pub databases: Vec<database::Database>,
     /// Metrics, the status page and the push exporter; none means no management listener.
     pub monitoring: Option<monitoring::Monitoring>,
 }
 
 /// The `[node]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     /// Node name, used in logs and metrics.
     pub name: String,
-    /// Interfaces the XDP program is attached to.
-    pub interfaces: Spanned<Vec<String>>,
-    /// How to attach: native (driver) mode, falling back to generic with a warning (`auto`,
-    /// the default), or only `native` / only `generic`.
-    #[serde(default)]
+    /// Interfaces the XDP program is attached to (at least one).
+    pub interfaces: Vec<String>,
+    /// How to attach.
     pub xdp_mode: XdpMode,
     /// This node's own addresses: backends with one of them are delivered locally, and
     /// IPIP packets addressed to them are decapsulated.
-    #[serde(default)]
     pub addresses: Vec<IpAddr>,
-    /// The only sources whose IPIP / IPv6-in-IPv6 packets to `addresses` are decapsulated (the
-    /// edges, on a backend; the other edges, on an edge that is a backend of its peers); tunnel
-    /// packets from anyone else are dropped and counted.
-    #[serde(default)]
+    /// The only sources whose IPIP / IPv6-in-IPv6 packets to `addresses` are decapsulated.
     pub tunnel_peers: Vec<IpAddr>,
-    /// Outer source address of IPv4 tunnels (required when an IPv4 backend is reached by IPIP).
-    pub tunnel_source_v4: Option<Spanned<IpAddr>>,
-    /// Outer source address of IPv6 tunnels (required when an IPv6 backend is reached by IPIP).
-    pub tunnel_source_v6: Option<Spanned<IpAddr>>,
+    /// Outer source address of IPv4 tunnels.
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source address of IPv6 tunnels.
+    pub tunnel_source_v6: Option<Ipv6Addr>,
     /// bpffs directory for pinned maps and links; a layout-version subdirectory is added.
-    #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
-    /// Unix socket `foobar status` reads the running state from.
-    #[serde(default = "default_control_socket")]
+    /// Unix socket `foobar status` and `foobar reload` talk to.
     pub control_socket: PathBuf,
-    /// The user to run as once the program is attached and every socket is open (unset: stay
-    /// root). The thread that writes the maps keeps only the capabilities it needs; the
-    /// threads that serve clients keep none.
-    pub user: Option<Spanned<String>>,
+    /// The unprivileged user to run as once everything privileged is done (none: stay root).
+    pub user: Option<String>,
+}
+
+/// The `[dataplane]` section: map sizes and the Maglev seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataplane {
+    /// Maglev table size M (a prime, at least 100 x the largest backend count).
+    pub maglev_table_size: u32,
+    /// Seed of the Maglev permutations; equal on every edge so they pick the same backends.
+    pub maglev_seed: u64,
+    /// Connection-table capacity for IPv4 flows.
+    pub conntrack_entries: u32,
+    /// Connection-table capacity for IPv6 flows.
+    pub conntrack_entries_v6: u32,
+    /// New connection-table inserts allowed per CPU per second (0 = unlimited).
+    pub new_flow_cap: u32,
+    /// Capacity of the service table.
+    pub max_services: u32,
+    /// Capacity of the backend table (all services together).
+    pub max_backends: u32,
+}
+
+impl Dataplane {
+    /// Every setting that sizes a map: changing one takes a restart.
+    pub fn sizes(&self) -> [u32; 5] {
+        [
+            self.maglev_table_size,
+            self.conntrack_entries,
+            self.conntrack_entries_v6,
+            self.max_services,
+            self.max_backends,
+        ]
+    }
+}
+
+/// One `[[service]]`: a VIP, port and protocol balanced over backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Name, unique in the file.
+    pub name: String,
+    /// The VIP.
+    pub vip: IpAddr,
+    /// Port; 0 means every port of the protocol.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// How packets reach remote backends.
+    pub forwarding: Forwarding,
+    /// Health check applied to every backend.
+    pub health: HealthCheck,
+    /// Backends, each address once.
+    pub backends: Vec<Backend>,
+}
+
+/// One `[[service.backend]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address.
+    pub address: IpAddr,
+    /// Relative weight; 0 drains (no new flows, established ones stay).
+    pub weight: u32,
+}
+
+/// How often a target is probed, how long a probe may take, and how many results in a row
+/// change its state: the one timing of service health checks, upstream checks and the
+/// database monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CheckTiming {
+    /// Between probes.
+    pub interval: Duration,
+    /// A probe taking longer has failed.
+    pub timeout: Duration,
+    /// Consecutive passed probes that make a down target up (at least 1).
+    pub rise: u32,
+    /// Consecutive failed probes that make an up target down (at least 1).
+    pub fall: u32,
+}
+
+/// An active health check.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// What to check.
+    pub kind: CheckKind,
+    /// Port to check; none: the service's (or the server's) port.
+    pub port: Option<u16>,
+    /// HTTP path.
+    pub path: String,
+    /// HTTP status that means healthy.
+    pub expect_status: u16,
+    /// When to probe and when the state changes.
+    pub timing: CheckTiming,
+    /// MySQL checks: the file with the user and password to log in with.
+    pub credentials: Option<PathBuf>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        file::HealthCheck::default().lower()
+    }
+}
+
+/// One `[[vrrp]]` instance: a VRRPv3 virtual router on one interface, for one address family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VrrpInstance {
+    /// Name, unique in the file (status, logs, notify).
+    pub name: String,
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    /// Interface the adverts travel on and the VIPs are claimed on.
+    pub interface: String,
+    /// Priority 1..=255 (255: this node owns the addresses).
+    pub priority: u8,
+    /// Advertisement interval: whole centiseconds, 10 ms..=40.95 s.
+    pub advert_interval: Duration,
+    /// The longest advertisement interval a backup adopts from a master (whole centiseconds).
+    pub max_master_interval: Duration,
+    /// Whether a higher-priority backup takes over from a lower-priority master.
+    pub preempt: bool,
+    /// After start, how long before this node may preempt (whole centiseconds).
+    pub preempt_delay: Duration,
+    /// Peers to send adverts to by unicast; empty means multicast.
+    pub unicast_peers: Vec<IpAddr>,
+    /// Source address of the adverts; none: the interface's first address of the family.
+    pub source: Option<IpAddr>,
+    /// The VIPs this router claims, all of one family.
+    pub vips: Vec<IpAddr>,
+    /// Services whose backends all being down puts this node in fault.
+    pub track_services: Vec<String>,
+    /// IPv4 advert checksum convention the peer expects.
+    pub ipv4_checksum: ChecksumConvention,
+    /// Command run on every state change.
+    pub notify: Option<PathBuf>,
 }
 
 /// XDP attach mode.
@@ -96,77 +212,6 @@ pub enum XdpMode {
     Native,
     /// Generic (skb) mode only.
     Generic,
-}
-
-/// The `[dataplane]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Dataplane {
-    /// Maglev table size M (prime, >= 100 x the largest backend count).
-    pub maglev_table_size: Spanned<u32>,
-    /// Seed of the Maglev permutations; equal on both edges so they pick the same backends.
-    pub maglev_seed: u64,
-    /// Connection-table capacity for IPv4 flows.
-    pub conntrack_entries: Spanned<u32>,
-    /// Connection-table capacity for IPv6 flows.
-    pub conntrack_entries_v6: Spanned<u32>,
-    /// New connection-table inserts allowed per CPU per second (0 = unlimited).
-    pub new_flow_cap: u32,
-    /// Capacity of the service table.
-    pub max_services: Spanned<u32>,
-    /// Capacity of the backend table (all services together).
-    pub max_backends: Spanned<u32>,
-}
-
-impl Dataplane {
-    /// Every setting that sizes a map: changing one takes a restart.
-    pub fn sizes(&self) -> [u32; 5] {
-        [
-            *self.maglev_table_size.get_ref(),
-            *self.conntrack_entries.get_ref(),
-            *self.conntrack_entries_v6.get_ref(),
-            *self.max_services.get_ref(),
-            *self.max_backends.get_ref(),
-        ]
-    }
-}
-
-impl Default for Dataplane {
-    fn default() -> Self {
-        Self {
-            maglev_table_size: Spanned::new(0..0, maglev::DEFAULT_TABLE_SIZE),
-            maglev_seed: 0,
-            conntrack_entries: Spanned::new(0..0, 262_144),
-            conntrack_entries_v6: Spanned::new(0..0, 65_536),
-            new_flow_cap: 125_000,
-            max_services: Spanned::new(0..0, 64),
-            max_backends: Spanned::new(0..0, 4096),
-        }
-    }
-}
-
-/// One `[[service]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    /// Name, unique in the file.
-    pub name: Spanned<String>,
-    /// The VIP.
-    pub vip: Spanned<IpAddr>,
-    /// Port; 0 means every port of the protocol.
-    pub port: u16,
-    /// Protocol.
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// How packets reach remote backends.
-    #[serde(default)]
-    pub forwarding: Forwarding,
-    /// Health check applied to every backend.
-    #[serde(default)]
-    pub health: HealthCheck,
-    /// Backends.
-    #[serde(default, rename = "backend")]
-    pub backends: Vec<BackendConfig>,
 }
 
 /// L4 protocol of a service.
@@ -201,58 +246,6 @@ pub enum Forwarding {
     L2dsr,
 }
 
-/// One `[[service.backend]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Backend address.
-    pub address: Spanned<IpAddr>,
-    /// Relative weight; 0 drains (no new flows, established ones stay).
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-/// Active health check settings.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthCheck {
-    /// What to check.
-    pub kind: CheckKind,
-    /// Port to check; defaults to the service port.
-    pub port: Option<u16>,
-    /// HTTP path.
-    pub path: String,
-    /// HTTP status that means healthy.
-    pub expect_status: u16,
-    /// Milliseconds between checks.
-    pub interval_ms: u64,
-    /// Milliseconds before a check counts as failed.
-    pub timeout_ms: u64,
-    /// Consecutive successes that make a down backend up.
-    pub rise: u32,
-    /// Consecutive failures that make an up backend down.
-    pub fall: u32,
-    /// MySQL checks: the file with the user and password to log in with (as `[[database]]`
-    /// credentials).
-    pub credentials: Option<PathBuf>,
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        Self {
-            kind: CheckKind::Tcp,
-            port: None,
-            path: "/".into(),
-            expect_status: 200,
-            interval_ms: 2000,
-            timeout_ms: 1000,
-            rise: 2,
-            fall: 3,
-            credentials: None,
-        }
-    }
-}
-
 /// Kind of health check.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -271,50 +264,6 @@ pub enum CheckKind {
     None,
 }
 
-/// One `[[vrrp]]` instance: a VRRPv3 virtual router on one interface, for one address family.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct VrrpInstance {
-    /// Name, unique in the file (status, logs, notify).
-    pub name: Spanned<String>,
-    /// Virtual router id, 1..=255, equal on both edges.
-    pub vrid: Spanned<u8>,
-    /// Interface the adverts travel on and the VIPs are claimed on.
-    pub interface: Spanned<String>,
-    /// Priority 1..=255 (255: this node owns the addresses and starts as master).
-    pub priority: Spanned<u8>,
-    /// Advertisement interval in milliseconds: a multiple of 10 in 10..=40950.
-    #[serde(default = "default_advert_interval_ms")]
-    pub advert_interval_ms: Spanned<u32>,
-    /// The longest advertisement interval a backup adopts from a master, ms (a multiple of 10
-    /// in 10..=40950; default: `advert_interval_ms`). A forged advert with a long interval
-    /// cannot stretch the takeover past this; raise it for a peer that advertises more slowly.
-    pub max_master_interval_ms: Option<Spanned<u32>>,
-    /// Whether a higher-priority backup takes over from a lower-priority master.
-    #[serde(default = "default_true")]
-    pub preempt: bool,
-    /// After start, how long before this node may preempt, ms (multiple of 10, <= 655350).
-    #[serde(default = "default_preempt_delay_ms")]
-    pub preempt_delay_ms: Spanned<u32>,
-    /// Peers to send adverts to by unicast; empty means multicast to 224.0.0.18 / ff02::12.
-    #[serde(default)]
-    pub unicast_peers: Vec<Spanned<IpAddr>>,
-    /// Source address of the adverts; defaults to the interface's first address of the family
-    /// (the link-local one for IPv6).
-    pub source: Option<Spanned<IpAddr>>,
-    /// The VIPs this router claims, all of one family; each service VIP belongs to exactly one
-    /// instance.
-    pub vips: Spanned<Vec<IpAddr>>,
-    /// Services whose backends all being down puts this node in fault (it steps down).
-    #[serde(default)]
-    pub track_services: Vec<Spanned<String>>,
-    /// IPv4 advert checksum convention the peer expects.
-    #[serde(default)]
-    pub ipv4_checksum: ChecksumConvention,
-    /// Command run on every state change, with arguments: instance name, new state, reason.
-    pub notify: Option<PathBuf>,
-}
-
 /// How IPv4 advert checksums are computed (received adverts are accepted either way).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -324,30 +273,6 @@ pub enum ChecksumConvention {
     PseudoHeader,
     /// Over the VRRP message only.
     MessageOnly,
-}
-
-fn default_advert_interval_ms() -> Spanned<u32> {
-    Spanned::new(0..0, 1000)
-}
-
-fn default_preempt_delay_ms() -> Spanned<u32> {
-    Spanned::new(0..0, 0)
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/foobar/control.sock")
-}
-
-fn default_pin_dir() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/foobar")
-}
-
-fn default_weight() -> u32 {
-    100
 }
 
 /// One problem in a configuration file.
@@ -432,12 +357,13 @@ fn checked(text: &str, with_files: bool) -> Result<Config, Vec<Problem>> {
             found.push((span.clone(), reason))
         }
     };
-    validate(config, &mut report);
+    file::validate(config, &mut report);
     if with_files {
         files::check(config, &mut report);
     }
+    let lowered = lower(config, &mut report);
     if found.is_empty() {
-        return decoded.config.ok_or_else(Vec::new);
+        return Ok(lowered);
     }
     found.sort_by_key(|(span, _)| span.start);
     Err(found
@@ -454,268 +380,70 @@ fn problem(text: &str, span: &Range<usize>, reason: String) -> Problem {
     Problem { line, column, reason }
 }
 
-fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
-    if c.node.interfaces.get_ref().is_empty() {
-        report(&c.node.interfaces.span(), "at least one interface is needed".into());
-    }
-    let dp = &c.dataplane;
-    let m = *dp.maglev_table_size.get_ref();
-    if !maglev::is_prime(m) {
-        report(
-            &dp.maglev_table_size.span(),
-            format!("maglev_table_size {m} is not a prime"),
-        );
-    }
-    if *dp.conntrack_entries.get_ref() == 0 {
-        report(
-            &dp.conntrack_entries.span(),
-            "conntrack_entries must be at least 1".into(),
-        );
-    }
-    let max_services = *dp.max_services.get_ref();
-    if max_services == 0 || (max_services as u64) * 2 * (m as u64) > u32::MAX as u64 {
-        report(
-            &dp.max_services.span(),
-            format!(
-                "max_services {max_services} must be 1.. and max_services x 2 x maglev_table_size must fit in 2^32"
-            ),
-        );
-    }
-    if c.services.len() > max_services as usize {
-        report(
-            &dp.max_services.span(),
-            format!(
-                "{} services configured but max_services is {max_services}",
-                c.services.len()
-            ),
-        );
-    }
-    let max_backends = *dp.max_backends.get_ref();
-    if max_backends == 0 || max_backends > foobar_common::MAX_BACKENDS {
-        report(
-            &dp.max_backends.span(),
-            format!("max_backends must be 1..={}", foobar_common::MAX_BACKENDS),
-        );
-    }
-    let backend_total: usize = c.services.iter().map(|s| s.backends.len()).sum();
-    if backend_total > *dp.max_backends.get_ref() as usize {
-        report(
-            &dp.max_backends.span(),
-            format!(
-                "{backend_total} backends configured but max_backends is {}",
-                dp.max_backends.get_ref()
-            ),
-        );
-    }
-
-    let mut names = HashSet::new();
-    let mut listeners = HashSet::new();
-    for svc in &c.services {
-        if !names.insert(svc.name.get_ref().as_str()) {
-            report(
-                &svc.name.span(),
-                format!("service name {:?} is used twice", svc.name.get_ref()),
-            );
-        }
-        let vip = *svc.vip.get_ref();
-        if !listeners.insert((vip, svc.port, svc.protocol)) {
-            report(
-                &svc.vip.span(),
-                format!("{vip} port {} {:?} is already a service", svc.port, svc.protocol),
-            );
-        }
-        if svc.backends.len() * 100 > m as usize {
-            report(
-                &dp.maglev_table_size.span(),
-                format!(
-                    "service {:?} has {} backends: maglev_table_size must be at least 100 x that",
-                    svc.name.get_ref(),
-                    svc.backends.len()
-                ),
-            );
-        }
-        let mut addresses = BTreeSet::new();
-        for b in &svc.backends {
-            let addr = *b.address.get_ref();
-            if !addresses.insert(addr) {
-                report(
-                    &b.address.span(),
-                    format!("backend {addr} is listed twice in this service"),
-                );
-            }
-            if svc.forwarding == Forwarding::Ipip && !c.node.addresses.contains(&addr) {
-                let source = if addr.is_ipv4() {
-                    &c.node.tunnel_source_v4
-                } else {
-                    &c.node.tunnel_source_v6
-                };
-                if source.is_none() {
-                    let which = if addr.is_ipv4() {
-                        "tunnel_source_v4"
-                    } else {
-                        "tunnel_source_v6"
-                    };
-                    report(
-                        &b.address.span(),
-                        format!("backend {addr} is reached by IPIP: [node] needs {which}"),
-                    );
-                }
-            }
-        }
-        let h = &svc.health;
-        if h.kind != CheckKind::None && (h.interval_ms == 0 || h.timeout_ms == 0 || h.rise == 0 || h.fall == 0) {
-            report(
-                &svc.name.span(),
-                format!(
-                    "service {:?}: health interval_ms, timeout_ms, rise and fall must be positive",
-                    svc.name.get_ref()
-                ),
-            );
-        }
-        if h.kind == CheckKind::Mysql && !h.credentials.as_ref().is_some_and(|p| p.is_absolute()) {
-            report(
-                &svc.name.span(),
-                format!(
-                    "service {:?}: a mysql health check needs credentials, an absolute path",
-                    svc.name.get_ref()
-                ),
-            );
-        }
-        if h.kind != CheckKind::None && svc.port == 0 && h.port.is_none() {
-            report(
-                &svc.name.span(),
-                format!(
-                    "service {:?} listens on every port: its health check needs a port",
-                    svc.name.get_ref()
-                ),
-            );
-        }
-    }
-    validate_vrrp(c, report);
-    if let Some(a) = &c.announce {
-        announce::validate(a, !c.vrrp.is_empty(), report);
-    }
-    if let Some(w) = &c.web {
-        web::validate(w, report);
-    }
-    database::validate(c, report);
-    if let Some(m) = &c.monitoring {
-        monitoring::validate(m, report);
-    }
-    for (source, v4) in [(&c.node.tunnel_source_v4, true), (&c.node.tunnel_source_v6, false)] {
-        if let Some(s) = source {
-            if s.get_ref().is_ipv4() != v4 {
-                report(
-                    &s.span(),
-                    format!("{} is not an IPv{} address", s.get_ref(), if v4 { 4 } else { 6 }),
-                );
-            }
-        }
+/// Turns a file tree with no problems into the domain values; the few values only parsed here
+/// (prefixes, URLs) report their problems at their places.
+fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Config {
+    let n = &f.node;
+    let d = &f.dataplane;
+    Config {
+        node: Node {
+            name: n.name.clone(),
+            interfaces: n.interfaces.get_ref().clone(),
+            xdp_mode: n.xdp_mode,
+            addresses: n.addresses.clone(),
+            tunnel_peers: n.tunnel_peers.clone(),
+            tunnel_source_v4: n.tunnel_source_v4.as_ref().and_then(|s| match s.get_ref() {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            }),
+            tunnel_source_v6: n.tunnel_source_v6.as_ref().and_then(|s| match s.get_ref() {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            }),
+            pin_dir: n.pin_dir.clone(),
+            control_socket: n.control_socket.clone(),
+            user: n.user.as_ref().map(|u| u.get_ref().clone()),
+        },
+        dataplane: Dataplane {
+            maglev_table_size: *d.maglev_table_size.get_ref(),
+            maglev_seed: d.maglev_seed,
+            conntrack_entries: *d.conntrack_entries.get_ref(),
+            conntrack_entries_v6: *d.conntrack_entries_v6.get_ref(),
+            new_flow_cap: d.new_flow_cap,
+            max_services: *d.max_services.get_ref(),
+            max_backends: *d.max_backends.get_ref(),
+        },
+        services: f
+            .services
+            .iter()
+            .map(|s| Service {
+                name: s.name.get_ref().clone(),
+                vip: *s.vip.get_ref(),
+                port: s.port,
+                protocol: s.protocol,
+                forwarding: s.forwarding,
+                health: s.health.lower(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| Backend {
+                        address: *b.address.get_ref(),
+                        weight: b.weight,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        vrrp: f.vrrp.iter().map(file::VrrpInstance::lower).collect(),
+        announce: f.announce.as_ref().map(|a| announce::lower(a.get_ref())),
+        web: f.web.as_ref().map(|w| web::lower(w, report)),
+        databases: f.databases.iter().map(database::lower).collect(),
+        monitoring: f.monitoring.as_ref().map(|m| monitoring::lower(m, report)),
     }
 }
 
-fn validate_vrrp(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
-    let mut names = HashSet::new();
-    let mut routers = HashSet::new();
-    let mut claimed: HashSet<IpAddr> = HashSet::new();
-    for v in &c.vrrp {
-        let name = v.name.get_ref();
-        if !names.insert(name.as_str()) {
-            report(&v.name.span(), format!("vrrp instance name {name:?} is used twice"));
-        }
-        let vips = v.vips.get_ref();
-        let v4 = vips.first().is_none_or(|a| a.is_ipv4());
-        if *v.vrid.get_ref() == 0 {
-            report(&v.vrid.span(), "vrid must be 1..=255".into());
-        } else if !routers.insert((v.interface.get_ref().as_str(), *v.vrid.get_ref(), v4)) {
-            report(
-                &v.vrid.span(),
-                format!(
-                    "vrid {} is used twice on {} for this family",
-                    v.vrid.get_ref(),
-                    v.interface.get_ref()
-                ),
-            );
-        }
-        if *v.priority.get_ref() == 0 {
-            report(
-                &v.priority.span(),
-                "priority must be 1..=255 (0 is reserved for stepping down)".into(),
-            );
-        }
-        let interval = *v.advert_interval_ms.get_ref();
-        if interval % 10 != 0 || !(10..=40950).contains(&interval) {
-            report(
-                &v.advert_interval_ms.span(),
-                format!("advert_interval_ms {interval} must be a multiple of 10 in 10..=40950"),
-            );
-        }
-        if let Some(max) = &v.max_master_interval_ms {
-            let ms = *max.get_ref();
-            if ms % 10 != 0 || !(10..=40950).contains(&ms) {
-                report(
-                    &max.span(),
-                    format!("max_master_interval_ms {ms} must be a multiple of 10 in 10..=40950"),
-                );
-            }
-        }
-        let delay = *v.preempt_delay_ms.get_ref();
-        if delay % 10 != 0 || delay > 655_350 {
-            report(
-                &v.preempt_delay_ms.span(),
-                format!("preempt_delay_ms {delay} must be a multiple of 10 up to 655350"),
-            );
-        }
-        if vips.is_empty() || vips.len() > 255 {
-            report(&v.vips.span(), "an instance needs 1..=255 VIPs".into());
-        }
-        for vip in vips {
-            if vip.is_ipv4() != v4 {
-                report(
-                    &v.vips.span(),
-                    format!("{vip}: every VIP of an instance has one family"),
-                );
-            }
-            if !claimed.insert(*vip) {
-                report(&v.vips.span(), format!("{vip} is claimed by two vrrp instances"));
-            }
-        }
-        for peer in &v.unicast_peers {
-            if peer.get_ref().is_ipv4() != v4 {
-                report(
-                    &peer.span(),
-                    format!("unicast peer {} is not of the VIPs' family", peer.get_ref()),
-                );
-            }
-        }
-        if let Some(source) = &v.source {
-            if source.get_ref().is_ipv4() != v4 {
-                report(
-                    &source.span(),
-                    format!("source {} is not of the VIPs' family", source.get_ref()),
-                );
-            }
-        }
-        for tracked in &v.track_services {
-            if !c.services.iter().any(|s| s.name.get_ref() == tracked.get_ref()) {
-                report(
-                    &tracked.span(),
-                    format!("tracked service {:?} is not configured", tracked.get_ref()),
-                );
-            }
-        }
-    }
-    if !c.vrrp.is_empty() {
-        for svc in &c.services {
-            let vip = svc.vip.get_ref();
-            if !claimed.contains(vip) {
-                report(
-                    &svc.vip.span(),
-                    format!("VIP {vip} belongs to no vrrp instance: with VRRP, every VIP needs one"),
-                );
-            }
-        }
-    }
+/// Milliseconds from the file as a duration.
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
 }
 
 #[cfg(test)]
@@ -748,7 +476,7 @@ weight = 50
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.services[0].backends.len(), 2);
         assert_eq!(c.services[0].backends[0].weight, 100);
-        assert_eq!(*c.dataplane.maglev_table_size.get_ref(), 65537);
+        assert_eq!(c.dataplane.maglev_table_size, 65537);
         assert_eq!(c.services[0].forwarding, Forwarding::Ipip);
     }
 
@@ -798,10 +526,10 @@ weight = 50
     #[test]
     fn announce_takes_a_table_of_its_own_and_excludes_vrrp() {
         let c = parse(&format!("{GOOD}\n[announce]\n")).expect("valid");
-        let a = c.announce.as_ref().expect("announce").get_ref();
+        let a = c.announce.as_ref().expect("announce");
         assert_eq!(
-            (*a.table.get_ref(), a.drain_ms, a.bird_socket.as_ref()),
-            (242, 5000, None)
+            (a.table, a.drain, a.bird_socket.as_ref()),
+            (242, Duration::from_secs(5), None)
         );
         let p = problems(&format!("{GOOD}\n[announce]\ntable = 254\n"));
         assert_eq!(p.len(), 1, "{p:?}");
@@ -871,7 +599,12 @@ credentials = "/etc/foobar/monitor.toml"
             .replace("after_ms = 0", "rejoin = true");
         let c = parse(&fine).unwrap();
         let f = c.databases[0].failover.as_ref().unwrap();
-        assert!(f.rejoin && !f.semi_sync && f.after_ms == 5000 && f.catch_up_timeout_ms == 30_000);
+        assert!(
+            f.rejoin
+                && !f.semi_sync
+                && f.after == Duration::from_secs(5)
+                && f.catch_up_timeout == Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -920,7 +653,10 @@ credentials = "/etc/foobar/monitor.toml"
         let c = parse(&format!("{GOOD}{VRRP}")).expect("valid");
         let v = &c.vrrp[0];
         assert!(v.preempt);
-        assert_eq!(*v.preempt_delay_ms.get_ref(), 0);
+        assert_eq!(
+            (v.preempt_delay, v.advert_interval, v.max_master_interval),
+            (Duration::ZERO, Duration::from_millis(100), Duration::from_millis(100))
+        );
         assert_eq!(v.ipv4_checksum, ChecksumConvention::PseudoHeader);
         assert!(v.unicast_peers.is_empty());
     }
@@ -955,6 +691,162 @@ credentials = "/etc/foobar/monitor.toml"
             p.iter().any(|p| p.line == 10 && p.reason.contains("no vrrp instance")),
             "{p:?}"
         );
+    }
+
+    /// `GOOD` with a web tier: a TLS listener (line 22), a plain one that redirects, a plain
+    /// one, and `extra` appended.
+    fn with_web(extra: &str) -> String {
+        format!(
+            r#"{GOOD}
+[web]
+trusted_proxies = ["10.9.0.0/16"]
+
+[[web.listener]]
+address = "192.0.2.1:443"
+tls = true
+
+[[web.listener]]
+address = "192.0.2.1:80"
+redirect_to_https = true
+
+[[web.listener]]
+address = "127.0.0.1:8080"
+
+[[web.certificate]]
+chain = "/etc/foobar/www.crt"
+key = "/etc/foobar/www.key"
+
+[[web.site]]
+names = ["www.foobar.com"]
+root = "/srv/www"
+proxy = [{{ prefix = "/api/", upstream = "app" }}]
+
+[[web.upstream]]
+name = "app"
+servers = ["10.0.1.10:8080"]
+health = {{ kind = "http", interval_ms = 500, timeout_ms = 250, rise = 1, fall = 4 }}
+
+[[database]]
+name = "main"
+address = "10.0.0.1"
+servers = ["10.0.0.11:3306"]
+credentials = "/etc/foobar/monitor.toml"
+idle_timeout_ms = 0
+monitor = {{ interval_ms = 700, timeout_ms = 300, rise = 3, fall = 2 }}
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn the_program_gets_domain_values() {
+        let c = parse(&with_web("")).expect("valid");
+        let web = c.web.as_ref().expect("web");
+        let kinds: Vec<web::ListenerKind> = web.listeners.iter().map(|l| l.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                web::ListenerKind::Tls,
+                web::ListenerKind::RedirectToHttps,
+                web::ListenerKind::Plain
+            ]
+        );
+        assert_eq!(
+            web.trusted_proxies,
+            [web::Prefix {
+                addr: "10.9.0.0".parse().unwrap(),
+                len: 16
+            }]
+        );
+        let ms = Duration::from_millis;
+        // One check timing for service checks, upstream checks and the database monitor.
+        assert_eq!(
+            c.services[0].health.timing,
+            CheckTiming {
+                interval: ms(2000),
+                timeout: ms(1000),
+                rise: 2,
+                fall: 3
+            }
+        );
+        assert_eq!(
+            web.upstreams[0].health.as_ref().map(|h| h.timing),
+            Some(CheckTiming {
+                interval: ms(500),
+                timeout: ms(250),
+                rise: 1,
+                fall: 4
+            })
+        );
+        let db = &c.databases[0];
+        assert_eq!(
+            db.monitor,
+            CheckTiming {
+                interval: ms(700),
+                timeout: ms(300),
+                rise: 3,
+                fall: 2
+            }
+        );
+        assert_eq!(
+            (db.idle_timeout, db.read_only_port, db.hold_writes),
+            (None, Some(3307), Duration::ZERO)
+        );
+        assert_eq!(
+            (web.limits.header_read_timeout, web.upstreams[0].connect_timeout),
+            (ms(10_000), ms(2000))
+        );
+        assert_eq!(c.node.tunnel_source_v4, Some(std::net::Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn values_parsed_for_the_program_are_refused_at_their_place() {
+        let text = with_web(
+            "\n[monitoring]\nlisten = \"127.0.0.1:9100\"\npush = { url = \"https://collector.example:70000/x\" }\n",
+        )
+        .replace("\"10.9.0.0/16\"", "\"10.9.0.0/33\"");
+        let p = problems(&text);
+        let found: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.reason.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (21, "\"10.9.0.0/33\": the prefix length must be 0..=32"),
+                (
+                    58,
+                    "push url \"https://collector.example:70000/x\": port \"70000\" is not 0..=65535"
+                ),
+            ],
+            "{p:?}"
+        );
+        let both = with_web("").replace("redirect_to_https = true", "redirect_to_https = true\ntls = true");
+        let p = problems(&both);
+        assert!(
+            p.len() == 1 && p[0].line == 28 && p[0].reason.contains("redirect_to_https applies to plain listeners"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn management_users_need_a_plain_name_and_a_bcrypt_hash() {
+        let text = format!(
+            "{GOOD}\n[monitoring]\nlisten = \"127.0.0.1:9100\"\n\n[monitoring.basic_auth_users]\nprometheus = \"$2y$10$mHK1pDMGHfxKz3SPbGa7deYVGeXWF5qJIt6qu8bXrY6XoJ8hcU.Vq\"\n\"a:b\" = \"$2y$10$mHK1pDMGHfxKz3SPbGa7deYVGeXWF5qJIt6qu8bXrY6XoJ8hcU.Vq\"\ngrafana = \"hunter2\"\n"
+        );
+        let p = problems(&text);
+        let found: Vec<(usize, bool)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.line,
+                    p.reason.contains("cannot be a user name") || p.reason.contains("not a bcrypt hash"),
+                )
+            })
+            .collect();
+        assert_eq!(found, [(25, true), (26, true)], "{p:?}");
+        let fine = text
+            .replace("\"a:b\" = ", "alice = ")
+            .replace("grafana = \"hunter2\"\n", "");
+        let c = parse(&fine).expect("valid");
+        let m = c.monitoring.expect("monitoring");
+        assert_eq!(m.basic_auth_users.keys().collect::<Vec<_>>(), ["alice", "prometheus"]);
     }
 
     #[test]

@@ -91,14 +91,14 @@ pub fn services(c: &Config, health: &Health) -> Vec<ServiceStatus> {
     c.services
         .iter()
         .map(|s| ServiceStatus {
-            name: s.name.get_ref().clone(),
-            vip: SocketAddr::new(*s.vip.get_ref(), s.port),
+            name: s.name.clone(),
+            vip: SocketAddr::new(s.vip, s.port),
             protocol: s.protocol.name().into(),
             backends: s
                 .backends
                 .iter()
                 .map(|b| {
-                    let (service, address) = (s.name.get_ref(), *b.address.get_ref());
+                    let (service, address) = (&s.name, b.address);
                     BackendStatus {
                         address,
                         weight: b.weight,

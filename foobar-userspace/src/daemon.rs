@@ -113,11 +113,11 @@ pub async fn run(path: &Path) -> Result<()> {
     for (i, v) in config.vrrp.iter().enumerate() {
         let spec = Spec::resolve(v, &config.node.name)
             .await
-            .with_context(|| format!("vrrp instance {}", v.name.get_ref()))?;
+            .with_context(|| format!("vrrp instance {}", v.name))?;
         instances.push(Handle::start(i, spec, claims_tx.clone())?);
     }
     let claimed_now: Vec<String> = if dataplane.claims_every_vip() {
-        config.services.iter().map(|s| s.vip.get_ref().to_string()).collect()
+        config.services.iter().map(|s| s.vip.to_string()).collect()
     } else {
         Vec::new()
     };
@@ -132,7 +132,7 @@ pub async fn run(path: &Path) -> Result<()> {
     };
     let databases = DatabaseRouter::start(&config.databases).context("starting database routing")?;
     let mut announcer = match &config.announce {
-        Some(a) => Some(Announcer::start(a.get_ref()).context("opening the announcement table")?),
+        Some(a) => Some(Announcer::start(a).context("opening the announcement table")?),
         None => None,
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
@@ -170,11 +170,11 @@ pub async fn run(path: &Path) -> Result<()> {
             .map(Arc::new)
             .map_err(|e| warn!("the data plane's counters will be missing from the metrics: {e:#}"))
             .ok(),
-        management_refused: Arc::default(),
+        management: Arc::default(),
     };
     let mut management = Vec::new();
     if let Some(m) = &config.monitoring {
-        management.push(metrics::serve(*m.listen.get_ref(), sources.clone()).await?);
+        management.push(metrics::serve(m, sources.clone()).await?);
         if let Some(p) = &m.push {
             let gather = sources.clone();
             let (started, task) =
@@ -191,7 +191,7 @@ pub async fn run(path: &Path) -> Result<()> {
     } else {
         &[]
     };
-    crate::privileges::switch_to(config.node.user.as_ref().map(|u| u.get_ref().as_str()), also)?;
+    crate::privileges::switch_to(config.node.user.as_deref(), also)?;
     let mut track = tokio::time::interval(TRACK_INTERVAL);
     track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -299,10 +299,10 @@ pub async fn run(path: &Path) -> Result<()> {
             info!("stopping for a restart: the announcements stay, the pinned data plane keeps forwarding");
         } else {
             let withdrawn = a.withdraw_all(&config, &health_rx.borrow().clone());
-            let drain = Duration::from_millis(settings.get_ref().drain_ms);
+            let drain = settings.drain;
             info!(
                 withdrawn,
-                drain_ms = settings.get_ref().drain_ms,
+                drain_ms = settings.drain.as_millis() as u64,
                 "announcements withdrawn; serving on while the routers move flows away (a second signal cuts it short)"
             );
             tokio::select! {
@@ -343,8 +343,8 @@ pub async fn run(path: &Path) -> Result<()> {
 /// How long the data plane's VIP claim lasts without renewal: three of the fastest advert
 /// intervals (at least three tracking ticks); none without VRRP (no peer to take over).
 fn claim_lease(c: &Config) -> Option<Duration> {
-    let fastest = c.vrrp.iter().map(|v| *v.advert_interval_ms.get_ref()).min()?;
-    Some((3 * Duration::from_millis(u64::from(fastest))).max(3 * TRACK_INTERVAL))
+    let fastest = c.vrrp.iter().map(|v| v.advert_interval).min()?;
+    Some((3 * fastest).max(3 * TRACK_INTERVAL))
 }
 
 /// Waits for every stopping instance (they stop concurrently; this only collects them).
@@ -386,9 +386,9 @@ impl Owners<'_> {
             }
             faults.extend(track::interface_fault(&flags, &handle.spec.interface));
             for tracked in &v.track_services {
-                if !track::service_up(c, health, tracked.get_ref()) {
+                if !track::service_up(c, health, tracked) {
                     faults.push(Fault::ServiceDown {
-                        service: tracked.get_ref().clone(),
+                        service: tracked.clone(),
                     });
                 }
             }
@@ -401,7 +401,7 @@ impl Owners<'_> {
             });
         }
         if let Some(announcer) = self.announcer.as_mut() {
-            for interface in c.node.interfaces.get_ref() {
+            for interface in &c.node.interfaces {
                 node.extend(track::interface_fault(&flags, interface));
             }
             announcer.update(c, health, &node);

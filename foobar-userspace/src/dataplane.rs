@@ -73,7 +73,7 @@ impl Dataplane {
         std::fs::create_dir_all(&root).with_context(|| format!("creating pin directory {}", root.display()))?;
         let mut sizes: Vec<(&str, u32)> = pins::map_sizes(c).to_vec();
         sizes.push((names::MAGLEV, pins::maglev_entries(c)));
-        sizes.push((names::NEXT_HOPS, *c.dataplane.max_backends.get_ref()));
+        sizes.push((names::NEXT_HOPS, c.dataplane.max_backends));
         for (name, size) in &sizes {
             pins::replace_if_resized(&root.join(name), *size)?;
         }
@@ -155,7 +155,6 @@ impl Dataplane {
         let links = c
             .node
             .interfaces
-            .get_ref()
             .iter()
             .map(|name| crate::iface::link(name))
             .collect::<Result<_>>()?;
@@ -310,7 +309,7 @@ impl Dataplane {
     /// (None: all of them).
     pub fn set_claimed(&mut self, c: &Config, claimed: Option<HashSet<IpAddr>>) -> Result<()> {
         self.claimed = claimed;
-        let vips = c.services.iter().map(|s| *s.vip.get_ref()).collect();
+        let vips = c.services.iter().map(|s| s.vip).collect();
         self.sync_vips(&vips)
     }
 

@@ -33,7 +33,7 @@ pub struct Need {
 
 /// The descriptors `c` may need.
 pub fn needed(c: &Config) -> Need {
-    let web = c.web.as_ref().map_or(0, |w| w.limits.get_ref().max_connections as u64);
+    let web = c.web.as_ref().map_or(0, |w| w.limits.max_connections as u64);
     let db: u64 = c
         .databases
         .iter()
@@ -43,7 +43,7 @@ pub fn needed(c: &Config) -> Need {
                 n => u64::from(n),
             };
             // The cluster's own cap bounds its relays whatever the servers take.
-            (per_server * d.servers.get_ref().len() as u64).min(d.max_client_connections as u64)
+            (per_server * d.servers.len() as u64).min(d.max_client_connections as u64)
         })
         .sum();
     let minimum = web + 2 * db + HEADROOM;

@@ -207,11 +207,7 @@ impl Health {
         let configured: HashSet<(String, IpAddr)> = c
             .services
             .iter()
-            .flat_map(|s| {
-                s.backends
-                    .iter()
-                    .map(|b| (s.name.get_ref().clone(), *b.address.get_ref()))
-            })
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
             .collect();
         self.down.retain(|k, _| configured.contains(k));
         self.drained.retain(|k| configured.contains(k));
@@ -296,13 +292,9 @@ impl Checks {
             .filter(|svc| svc.health.kind != CheckKind::None)
             .flat_map(|svc| {
                 let port = svc.health.port.unwrap_or(svc.port);
-                svc.backends.iter().map(move |b| {
-                    (
-                        svc.name.get_ref().clone(),
-                        SocketAddr::new(*b.address.get_ref(), port),
-                        svc.health.clone(),
-                    )
-                })
+                svc.backends
+                    .iter()
+                    .map(move |b| (svc.name.clone(), SocketAddr::new(b.address, port), svc.health.clone()))
             })
             .collect();
         self.credentials.reread(c);
@@ -365,7 +357,7 @@ impl Checks {
         let longest = self
             .running
             .keys()
-            .map(|(_, _, check)| Duration::from_millis(check.timeout_ms))
+            .map(|(_, _, check)| check.timing.timeout)
             .max()
             .unwrap_or_default();
         let mut tasks = Vec::with_capacity(self.running.len());
@@ -402,12 +394,12 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let mut state = RiseFall::new(
-        check.rise,
-        check.fall,
+        check.timing.rise,
+        check.timing.fall,
         Some(health.borrow().is_up(&service, target.ip())),
     );
-    let limit = Duration::from_millis(check.timeout_ms);
-    let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms));
+    let limit = check.timing.timeout;
+    let mut ticker = tokio::time::interval(check.timing.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

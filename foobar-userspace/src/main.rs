@@ -36,6 +36,13 @@ enum Command {
         #[arg(long)]
         skip_files: bool,
     },
+    /// Read a password from standard input (one line) and print its bcrypt hash, for
+    /// `[monitoring.basic_auth_users]`.
+    HashPassword {
+        /// bcrypt cost: each step doubles the work of every check (4..=31).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+        cost: u32,
+    },
     /// Ask the running daemon to apply its configuration file again, all or nothing, and print
     /// the outcome. Exits 0 when applied, 1 when refused (every reason printed), 3 when the
     /// change needs a restart (the keys named).
@@ -246,6 +253,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let c = config::load_with(&file, !skip_files)?;
             println!("{}: ok ({} services)", file.display(), c.services.len());
         }
+        Command::HashPassword { cost } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!password.is_empty(), "an empty password: type one, then Enter");
+            println!("{}", foobar::metrics::access::hash_password(password, cost)?);
+        }
         Command::Reload { socket } => {
             let outcome = ctl::reload(&socket)?;
             println!("{outcome}");
@@ -314,7 +330,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             match config.map(|path| config::load_with(&path, false)) {
                 Some(Ok(c)) => {
                     if let Some(a) = &c.announce {
-                        let withdrawn = foobar::announce::withdraw_table(*a.get_ref().table.get_ref())?;
+                        let withdrawn = foobar::announce::withdraw_table(a.table)?;
                         println!("withdrew {withdrawn} announcement(s)");
                     }
                 }

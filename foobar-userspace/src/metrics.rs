@@ -3,17 +3,19 @@
 //! `/status.json`. Everything is gathered at request time from where it lives: the data plane's
 //! per-CPU maps, health, the VRRP instances, the web tier, the database routers, /proc.
 
+pub mod access;
 pub mod exposition;
 pub mod host;
 pub mod page;
 
 use crate::{
     admission::{Admission, Caps},
-    config::{database::Role, Config},
+    config::{database::Role, monitoring::Monitoring, Config},
     ctl::{self, NodeStatus},
     health::Standing,
     stats::{self, Snapshot},
 };
+use access::{Access, Refusals};
 use anyhow::{Context, Result};
 use exposition::{Family, Format, Kind};
 use hyper::{body::Incoming, header, service::service_fn, Method, Request, Response, StatusCode};
@@ -22,10 +24,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -42,8 +41,8 @@ pub struct Sources {
     pub extra: Arc<dyn Fn() -> Vec<Family> + Send + Sync>,
     /// The data plane's counter maps (None when they could not be opened).
     pub counters: Option<Arc<stats::CounterMaps>>,
-    /// Connections to the management listener refused over its caps.
-    pub management_refused: Arc<AtomicU64>,
+    /// What the management listener refused.
+    pub management: Arc<Refusals>,
 }
 
 /// What one gathering saw: the status, the data plane's counters (None when its maps could
@@ -93,13 +92,24 @@ impl Sources {
         out.extend(web_families(&view.status));
         out.extend(database_families(&view.status));
         out.extend((self.extra)());
+        let refusals = &self.management;
         let mut refused = Family::new(
             "foobar_management_refused_connections",
             Kind::Counter,
-            "Connections to the management listener refused over its caps (64 open, 16 per client).",
+            "Connections to the management listener closed unserved: over its caps (64 open, 16 per client), or a failed TLS handshake.",
         );
-        refused.sample(&[], self.management_refused.load(Ordering::Relaxed) as f64);
+        refused.sample(&[("reason", "caps")], refusals.over_caps.load(Ordering::Relaxed) as f64);
+        refused.sample(
+            &[("reason", "tls_handshake")],
+            refusals.tls_handshake.load(Ordering::Relaxed) as f64,
+        );
         out.push(refused);
+        out.push(Family::single(
+            "foobar_management_unauthorized_requests",
+            Kind::Counter,
+            "Requests to the management listener answered 401: no credentials or wrong ones (with basic_auth_users).",
+            refusals.unauthorized.load(Ordering::Relaxed) as f64,
+        ));
         out.extend(host::families());
         out
     }
@@ -111,12 +121,7 @@ fn node_families(view: &View) -> Vec<Family> {
         Kind::Gauge,
         "1 while this node answers ARP/ND for the VIP (it is the VRRP master for it).",
     );
-    let mut vips: Vec<String> = view
-        .config
-        .services
-        .iter()
-        .map(|s| s.vip.get_ref().to_string())
-        .collect();
+    let mut vips: Vec<String> = view.config.services.iter().map(|s| s.vip.to_string()).collect();
     vips.sort();
     vips.dedup();
     for vip in &vips {
@@ -181,12 +186,7 @@ fn dataplane_families(view: &View) -> Vec<Family> {
         .config
         .services
         .iter()
-        .map(|s| {
-            (
-                (SocketAddr::new(*s.vip.get_ref(), s.port), s.protocol.name()),
-                s.name.get_ref().as_str(),
-            )
-        })
+        .map(|s| ((SocketAddr::new(s.vip, s.port), s.protocol.name()), s.name.as_str()))
         .collect();
     let by_id: HashMap<u32, &str> = snap
         .services
@@ -555,11 +555,18 @@ const MANAGEMENT_CAPS: Caps = Caps {
 };
 
 /// Serves the management endpoints on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, sources: Sources) -> Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(m: &Monitoring, sources: Sources) -> Result<tokio::task::JoinHandle<()>> {
+    let addr = m.listen;
+    let access = Arc::new(Access::new(m).context("the management listener's TLS")?);
     let listener = crate::listen::bind(addr)
         .and_then(|l| Ok(TcpListener::from_std(l)?))
         .with_context(|| format!("binding the management address {addr}"))?;
-    info!(address = %addr, "metrics and status page up");
+    info!(
+        address = %addr,
+        tls = access.tls().is_some(),
+        users = m.basic_auth_users.len(),
+        "metrics and status page up"
+    );
     let sources = Arc::new(sources);
     let admission = Admission::new(MANAGEMENT_CAPS);
     Ok(tokio::spawn(async move {
@@ -569,25 +576,56 @@ pub async fn serve(addr: SocketAddr, sources: Sources) -> Result<tokio::task::Jo
                 continue;
             };
             let Some(admitted) = admission.admit(peer.ip()) else {
-                sources.management_refused.fetch_add(1, Ordering::Relaxed);
+                Refusals::count(&sources.management.over_caps);
                 debug!(client = %peer, "management connection refused over the caps");
                 continue;
             };
-            let sources = sources.clone();
+            let (sources, access) = (sources.clone(), access.clone());
             tokio::spawn(async move {
                 let _admitted = admitted;
-                let service = service_fn(move |req| {
-                    let sources = sources.clone();
-                    async move { Ok::<_, Infallible>(answer(&req, &sources).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let _ = conn.await;
+                match access.tls() {
+                    Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, sources, access).await,
+                        Ok(Err(_)) | Err(_) => {
+                            Refusals::count(&sources.management.tls_handshake);
+                            debug!(client = %peer, "management TLS handshake failed");
+                        }
+                    },
+                    None => serve_connection(stream, sources, access).await,
+                }
             });
         }
     }))
+}
+
+/// Time a management client has for its TLS handshake, and then for each request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one management connection, plain or TLS.
+async fn serve_connection<S>(stream: S, sources: Arc<Sources>, access: Arc<Access>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (sources, access) = (sources.clone(), access.clone());
+        async move {
+            if !access.allows(req.headers().get(header::AUTHORIZATION)).await {
+                Refusals::count(&sources.management.unauthorized);
+                let mut refused = crate::web::status_page(StatusCode::UNAUTHORIZED);
+                refused.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"foobar\", charset=\"UTF-8\""),
+                );
+                return Ok::<_, Infallible>(refused);
+            }
+            Ok(answer(&req, &sources).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = conn.await;
 }
 
 async fn answer(req: &Request<Incoming>, sources: &Arc<Sources>) -> Response<crate::web::Body> {

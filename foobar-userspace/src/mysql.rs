@@ -142,13 +142,13 @@ impl DatabaseRouter {
         let mut tasks = JoinSet::new();
         let mut monitors = JoinSet::new();
         let (stop_monitors, stopping) = watch::channel(false);
-        let drain = databases.iter().map(|d| d.drain_timeout_ms).max().unwrap_or(0);
-        let pool = Workers::start("db", 0, Duration::from_millis(drain))?;
+        let drain = databases.iter().map(|d| d.drain_timeout).max().unwrap_or_default();
+        let pool = Workers::start("db", 0, drain)?;
         for db in databases {
-            let name = db.name.get_ref();
+            let name = &db.name;
             let (credentials, replication) = credentials_of(db)?;
             let (requests_tx, requests) = mpsc::channel(4);
-            let servers = db.servers.get_ref();
+            let servers = &db.servers;
             let (view_tx, view) = watch::channel(vec![ServerState::default(); servers.len()]);
             let cluster = Arc::new(Cluster {
                 config: db.clone(),
@@ -222,9 +222,9 @@ impl DatabaseRouter {
         database: &str,
         to: Option<SocketAddr>,
     ) -> impl Future<Output = Result<String, String>> + Send + 'static {
-        let requests = match self.clusters.iter().find(|c| c.config.name.get_ref() == database) {
+        let requests = match self.clusters.iter().find(|c| c.config.name == database) {
             None => {
-                let names: Vec<&str> = self.clusters.iter().map(|c| c.config.name.get_ref().as_str()).collect();
+                let names: Vec<&str> = self.clusters.iter().map(|c| c.config.name.as_str()).collect();
                 Err(format!("no database {database:?} (databases: {})", names.join(", ")))
             }
             Some(c) => c
@@ -263,11 +263,11 @@ impl DatabaseRouter {
         let limit = self
             .clusters
             .iter()
-            .map(|c| c.config.monitor.timeout_ms)
+            .map(|c| c.config.monitor.timeout)
             .max()
-            .unwrap_or(0);
+            .unwrap_or_default();
         let monitors = &mut self.monitors;
-        if timeout(Duration::from_millis(2 * limit + 100), async {
+        if timeout(2 * limit + Duration::from_millis(100), async {
             while monitors.join_next().await.is_some() {}
         })
         .await
@@ -283,9 +283,9 @@ impl Cluster {
     fn status(&self) -> DatabaseStatus {
         let view = self.view.borrow().clone();
         let primary = self.primary.lock().ok().and_then(|p| *p);
-        let addresses = self.config.servers.get_ref();
+        let addresses = &self.config.servers;
         DatabaseStatus {
-            name: self.config.name.get_ref().clone(),
+            name: self.config.name.clone(),
             primary: primary.and_then(|p| addresses.get(p)).map(|a| a.to_string()),
             servers: addresses
                 .iter()
@@ -323,7 +323,7 @@ impl Cluster {
 
     /// `[database.galera] donors_serve`.
     fn donors_serve(&self) -> bool {
-        self.config.galera.as_ref().is_some_and(|g| g.get_ref().donors_serve)
+        self.config.galera.as_ref().is_some_and(|g| g.donors_serve)
     }
 
     /// Picks a server for a new connection and takes a place on it (counted until the lease
@@ -338,7 +338,7 @@ impl Cluster {
         let server = route::pick(
             role,
             &view,
-            self.config.servers.get_ref(),
+            &self.config.servers,
             *primary,
             &active,
             tried,
@@ -362,8 +362,8 @@ impl Cluster {
         };
         if closer.receiver_count() > 0 {
             info!(
-                database = self.config.name.get_ref(),
-                server = %self.config.servers.get_ref()[server],
+                database = self.config.name,
+                server = %self.config.servers[server],
                 ?role,
                 open = closer.receiver_count(),
                 why,
@@ -395,8 +395,8 @@ async fn follow(cluster: Arc<Cluster>, view_tx: watch::Sender<Vec<ServerState>>)
     let mut writable_before = 0;
     loop {
         let now = view.borrow_and_update().clone();
-        let name = cluster.config.name.get_ref();
-        let addresses = cluster.config.servers.get_ref();
+        let name = &cluster.config.name;
+        let addresses = &cluster.config.servers;
         let donors_serve = cluster.donors_serve();
         let galera = cluster.config.kind == ClusterKind::Galera;
         for (i, (was, is)) in before.iter().zip(&now).enumerate() {
@@ -452,12 +452,12 @@ pub type ClusterCredentials = (Credentials, Option<Credentials>);
 
 /// The credentials of a cluster, read from their files.
 fn credentials_of(db: &Database) -> Result<ClusterCredentials> {
-    let context = || format!("database {}", db.name.get_ref());
-    let monitor = Credentials::load(db.credentials.get_ref()).with_context(context)?;
+    let context = || format!("database {}", db.name);
+    let monitor = Credentials::load(&db.credentials).with_context(context)?;
     let replication = db
         .failover
         .as_ref()
-        .map(|f| failover::replication_credentials(f.replication_credentials.get_ref()))
+        .map(|f| failover::replication_credentials(&f.replication_credentials))
         .transpose()
         .with_context(context)?;
     Ok((monitor, replication))
@@ -467,14 +467,14 @@ fn credentials_of(db: &Database) -> Result<ClusterCredentials> {
 async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc<Cluster>) {
     let Some(_admitted) = cluster.admission.admit(peer.ip()) else {
         cluster.over_limit.fetch_add(1, Ordering::Relaxed);
-        let name = cluster.config.name.get_ref();
+        let name = &cluster.config.name;
         debug!(database = name, client = %peer, "refusing a database connection over the connection caps");
         refuse(&mut client, &format!("foobar: database {name}: too many connections")).await;
         return;
     };
-    let connect_limit = Duration::from_millis(cluster.config.connect_timeout_ms);
-    let hold_until = Instant::now() + Duration::from_millis(cluster.config.hold_writes_ms);
-    let holds = role == Role::ReadWrite && cluster.config.hold_writes_ms > 0;
+    let connect_limit = cluster.config.connect_timeout;
+    let hold_until = Instant::now() + cluster.config.hold_writes;
+    let holds = role == Role::ReadWrite && !cluster.config.hold_writes.is_zero();
     let mut tried = Vec::new();
     let (mut server, mut lease) = loop {
         // Subscribed before the pick, so a primary appearing after it wakes the hold.
@@ -491,7 +491,7 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
             }
             Err(why) => {
                 cluster.refused[role.index()].fetch_add(1, Ordering::Relaxed);
-                let name = cluster.config.name.get_ref();
+                let name = &cluster.config.name;
                 // The client, not yet authenticated, learns why in counts; the log has the
                 // servers' addresses and the monitor's errors.
                 let message = format!("foobar: database {name} ({}): {}", role.name(), why.public);
@@ -500,7 +500,7 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
                 return;
             }
         };
-        let addr = cluster.config.servers.get_ref()[lease.server];
+        let addr = cluster.config.servers[lease.server];
         match timeout(connect_limit, TcpStream::connect(addr)).await {
             Ok(Ok(server)) => break (server, lease),
             Ok(Err(e)) => warn!(server = %addr, "connecting to a database server failed: {e}"),
@@ -514,8 +514,8 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, role: Role, cluster: Arc
     let _ = server.set_nodelay(true);
     let config = &cluster.config;
     let deadlines = relay::Deadlines {
-        handshake: Some(Duration::from_millis(config.handshake_timeout_ms)),
-        idle: (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms)),
+        handshake: Some(config.handshake_timeout),
+        idle: config.idle_timeout,
     };
     tokio::select! {
         result = relay::relay(&mut client, &mut server, RELAY_BUFFER, deadlines) => {

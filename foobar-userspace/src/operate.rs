@@ -136,14 +136,14 @@ pub fn apply(
 ) -> Answer {
     let stepped_down = &mut overrides.stepped_down;
     let backend_of = |service: &str, backend: IpAddr| -> Result<(), String> {
-        let svc = c.services.iter().find(|s| s.name.get_ref() == service).ok_or_else(|| {
-            let names: Vec<&str> = c.services.iter().map(|s| s.name.get_ref().as_str()).collect();
+        let svc = c.services.iter().find(|s| s.name == service).ok_or_else(|| {
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
             format!("no service {service:?} (services: {})", names.join(", "))
         })?;
-        if svc.backends.iter().any(|b| *b.address.get_ref() == backend) {
+        if svc.backends.iter().any(|b| b.address == backend) {
             return Ok(());
         }
-        let addresses: Vec<String> = svc.backends.iter().map(|b| b.address.get_ref().to_string()).collect();
+        let addresses: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
         Err(format!(
             "service {service} has no backend {backend} (backends: {})",
             addresses.join(", ")

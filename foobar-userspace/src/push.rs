@@ -8,10 +8,10 @@
 //! handed over with a short lock, and sending runs on its own task.
 
 use crate::{
-    config::monitoring::Push,
+    config::monitoring::{CollectorUrl, Push},
     metrics::exposition::{Family, Kind},
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::{
@@ -207,7 +207,7 @@ pub fn start(
     if config.logs && LOG_SINK.set(exporter.clone()).is_err() {
         warn!("a push exporter already takes the logs");
     }
-    let interval = Duration::from_millis(config.interval_ms);
+    let interval = config.interval;
     let task = tokio::spawn(run(exporter.clone(), target, interval, Arc::new(metrics)));
     Ok((exporter, task))
 }
@@ -297,29 +297,12 @@ struct Target {
 
 impl Target {
     fn new(c: &Push, node: &str) -> Result<Self> {
-        let url = c.url.get_ref();
-        let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-            (Some(rest), _) => (true, rest),
-            (None, Some(rest)) => (false, rest),
-            _ => bail!("push url {url:?} is neither http:// nor https://"),
-        };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let default_port = if https { 443 } else { 80 };
-        // `host`, `host:port`, `[v6]` or `[v6]:port`.
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, rest) = v6.split_once(']').context("push url: unclosed [")?;
-                let port = match rest.strip_prefix(':') {
-                    Some(p) => p.parse().context("push url port")?,
-                    None => default_port,
-                };
-                (host.to_owned(), port)
-            }
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().context("push url port")?),
-                None => (authority.to_owned(), default_port),
-            },
-        };
+        let CollectorUrl {
+            https,
+            host,
+            port,
+            path,
+        } = c.url.clone();
         let tls = if https {
             let pem = std::fs::read(&c.ca_file).with_context(|| format!("reading {}", c.ca_file.display()))?;
             let mut roots = rustls::RootCertStore::empty();
@@ -340,11 +323,11 @@ impl Target {
             tls,
             host,
             port,
-            path: if path.is_empty() { "/".into() } else { path.to_owned() },
+            path,
             category: c.category.clone(),
             source_name: c.source_name.clone().unwrap_or_else(|| "foobar".into()),
             source_host: c.host.clone().unwrap_or_else(|| node.to_owned()),
-            timeout: Duration::from_millis(c.timeout_ms),
+            timeout: c.timeout,
         })
     }
 
@@ -520,32 +503,6 @@ mod tests {
         assert!(payload.len() <= MAX_REQUEST_BYTES && n == 1000, "{n} {}", payload.len());
         e.remove(Stream::Access, n);
         assert_eq!(e.peek_batch(Stream::Access).0, 1000);
-    }
-
-    fn target(url: &str) -> Result<Target> {
-        let push: Push = toml::from_str(&format!("url = {url:?}"))?;
-        Target::new(&push, "edge1")
-    }
-
-    #[test]
-    fn collector_urls_of_every_shape() -> Result<()> {
-        let t = target("http://[fd00::5]:9300/receiver/v1/http/T")?;
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("fd00::5", 9300, "/receiver/v1/http/T")
-        );
-        let t = target("http://collector.example")?;
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("collector.example", 80, "/")
-        );
-        let t = target("http://10.0.0.5:8080/x")?;
-        assert_eq!(
-            (t.host.as_str(), t.port, t.source_host.as_str()),
-            ("10.0.0.5", 8080, "edge1")
-        );
-        assert!(target("http://[fd00::5/x").is_err() && target("http://h:port/").is_err());
-        Ok(())
     }
 
     #[test]

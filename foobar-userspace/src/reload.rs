@@ -29,7 +29,7 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
     },
     RestartOnly {
         key: "[node] interfaces",
-        changed: |a, b| a.node.interfaces.get_ref() != b.node.interfaces.get_ref(),
+        changed: |a, b| a.node.interfaces != b.node.interfaces,
         why: "the program is attached to them at start",
     },
     RestartOnly {
@@ -49,32 +49,32 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
     },
     RestartOnly {
         key: "[node] user",
-        changed: |a, b| a.node.user.as_ref().map(|u| u.get_ref()) != b.node.user.as_ref().map(|u| u.get_ref()),
+        changed: |a, b| a.node.user != b.node.user,
         why: "the process switches to it at start and cannot switch back",
     },
     RestartOnly {
         key: "[dataplane] maglev_table_size",
-        changed: |a, b| a.dataplane.maglev_table_size.get_ref() != b.dataplane.maglev_table_size.get_ref(),
+        changed: |a, b| a.dataplane.maglev_table_size != b.dataplane.maglev_table_size,
         why: "it sizes a map",
     },
     RestartOnly {
         key: "[dataplane] conntrack_entries",
-        changed: |a, b| a.dataplane.conntrack_entries.get_ref() != b.dataplane.conntrack_entries.get_ref(),
+        changed: |a, b| a.dataplane.conntrack_entries != b.dataplane.conntrack_entries,
         why: "it sizes a map",
     },
     RestartOnly {
         key: "[dataplane] conntrack_entries_v6",
-        changed: |a, b| a.dataplane.conntrack_entries_v6.get_ref() != b.dataplane.conntrack_entries_v6.get_ref(),
+        changed: |a, b| a.dataplane.conntrack_entries_v6 != b.dataplane.conntrack_entries_v6,
         why: "it sizes a map",
     },
     RestartOnly {
         key: "[dataplane] max_services",
-        changed: |a, b| a.dataplane.max_services.get_ref() != b.dataplane.max_services.get_ref(),
+        changed: |a, b| a.dataplane.max_services != b.dataplane.max_services,
         why: "it sizes a map",
     },
     RestartOnly {
         key: "[dataplane] max_backends",
-        changed: |a, b| a.dataplane.max_backends.get_ref() != b.dataplane.max_backends.get_ref(),
+        changed: |a, b| a.dataplane.max_backends != b.dataplane.max_backends,
         why: "it sizes a map",
     },
     RestartOnly {
@@ -109,7 +109,7 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
     },
     RestartOnly {
         key: "[web.limits]",
-        changed: |a, b| web_part(a, b, |w| format!("{:?}", w.limits.get_ref())),
+        changed: |a, b| web_part(a, b, |w| format!("{:?}", w.limits)),
         why: "open connections were admitted under them",
     },
     RestartOnly {
@@ -126,7 +126,7 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
 
 /// The `[announce]` table, when announcing.
 fn announce_table(c: &Config) -> Option<u32> {
-    c.announce.as_ref().map(|a| *a.get_ref().table.get_ref())
+    c.announce.as_ref().map(|a| a.table)
 }
 
 /// Whether one part of the `[web]` sections differs (both present).
@@ -150,12 +150,11 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
 pub fn changes(running: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for svc in &new.services {
-        let name = svc.name.get_ref();
-        match running.services.iter().find(|s| s.name.get_ref() == name) {
+        let name = &svc.name;
+        match running.services.iter().find(|s| s.name == *name) {
             None => out.push(format!("service {name} added")),
             Some(old) if old != svc => {
-                let addresses =
-                    |s: &crate::config::Service| s.backends.iter().map(|b| *b.address.get_ref()).collect::<Vec<_>>();
+                let addresses = |s: &crate::config::Service| s.backends.iter().map(|b| b.address).collect::<Vec<_>>();
                 let (was, now) = (addresses(old), addresses(svc));
                 let added = now.iter().filter(|a| !was.contains(a)).count();
                 let removed = was.iter().filter(|a| !now.contains(a)).count();
@@ -165,7 +164,7 @@ pub fn changes(running: &Config, new: &Config) -> Vec<String> {
                     .filter(|b| {
                         old.backends
                             .iter()
-                            .any(|o| o.address.get_ref() == b.address.get_ref() && o.weight != b.weight)
+                            .any(|o| o.address == b.address && o.weight != b.weight)
                     })
                     .count();
                 let mut what = Vec::new();
@@ -187,8 +186,8 @@ pub fn changes(running: &Config, new: &Config) -> Vec<String> {
         }
     }
     for svc in &running.services {
-        let name = svc.name.get_ref();
-        if !new.services.iter().any(|s| s.name.get_ref() == name) {
+        let name = &svc.name;
+        if !new.services.iter().any(|s| s.name == *name) {
             out.push(format!("service {name} removed"));
         }
     }
@@ -208,22 +207,19 @@ pub fn changes(running: &Config, new: &Config) -> Vec<String> {
         if a.certificates != b.certificates {
             out.push("[[web.certificate]] changed".into());
         }
-        if a.sites.get_ref() != b.sites.get_ref() {
+        if a.sites != b.sites {
             out.push("[[web.site]] changed".into());
         }
         for u in &b.upstreams {
-            match a.upstreams.iter().find(|o| o.name.get_ref() == u.name.get_ref()) {
-                None => out.push(format!("upstream {} added", u.name.get_ref())),
-                Some(o) if o != u => out.push(format!(
-                    "upstream {} changed (its pool starts afresh)",
-                    u.name.get_ref()
-                )),
+            match a.upstreams.iter().find(|o| o.name == u.name) {
+                None => out.push(format!("upstream {} added", u.name)),
+                Some(o) if o != u => out.push(format!("upstream {} changed (its pool starts afresh)", u.name)),
                 Some(_) => {}
             }
         }
         for u in &a.upstreams {
-            if !b.upstreams.iter().any(|n| n.name.get_ref() == u.name.get_ref()) {
-                out.push(format!("upstream {} removed", u.name.get_ref()));
+            if !b.upstreams.iter().any(|n| n.name == u.name) {
+                out.push(format!("upstream {} removed", u.name));
             }
         }
     }

@@ -145,8 +145,8 @@ pub fn name_services(s: &mut Snapshot, c: &crate::config::Config) {
         svc.name = c
             .services
             .iter()
-            .find(|cs| SocketAddr::new(*cs.vip.get_ref(), cs.port) == svc.vip && cs.protocol.name() == svc.protocol)
-            .map(|cs| cs.name.get_ref().clone());
+            .find(|cs| SocketAddr::new(cs.vip, cs.port) == svc.vip && cs.protocol.name() == svc.protocol)
+            .map(|cs| cs.name.clone());
     }
 }
 

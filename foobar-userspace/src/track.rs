@@ -83,7 +83,7 @@ pub fn interface_fault(flags: &HashMap<String, InterfaceFlags>, interface: &str)
 /// The data interfaces the XDP program is not attached to (or whose attachment is unknown).
 pub fn attachment_faults(c: &Config, dp: &mut Dataplane) -> Vec<Fault> {
     let mut faults = Vec::new();
-    for interface in c.node.interfaces.get_ref() {
+    for interface in &c.node.interfaces {
         let interface = interface.clone();
         match dp.attached(&interface) {
             Ok(true) => {}
@@ -102,7 +102,7 @@ pub fn attachment_faults(c: &Config, dp: &mut Dataplane) -> Vec<Fault> {
 pub fn service_up(c: &Config, health: &Health, service: &str) -> bool {
     c.services
         .iter()
-        .filter(|s| s.name.get_ref() == service)
+        .filter(|s| s.name == service)
         .flat_map(|s| s.backends.iter())
-        .any(|b| health.is_up(service, *b.address.get_ref()))
+        .any(|b| health.is_up(service, b.address))
 }

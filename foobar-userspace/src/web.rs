@@ -10,7 +10,7 @@ pub mod tls;
 
 use crate::{
     admission::{Admission, Admitted, Caps},
-    config::web::{Certificate, Limits, Listener, Prefix, Web},
+    config::web::{Certificate, Limits, Listener, ListenerKind, Prefix, Web},
     workers::Workers,
 };
 use anyhow::{Context, Result};
@@ -100,7 +100,7 @@ fn pools(web: &Web, running: Option<&Sites>) -> HashMap<String, Arc<proxy::Pool>
     web.upstreams
         .iter()
         .map(|u| {
-            let previous = running.and_then(|s| s.pools.get(u.name.get_ref()));
+            let previous = running.and_then(|s| s.pools.get(&u.name));
             let pool = match previous {
                 Some(p) if p.config == *u => p.clone(),
                 _ => {
@@ -112,32 +112,32 @@ fn pools(web: &Web, running: Option<&Sites>) -> HashMap<String, Arc<proxy::Pool>
                     pool
                 }
             };
-            (u.name.get_ref().clone(), pool)
+            (u.name.clone(), pool)
         })
         .collect()
 }
 
 impl Sites {
     fn new(web: &Web, pools: HashMap<String, Arc<proxy::Pool>>, counters: &stats::RouteCounters) -> Result<Self> {
-        let sites = web.sites.get_ref();
+        let sites = &web.sites;
         let mut names = names::NameTable::default();
         let mut default = None;
         let default_index = sites.iter().position(|s| s.default).unwrap_or(0);
         for (i, site) in sites.iter().enumerate() {
-            let name = site.names.get_ref().first().cloned().unwrap_or_default();
+            let name = site.names.first().cloned().unwrap_or_default();
             let mut proxies: Vec<ProxyRoute> = site
                 .proxy_rules
                 .iter()
                 .map(|r| {
-                    let prefix = r.prefix.get_ref().clone();
+                    let prefix = r.prefix.clone();
                     pools
-                        .get(r.upstream.get_ref())
+                        .get(&r.upstream)
                         .map(|p| ProxyRoute {
                             requests: counters.get(&name, &prefix),
                             prefix,
                             pool: p.clone(),
                         })
-                        .with_context(|| format!("upstream {:?} is not configured", r.upstream.get_ref()))
+                        .with_context(|| format!("upstream {:?} is not configured", r.upstream))
                 })
                 .collect::<Result<_>>()?;
             proxies.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -152,18 +152,14 @@ impl Sites {
                     .then(|| HeaderValue::from_str(&format!("max-age={}", site.hsts_max_age_s)))
                     .transpose()?,
             });
-            for name in site.names.get_ref() {
+            for name in &site.names {
                 names.insert(name, handle.clone());
             }
             if i == default_index {
                 default = Some(handle);
             }
         }
-        let trusted_proxies = web
-            .trusted_proxies
-            .iter()
-            .map(|p| Prefix::parse(p.get_ref()).map_err(anyhow::Error::msg))
-            .collect::<Result<_>>()?;
+        let trusted_proxies = web.trusted_proxies.clone();
         Ok(Self {
             names,
             default: default.context("no site configured")?,
@@ -219,7 +215,7 @@ pub struct WebTier {
 impl WebTier {
     /// Loads certificates and sites, binds every listener and starts serving.
     pub async fn start(web: &Web) -> Result<Self> {
-        let limits = web.limits.get_ref().clone();
+        let limits = web.limits.clone();
         let stats = stats::WebStats::default();
         let sites = Sites::new(web, pools(web, None), &stats.routes)?;
         let shared = Arc::new(Shared {
@@ -235,18 +231,18 @@ impl WebTier {
             limits,
         });
         let (shutdown, _) = watch::channel(false);
-        let drain = Duration::from_millis(shared.limits.drain_timeout_ms);
+        let drain = shared.limits.drain_timeout;
         let pool = Workers::start("web", web.workers, drain)?;
         let workers = pool.len();
         // Bind everything first, so a taken port fails the start with its address.
         let listeners: Vec<(std::net::TcpListener, Listener)> = web
             .listeners
             .iter()
-            .map(|l| Ok((crate::listen::bind(*l.address.get_ref())?, l.clone())))
+            .map(|l| Ok((crate::listen::bind(l.address)?, l.clone())))
             .collect::<Result<_>>()?;
         for (listener, config) in listeners {
             let (shared, stopping) = (shared.clone(), shutdown.subscribe());
-            info!(address = %config.address.get_ref(), tls = config.tls, workers, "web listener up");
+            info!(address = %config.address, kind = ?config.kind, workers, "web listener up");
             pool.accept(&listener, move |stream, peer: SocketAddr| {
                 let (config, shared, stopping) = (config.clone(), shared.clone(), stopping.clone());
                 async move {
@@ -337,7 +333,7 @@ impl WebTier {
 fn stamps(certificates: &[Certificate]) -> Vec<Option<std::time::SystemTime>> {
     certificates
         .iter()
-        .flat_map(|c| [c.chain.get_ref(), c.key.get_ref()])
+        .flat_map(|c| [&c.chain, &c.key])
         .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
         .collect()
 }
@@ -379,12 +375,12 @@ async fn connection(
     shutdown: watch::Receiver<bool>,
     _admitted: Admitted,
 ) {
-    let header_timeout = Duration::from_millis(shared.limits.header_read_timeout_ms);
-    if !config.tls {
+    let header_timeout = shared.limits.header_read_timeout;
+    if config.kind != ListenerKind::Tls {
         let conn = Conn {
             peer,
             tls: None,
-            redirect: config.redirect_to_https,
+            redirect: config.kind == ListenerKind::RedirectToHttps,
         };
         serve_http(stream, false, conn, shared, shutdown).await;
         return;
@@ -459,12 +455,12 @@ where
             .max_header_list_size(limits.max_header_bytes as u32)
             .max_pending_accept_reset_streams(Some(20))
             .max_local_error_reset_streams(Some(256))
-            .keep_alive_interval(Some(Duration::from_millis(limits.idle_timeout_ms)))
+            .keep_alive_interval(Some(limits.idle_timeout))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection(io, service);
         // The head of the first request within header_read_timeout_ms, as on HTTP/1.1: a
         // client that sends no preface, or a preface and nothing more, is closed.
-        let deadline = Duration::from_millis(limits.header_read_timeout_ms);
+        let deadline = limits.header_read_timeout;
         tokio::select! {
             _ = until_done_or_drained(conn, &mut shutdown, Duration::ZERO, |c| c.graceful_shutdown()) => {}
             _ = async {
@@ -481,12 +477,12 @@ where
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
-        let grace = CLOSE_ON_RESPONSE_GRACE.min(Duration::from_millis(limits.drain_timeout_ms));
+        let grace = CLOSE_ON_RESPONSE_GRACE.min(limits.drain_timeout);
         until_done_or_drained(conn, &mut shutdown, grace, |c| c.graceful_shutdown()).await;
     }
 }
@@ -560,7 +556,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
                 req,
                 &origin,
                 shared.limits.max_request_body_bytes,
-                Duration::from_millis(shared.limits.upgrade_idle_timeout_ms),
+                shared.limits.upgrade_idle_timeout,
             )
             .await;
         if let Some(kind) = outcome.error {

@@ -387,3 +387,100 @@ fn the_management_listener_caps_connections_per_client() -> Result<()> {
     ensure!(refused == 1.0, "refusals counted: {refused}");
     Ok(())
 }
+
+#[test]
+fn the_management_listener_takes_tls_and_basic_auth() -> Result<()> {
+    use foobar_tests::{foobar_bin, weblab::self_signed, ChildGuard};
+    use std::io::Write;
+    let mut lab = LbLab::start(1, "ipip")?;
+    let plain = format!("http://{}:{METRICS_PORT}/metrics", edge_addr(0));
+    // The probe: without the defence anyone scrapes over plain HTTP.
+    let (_, open) = scrape::fetch(&lab.client, &plain, false)?;
+    ensure!(open.contains("foobar_build_info"), "plain scrape before: {open}");
+
+    let dir = lab.scratch.path.clone();
+    self_signed(&dir, "mgmt", "ec", &["edge1.mgmt.test"])?;
+    let mut hasher = std::process::Command::new(foobar_bin())
+        .args(["hash-password", "--cost", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    hasher.stdin.take().context("stdin")?.write_all(b"scrape s3cret\n")?;
+    let hashed = hasher.wait_with_output()?;
+    ensure!(hashed.status.success(), "hash-password failed");
+    let hash = String::from_utf8(hashed.stdout)?.trim().to_owned();
+    ensure!(hash.starts_with("$2b$04$"), "not a bcrypt hash: {hash}");
+    let mut text = std::fs::read_to_string(lab.edge_config(0))?;
+    text += &format!(
+        "\n[monitoring.tls_server_config]\ncert_file = \"{d}/mgmt.crt\"\nkey_file = \"{d}/mgmt.key\"\n\n[monitoring.basic_auth_users]\nprometheus = \"{hash}\"\n",
+        d = dir.display()
+    );
+    std::fs::write(lab.edge_config(0), text)?;
+    let mut old: ChildGuard = lab.edges[0].foobar.take().context("edge running")?;
+    old.signal(nix::sys::signal::Signal::SIGTERM)?;
+    old.wait(std::time::Duration::from_secs(10))?;
+    lab.start_edge(0)?;
+
+    let ca = dir.join("mgmt.crt").display().to_string();
+    let resolve = format!("edge1.mgmt.test:{METRICS_PORT}:{}", edge_addr(0));
+    let url = format!("https://edge1.mgmt.test:{METRICS_PORT}/metrics");
+    let curl = |extra: &[&str]| -> Result<(bool, String)> {
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-D",
+            "-",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        lab.client.exec_any(&args)
+    };
+    foobar_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the TLS management listener",
+        || curl(&[]).is_ok_and(|(ok, _)| ok),
+    )
+    .with_context(|| lab.edge_log(0))?;
+    // Plain HTTP no longer gets anything (the head and body of each answer come out together).
+    let (plain_ok, plain_out) = lab.client.exec_any(&["curl", "-sS", "--max-time", "5", &plain])?;
+    ensure!(
+        !plain_ok && !plain_out.contains("foobar_"),
+        "plain HTTP still answered: {plain_out}"
+    );
+    // No credentials, and wrong ones: 401 asking for basic authentication.
+    for extra in [
+        &[][..],
+        &["-u", "prometheus:wrong"][..],
+        &["-u", "nobody:scrape s3cret"][..],
+    ] {
+        let (_, head) = curl(extra)?;
+        ensure!(
+            head.starts_with("HTTP/1.1 401")
+                && head
+                    .to_ascii_lowercase()
+                    .contains("www-authenticate: basic realm=\"foobar\""),
+            "{extra:?}: {head}"
+        );
+    }
+    // The right ones: the metrics, which count what was refused.
+    let (ok, answer) = curl(&["-u", "prometheus:scrape s3cret"])?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    ensure!(ok, "an authenticated scrape failed: {body}");
+    let samples = scrape::parse(&body, false)?;
+    let unauthorized = scrape::sum(&samples, "foobar_management_unauthorized_requests_total", &[]);
+    // The wait's first try may have come before the listener was up; at least the three above.
+    ensure!(unauthorized >= 3.0, "401s counted: {unauthorized}");
+    let handshakes = scrape::sum(
+        &samples,
+        "foobar_management_refused_connections_total",
+        &[("reason", "tls_handshake")],
+    );
+    ensure!(handshakes >= 1.0, "failed handshakes counted: {handshakes}");
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! entry blanked out) — padded with spaces, so every later position stays where it is — and
 //! decoding starts again. Syntax errors, and a required key that is missing, end the search.
 
-use super::{Config, Range};
+use super::{file::Config, Range};
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
 /// At most this many decoding problems are reported from one file.

@@ -4,12 +4,16 @@
 //! credentials that others may read, credentials that do not parse, document roots that are
 //! not directories, a push CA bundle that cannot be read.
 
-use super::{CheckKind, Config, Range};
+use super::{file::Config, CheckKind, Range};
 use crate::{
     mysql::monitor::Credentials,
     web::tls::{self, PemFile},
 };
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+use toml::Spanned;
 
 /// Reports every file problem of `c`.
 pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
@@ -32,17 +36,7 @@ pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
     if let Some(w) = &c.web {
         let provider = tls::provider();
         for cert in &w.certificates {
-            let key = cert.key.get_ref();
-            if let Some(problem) = readable_by_others(key) {
-                report(&cert.key.span(), format!("private key {}: {problem}", key.display()));
-            }
-            if let Err((file, e)) = tls::load_pair(cert.chain.get_ref(), key, &provider) {
-                let span = match file {
-                    PemFile::Chain => cert.chain.span(),
-                    PemFile::Key => cert.key.span(),
-                };
-                report(&span, format!("{e:#}"));
-            }
+            check_pair(&cert.chain, &cert.key, &provider, report);
         }
         for site in w.sites.get_ref() {
             let root = site.root.get_ref();
@@ -84,6 +78,9 @@ pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
             }
         }
     }
+    if let Some(tls) = c.monitoring.as_ref().and_then(|m| m.tls_server_config.as_ref()) {
+        check_pair(&tls.cert_file, &tls.key_file, &tls::provider(), report);
+    }
     if let Some(push) = c.monitoring.as_ref().and_then(|m| m.push.as_ref()) {
         if push.url.get_ref().starts_with("https://") {
             if let Err(e) = std::fs::read(&push.ca_file) {
@@ -93,6 +90,27 @@ pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
                 );
             }
         }
+    }
+}
+
+/// Reports a certificate chain and key that do not load or do not belong together, and a key
+/// others may read.
+fn check_pair(
+    chain: &Spanned<PathBuf>,
+    key: &Spanned<PathBuf>,
+    provider: &rustls::crypto::CryptoProvider,
+    report: &mut dyn FnMut(&Range<usize>, String),
+) {
+    let key_path = key.get_ref();
+    if let Some(problem) = readable_by_others(key_path) {
+        report(&key.span(), format!("private key {}: {problem}", key_path.display()));
+    }
+    if let Err((file, e)) = tls::load_pair(chain.get_ref(), key_path, provider) {
+        let span = match file {
+            PemFile::Chain => chain.span(),
+            PemFile::Key => key.span(),
+        };
+        report(&span, format!("{e:#}"));
     }
 }
 

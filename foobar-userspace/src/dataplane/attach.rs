@@ -23,7 +23,7 @@ impl Dataplane {
     /// previous run pinned there (atomically: no packet sees no program).
     pub fn attach(&mut self, c: &Config) -> Result<()> {
         let root = self.root.clone();
-        for interface in c.node.interfaces.get_ref() {
+        for interface in &c.node.interfaces {
             enable_forwarding(interface)?;
             let pin = link_pin(&root, interface);
             let program = self.program(names::PROGRAM)?;
@@ -54,7 +54,7 @@ impl Dataplane {
             info!(interface, "attached XDP program");
         }
         // Open the links now: after a switch to `[node] user` the pins are out of reach.
-        for interface in c.node.interfaces.get_ref() {
+        for interface in &c.node.interfaces {
             self.attached(interface)?;
         }
         Ok(())

@@ -22,23 +22,23 @@ pub(super) fn link_pin(root: &Path, interface: &str) -> PathBuf {
 /// Sizes of the maps the configuration asks for, by map name.
 pub(super) fn map_sizes(c: &Config) -> [(&'static str, u32); 8] {
     let dp = &c.dataplane;
-    let services = *dp.max_services.get_ref();
-    let backends = *dp.max_backends.get_ref();
+    let services = dp.max_services;
+    let backends = dp.max_backends;
     [
         (names::SERVICES, services),
         (names::VIPS, services),
         (names::SERVICE_STATS, services),
         (names::BACKENDS, backends),
         (names::BACKEND_STATS, backends),
-        (names::CONNTRACK, *dp.conntrack_entries.get_ref()),
-        (names::CONNTRACK6, *dp.conntrack_entries_v6.get_ref()),
+        (names::CONNTRACK, dp.conntrack_entries),
+        (names::CONNTRACK6, dp.conntrack_entries_v6),
         (names::COUNTERS, foobar_common::Counter::COUNT),
     ]
 }
 
 /// Size of the MAGLEV map for a configuration.
 pub(super) fn maglev_entries(c: &Config) -> u32 {
-    2 * c.dataplane.max_services.get_ref() * maglev_elements(*c.dataplane.maglev_table_size.get_ref())
+    2 * c.dataplane.max_services * maglev_elements(c.dataplane.maglev_table_size)
 }
 
 /// Opens a pinned BPF object (map, program or link) by path (BPF_OBJ_GET).

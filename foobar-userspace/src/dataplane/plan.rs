@@ -103,7 +103,7 @@ pub fn addr_key(addr: IpAddr) -> AddrKey {
 
 /// The service-table key of a configured service.
 pub fn service_key(svc: &config::Service) -> ServiceKey {
-    let (addr, family) = map_addr(*svc.vip.get_ref());
+    let (addr, family) = map_addr(svc.vip);
     let proto = match svc.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
@@ -135,27 +135,22 @@ fn maglev_table(c: &Config, members: &[&Member]) -> Vec<u16> {
         })
         .collect();
     // Backend ids are below max_backends <= MAX_BACKENDS, so they fit the u16 lanes.
-    maglev::build_table(
-        c.dataplane.maglev_seed,
-        &candidates,
-        *c.dataplane.maglev_table_size.get_ref(),
-    )
-    .into_iter()
-    .map(|i| healthy.get(i as usize).map_or(MAGLEV_EMPTY, |m| m.id as u16))
-    .collect()
+    maglev::build_table(c.dataplane.maglev_seed, &candidates, c.dataplane.maglev_table_size)
+        .into_iter()
+        .map(|i| healthy.get(i as usize).map_or(MAGLEV_EMPTY, |m| m.id as u16))
+        .collect()
 }
 
 /// Computes what the maps should hold for `c` and `health`, given what they hold now. Fails
 /// only when the backend table has no room, and then nothing has been written.
 pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])>) -> Result<Plan> {
-    let source = |s: &Option<toml::Spanned<IpAddr>>| s.as_ref().map_or([0; 4], |s| map_addr(*s.get_ref()).0);
     let node = NodeConfig {
         flags: 0,
-        maglev_size: *c.dataplane.maglev_table_size.get_ref(),
+        maglev_size: c.dataplane.maglev_table_size,
         new_flow_cap: c.dataplane.new_flow_cap,
         _pad: 0,
-        encap_src_v4: source(&c.node.tunnel_source_v4)[0],
-        encap_src_v6: source(&c.node.tunnel_source_v6),
+        encap_src_v4: c.node.tunnel_source_v4.map_or(0, |a| map_addr(IpAddr::V4(a)).0[0]),
+        encap_src_v6: c.node.tunnel_source_v6.map_or([0; 4], |a| map_addr(IpAddr::V6(a)).0),
     };
     let keys: Vec<ServiceKey> = c.services.iter().map(service_key).collect();
     // Service ids: existing services keep theirs, new ones get the lowest free id.
@@ -183,7 +178,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         .services
         .iter()
         .zip(&sids)
-        .flat_map(|(svc, sid)| svc.backends.iter().map(move |b| (*sid, *b.address.get_ref())))
+        .flat_map(|(svc, sid)| svc.backends.iter().map(move |b| (*sid, b.address)))
         .collect();
     let wanted_set: HashSet<&(u32, IpAddr)> = wanted.iter().collect();
     let mut backends: HashMap<(u32, IpAddr), u32> = now
@@ -198,7 +193,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         .filter(|(k, _)| !wanted_set.contains(k))
         .map(|(_, v)| *v)
         .collect();
-    let max = *c.dataplane.max_backends.get_ref();
+    let max = c.dataplane.max_backends;
     let mut in_use: HashSet<u32> = backends.values().copied().collect();
     let before: HashSet<u32> = now.backends.values().copied().collect();
     let mut cursor = now.cursor % max.max(1);
@@ -233,11 +228,11 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         let mut entries = Vec::with_capacity(svc.backends.len());
         let mut members = Vec::with_capacity(svc.backends.len());
         for b in &svc.backends {
-            let address = *b.address.get_ref();
+            let address = b.address;
             let Some(&id) = backends.get(&(*sid, address)) else {
-                bail!("backend {address} of service {} has no id", svc.name.get_ref());
+                bail!("backend {address} of service {} has no id", svc.name);
             };
-            let up = health.is_up(svc.name.get_ref(), address);
+            let up = health.is_up(&svc.name, address);
             let (addr, family) = map_addr(address);
             let mut flags = BACKEND_IN_USE;
             if up {
@@ -260,7 +255,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
             members.push(Member {
                 id,
                 identity: address.to_string(),
-                weight: health.weight(svc.name.get_ref(), address, b.weight),
+                weight: health.weight(&svc.name, address, b.weight),
                 up,
             });
         }
@@ -284,7 +279,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         locals: c.node.addresses.iter().map(|a| addr_key(*a)).collect(),
         tunnel_peers: c.node.tunnel_peers.iter().map(|a| addr_key(*a)).collect(),
         links,
-        vips: c.services.iter().map(|s| *s.vip.get_ref()).collect(),
+        vips: c.services.iter().map(|s| s.vip).collect(),
         services,
         stale_services: now.services.keys().filter(|k| !keys.contains(k)).copied().collect(),
         freed,
@@ -445,7 +440,7 @@ mod tests {
             ],
             5,
         );
-        over.dataplane.max_backends = toml::Spanned::new(0..0, 4);
+        over.dataplane.max_backends = 4;
         assert!(plan(&over, &Health::default(), &now, vec![]).is_err());
     }
 

@@ -292,8 +292,8 @@ pub(super) struct Coordinator {
 impl Coordinator {
     /// A coordinator for `cluster`, whose `[database.failover]` is `settings`.
     pub(super) fn new(cluster: Arc<Cluster>, settings: Failover) -> Self {
-        let servers = cluster.config.servers.get_ref().len();
-        let name = cluster.config.name.get_ref();
+        let servers = cluster.config.servers.len();
+        let name = &cluster.config.name;
         let lock: String = format!("foobar_failover_{name}")
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
@@ -313,7 +313,7 @@ impl Coordinator {
 
     /// Runs until `stop` turns true: a step every monitor interval, switchovers on request.
     pub(super) async fn run(mut self, mut requests: mpsc::Receiver<Request>, mut stop: watch::Receiver<bool>) {
-        let interval = Duration::from_millis(self.cluster.config.monitor.interval_ms);
+        let interval = self.cluster.config.monitor.interval;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -339,22 +339,22 @@ impl Coordinator {
     }
 
     fn addresses(&self) -> &[SocketAddr] {
-        self.cluster.config.servers.get_ref()
+        &self.cluster.config.servers
     }
 
     fn limit(&self) -> Duration {
-        Duration::from_millis(self.cluster.config.monitor.timeout_ms)
+        self.cluster.config.monitor.timeout
     }
 
     /// One monitor round at most: its interval and its timeout, ms.
     fn round_ms(&self) -> u64 {
         let m = &self.cluster.config.monitor;
-        m.interval_ms.saturating_add(m.timeout_ms)
+        (m.interval + m.timeout).as_millis() as u64
     }
 
     /// Records a step: the log (and so the push exporter), the status.
     fn event(&self, warning: bool, what: String) {
-        let database = self.cluster.config.name.get_ref();
+        let database = &self.cluster.config.name;
         if warning {
             warn!(database, "failover: {what}");
         } else {
@@ -389,7 +389,7 @@ impl Coordinator {
         let idle_s = (self.round_ms().saturating_mul(5)).div_ceil(1000).max(10);
         let held = self
             .locks
-            .refresh(self.cluster.config.servers.get_ref(), &creds, limit, idle_s)
+            .refresh(&self.cluster.config.servers, &creds, limit, idle_s)
             .await;
         let servers = self.addresses().len();
         let acting = 2 * held > servers;
@@ -434,7 +434,7 @@ impl Coordinator {
             .map(|s| s.map(|t| t.elapsed().as_millis() as u64))
             .collect();
         let rules = Rules {
-            after_ms: self.settings.after_ms,
+            after_ms: self.settings.after.as_millis() as u64,
             rejoin: self.settings.rejoin,
         };
         let next = plan(&view, self.addresses(), primary, &down_ms, &rules);
@@ -547,7 +547,7 @@ impl Coordinator {
         if received.is_empty() {
             return Ok(());
         }
-        let limit = Duration::from_millis(self.settings.catch_up_timeout_ms);
+        let limit = self.settings.catch_up_timeout;
         let sql = flavor.wait_for(received, limit);
         let waited: Option<i64> = timeout(limit.saturating_add(self.limit()), conn.query_first(sql))
             .await
@@ -655,7 +655,7 @@ impl Coordinator {
     /// promoted, the others (the old primary too) replicate from it. What happened, with the
     /// write pause.
     async fn switchover(&self, to: Option<SocketAddr>) -> Result<String> {
-        let name = self.cluster.config.name.get_ref().clone();
+        let name = self.cluster.config.name.clone();
         let status = self.shared().and_then(|s| s.status.lock().ok()).map(|s| s.clone());
         let (acting, held) = status.map_or((false, 0), |s| (s.acting, s.locks_held));
         let servers = self.addresses().len();

@@ -6,7 +6,10 @@
 
 use super::gtid::Gtids;
 use crate::{
-    config::database::{ClusterKind, Database, Monitor},
+    config::{
+        database::{ClusterKind, Database},
+        CheckTiming,
+    },
     health::{ProbeError, RiseFall},
 };
 use anyhow::{bail, Context, Result};
@@ -268,7 +271,7 @@ pub fn spawn(
     view: &watch::Sender<Vec<ServerState>>,
     stop: &watch::Receiver<bool>,
 ) {
-    for (index, addr) in db.servers.get_ref().iter().enumerate() {
+    for (index, addr) in db.servers.iter().enumerate() {
         let probe = Probe {
             addr: *addr,
             conn: None,
@@ -278,10 +281,10 @@ pub fn spawn(
             last_lag_s: None,
         };
         tasks.spawn(watch_server(
-            db.name.get_ref().clone(),
+            db.name.clone(),
             index,
             probe,
-            db.monitor.clone(),
+            db.monitor,
             credentials.clone(),
             view.clone(),
             stop.clone(),
@@ -293,14 +296,14 @@ async fn watch_server(
     database: String,
     index: usize,
     mut probe: Probe,
-    monitor: Monitor,
+    monitor: CheckTiming,
     credentials: Arc<ArcSwap<Credentials>>,
     view: watch::Sender<Vec<ServerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let addr = probe.addr;
-    let limit = Duration::from_millis(monitor.timeout_ms);
-    let mut ticker = tokio::time::interval(Duration::from_millis(monitor.interval_ms));
+    let limit = monitor.timeout;
+    let mut ticker = tokio::time::interval(monitor.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first check decides at once; later ones go through rise / fall.
     let mut state = RiseFall::new(monitor.rise, monitor.fall, None);

@@ -57,15 +57,20 @@ pub struct Spec {
     pub node: String,
 }
 
+/// A configured time in VRRP's unit (validated: whole centiseconds that fit).
+fn centiseconds(time: Duration) -> u16 {
+    u16::try_from(time.as_millis() / 10).unwrap_or(u16::MAX)
+}
+
 impl Spec {
     /// Resolves a configured instance; the source address defaults to the interface's (waiting
     /// up to 5 s for it: an IPv6 link-local address appears only after the link comes up).
     pub async fn resolve(v: &VrrpInstance, node: &str) -> Result<Self> {
-        let interface = v.interface.get_ref().clone();
-        let vips = v.vips.get_ref().clone();
+        let interface = v.interface.clone();
+        let vips = v.vips.clone();
         let v4 = vips.first().is_none_or(|a| a.is_ipv4());
         let address = match &v.source {
-            Some(s) => *s.get_ref(),
+            Some(s) => *s,
             None => {
                 let mut attempts = 50;
                 loop {
@@ -79,24 +84,19 @@ impl Spec {
             }
         };
         Ok(Self {
-            name: v.name.get_ref().clone(),
-            vrid: *v.vrid.get_ref(),
+            name: v.name.clone(),
+            vrid: v.vrid,
             interface,
             settings: Settings {
-                priority: *v.priority.get_ref(),
-                interval_cs: (*v.advert_interval_ms.get_ref() / 10) as u16,
-                max_master_interval_cs: (*v
-                    .max_master_interval_ms
-                    .as_ref()
-                    .unwrap_or(&v.advert_interval_ms)
-                    .get_ref()
-                    / 10) as u16,
+                priority: v.priority,
+                interval_cs: centiseconds(v.advert_interval),
+                max_master_interval_cs: centiseconds(v.max_master_interval),
                 preempt: v.preempt,
-                preempt_delay_cs: (*v.preempt_delay_ms.get_ref() / 10) as u16,
+                preempt_delay_cs: centiseconds(v.preempt_delay),
                 address,
             },
             vips,
-            peers: v.unicast_peers.iter().map(|p| *p.get_ref()).collect(),
+            peers: v.unicast_peers.clone(),
             checksum: match v.ipv4_checksum {
                 ChecksumConvention::PseudoHeader => Ipv4Checksum::PseudoHeader,
                 ChecksumConvention::MessageOnly => Ipv4Checksum::MessageOnly,

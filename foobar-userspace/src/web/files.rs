@@ -131,7 +131,7 @@ enum Found {
 impl Files {
     /// Prepares a site; the root must exist.
     pub fn new(site: &Site) -> anyhow::Result<Self> {
-        let configured = site.root.get_ref();
+        let configured = &site.root;
         let path = CString::new(configured.as_os_str().as_bytes())?;
         // SAFETY: open(2) on a NUL-terminated path; the result is checked.
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -149,7 +149,7 @@ impl Files {
             .iter()
             .map(|r| {
                 HeaderValue::from_str(&r.cache_control)
-                    .map(|v| (r.prefix.get_ref().clone(), v))
+                    .map(|v| (r.prefix.clone(), v))
                     .map_err(|_| anyhow::anyhow!("cache_control {:?} is not a valid header value", r.cache_control))
             })
             .collect::<anyhow::Result<_>>()?;

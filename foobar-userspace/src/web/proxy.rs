@@ -303,7 +303,6 @@ impl Pool {
 
         let servers: Vec<Arc<Server>> = u
             .servers
-            .get_ref()
             .iter()
             .map(|addr| {
                 Arc::new(Server {
@@ -318,22 +317,22 @@ impl Pool {
         let checks = match &u.health {
             Some(check) => servers
                 .iter()
-                .map(|s| tokio::spawn(active_check(u.name.get_ref().clone(), s.clone(), check.clone())))
+                .map(|s| tokio::spawn(active_check(u.name.clone(), s.clone(), check.clone())))
                 .collect(),
             None => Vec::new(),
         };
         Arc::new(Self {
-            name: u.name.get_ref().clone(),
+            name: u.name.clone(),
             config: u.clone(),
             servers,
             balance: u.balance,
             next: AtomicUsize::new(0),
             id,
-            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-            idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+            connect_timeout: u.connect_timeout,
+            idle_timeout: u.pool_idle_timeout,
             max_idle: u.pool_max_idle,
-            read_timeout: Duration::from_millis(u.read_timeout_ms),
-            fail_timeout: Duration::from_millis(u.fail_timeout_ms),
+            read_timeout: u.read_timeout,
+            fail_timeout: u.fail_timeout,
             epoch: Instant::now(),
             checks,
         })
@@ -703,8 +702,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Active HTTP check of one server.
 async fn active_check(pool: String, server: Arc<Server>, check: crate::config::HealthCheck) {
-    let mut state = health::RiseFall::new(check.rise, check.fall, Some(server.up.load(Ordering::Relaxed)));
-    let limit = Duration::from_millis(check.timeout_ms);
+    let mut state = health::RiseFall::new(
+        check.timing.rise,
+        check.timing.fall,
+        Some(server.up.load(Ordering::Relaxed)),
+    );
+    let limit = check.timing.timeout;
     loop {
         let result = health::probe_within(limit, server.addr, &check, None).await;
         if let Some(up) = state.observe(result.is_ok()) {
@@ -714,7 +717,7 @@ async fn active_check(pool: String, server: Arc<Server>, check: crate::config::H
                 Err(why) => warn!(upstream = pool, server = %server.addr, %why, "upstream server down"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
+        tokio::time::sleep(check.timing.interval).await;
     }
 }
 

@@ -102,7 +102,7 @@ impl Store {
         let mut store = Store::default();
         let default_index = certificates.iter().position(|c| c.default).unwrap_or(0);
         for (i, c) in certificates.iter().enumerate() {
-            let (certified, names) = load_pair(c.chain.get_ref(), c.key.get_ref(), provider).map_err(|(_, e)| e)?;
+            let (certified, names) = load_pair(&c.chain, &c.key, provider).map_err(|(_, e)| e)?;
             for name in &names {
                 store.names.entry(name).push(certified.clone());
             }
