@@ -21,13 +21,13 @@ use crate::{
     track::{self, Fault},
     vrrp::{
         election::Reason,
-        instance::{Claim, Handle, Spec},
+        instance::{Claim, Handle, Spec, Stop},
     },
     web::WebTier,
 };
 use anyhow::{Context, Result};
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex, OnceLock},
@@ -96,6 +96,7 @@ pub async fn run(path: &Path) -> Result<()> {
     let mut config = config::load(path)?;
     crate::fdlimit::fit(&config)?;
     let mut dataplane = Dataplane::load(&config)?;
+    let resumed = resume_handed_over(&config, &mut dataplane);
     let (health_tx, mut health_rx) = watch::channel(Health::default());
     dataplane
         .sync(&config, &Health::default())
@@ -114,16 +115,19 @@ pub async fn run(path: &Path) -> Result<()> {
         let spec = Spec::resolve(v, &config.node.name)
             .await
             .with_context(|| format!("vrrp instance {}", v.name))?;
-        instances.push(Handle::start(i, spec, claims_tx.clone())?);
+        instances.push(Handle::start(i, spec, claims_tx.clone(), resumed.contains(&i))?);
     }
     let claimed_now: Vec<String> = if dataplane.claims_every_vip() {
         config.services.iter().map(|s| s.vip.to_string()).collect()
     } else {
-        Vec::new()
+        resumed
+            .iter()
+            .flat_map(|i| config.vrrp[*i].vips.iter().map(IpAddr::to_string))
+            .collect()
     };
     let mut ownership = Ownership {
         vips: instances.iter().map(|h| h.spec.vips.clone()).collect(),
-        masters: BTreeSet::new(),
+        masters: resumed,
         shared: Arc::new(Mutex::new((dataplane.forwarding(), claimed_now))),
     };
     let web = match &config.web {
@@ -312,32 +316,97 @@ pub async fn run(path: &Path) -> Result<()> {
             }
         }
     }
-    // Masters send their priority-0 adverts and release their VIPs; the claims they make on
-    // the way out are applied while they stop.
     let names: Vec<String> = instances.iter().map(|h| h.spec.name.clone()).collect();
-    for handle in &instances {
-        handle.request_stop();
-    }
-    let stopping = join_in_turn(instances);
-    tokio::pin!(stopping);
-    loop {
-        tokio::select! {
-            _ = &mut stopping => break,
-            Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
-        }
-    }
-    if !names.is_empty() {
-        info!(instances = ?names, "vrrp instances stopped");
-    }
     // Checks in flight finish first: one cut off mid-login would count against this host.
-    checks.stop().await;
-    if let Some(web) = web {
-        web.shutdown().await;
+    let drain_tiers = async move {
+        checks.stop().await;
+        if let Some(web) = web {
+            web.shutdown().await;
+        }
+        databases.shutdown().await;
+    };
+    if for_restart && !instances.is_empty() {
+        // A restart keeps the VIPs: the tiers drain while the masters go on advertising and the
+        // lease is renewed; then each master advertises once more and leaves its claim to the
+        // next process, which resumes it if it starts before the backups would take over.
+        tokio::pin!(drain_tiers);
+        loop {
+            tokio::select! {
+                _ = &mut drain_tiers => break,
+                Some(claim) = claims_rx.recv() => ownership.apply(claim, &config, &mut dataplane),
+                _ = track.tick() => {
+                    if let Err(e) = dataplane.renew_claim(lease) {
+                        error!("renewing the VIP claim lease failed: {e:#}");
+                    }
+                }
+            }
+        }
+        stop_instances(
+            instances,
+            Stop::HandOver,
+            &mut claims_rx,
+            &mut ownership,
+            &config,
+            &mut dataplane,
+        )
+        .await;
+        if let Some(lease) = lease.filter(|_| dataplane.forwarding()) {
+            match dataplane.hand_over(lease) {
+                Ok(()) => info!(
+                    instances = ?names,
+                    within_ms = lease.as_millis() as u64,
+                    "vrrp claims handed over to the next process"
+                ),
+                Err(e) => error!("handing the VIP claims over failed: {e:#}"),
+            }
+        }
+    } else {
+        // Masters send their priority-0 adverts and release their VIPs, then the tiers drain.
+        stop_instances(
+            instances,
+            Stop::Release,
+            &mut claims_rx,
+            &mut ownership,
+            &config,
+            &mut dataplane,
+        )
+        .await;
+        if !names.is_empty() {
+            info!(instances = ?names, "vrrp instances stopped");
+        }
+        drain_tiers.await;
     }
-    databases.shutdown().await;
     let _ = std::fs::remove_file(&config.node.control_socket);
     info!("stopping; the pinned data plane keeps forwarding (foobar detach removes it)");
     Ok(())
+}
+
+/// The VRRP instances that start as master because the previous process handed them over on a
+/// restart (every VIP of theirs claimed, the lease still running); the data plane goes on
+/// claiming their VIPs from the first sync on.
+fn resume_handed_over(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
+    let held = match dp.handed_over() {
+        Ok(Some(held)) if !c.vrrp.is_empty() => held,
+        Ok(_) => return BTreeSet::new(),
+        Err(e) => {
+            warn!("reading what the previous process handed over failed: {e:#}");
+            return BTreeSet::new();
+        }
+    };
+    let resumed: BTreeSet<usize> = c
+        .vrrp
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.vips.is_empty() && v.vips.iter().all(|vip| held.contains(vip)))
+        .map(|(i, _)| i)
+        .collect();
+    let vips: HashSet<IpAddr> = resumed.iter().flat_map(|i| c.vrrp[*i].vips.iter().copied()).collect();
+    if !resumed.is_empty() {
+        let names: Vec<&str> = resumed.iter().map(|i| c.vrrp[*i].name.as_str()).collect();
+        info!(instances = ?names, "resuming the vrrp claims the previous process handed over");
+        dp.resume_claims(vips);
+    }
+    resumed
 }
 
 /// How long the data plane's VIP claim lasts without renewal: three of the fastest advert
@@ -347,10 +416,30 @@ fn claim_lease(c: &Config) -> Option<Duration> {
     Some((3 * fastest).max(3 * TRACK_INTERVAL))
 }
 
-/// Waits for every stopping instance (they stop concurrently; this only collects them).
-async fn join_in_turn(instances: Vec<Handle>) {
-    for handle in instances {
-        handle.finished().await;
+/// Stops every instance as `how` says, applying the claims they make on the way out.
+async fn stop_instances(
+    instances: Vec<Handle>,
+    how: Stop,
+    claims: &mut mpsc::Receiver<Claim>,
+    ownership: &mut Ownership,
+    c: &Config,
+    dp: &mut Dataplane,
+) {
+    for handle in &instances {
+        handle.request_stop(how);
+    }
+    // They stop concurrently; this only collects them.
+    let stopping = async {
+        for handle in instances {
+            handle.finished().await;
+        }
+    };
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => break,
+            Some(claim) = claims.recv() => ownership.apply(claim, c, dp),
+        }
     }
 }
 

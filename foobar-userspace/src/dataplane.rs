@@ -19,8 +19,8 @@ use aya::{
 };
 use foobar_common::{
     addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig,
-    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING, VIP_CLAIMED,
-    VIP_FILTER_WORDS,
+    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING, NODE_HANDED_OVER,
+    VIP_CLAIMED, VIP_FILTER_WORDS,
 };
 use maps::Maps;
 use plan::{addr_key, Layout, Plan};
@@ -293,6 +293,42 @@ impl Dataplane {
         };
         self.maps.claim_lease.set(0, until, 0)?;
         Ok(())
+    }
+
+    /// Marks the claims as left for the next process (a restart): it finds them with
+    /// [`Dataplane::handed_over`] if it starts within `lease`, renewed here from now.
+    pub fn hand_over(&mut self, lease: std::time::Duration) -> Result<()> {
+        self.renew_claim(Some(lease))?;
+        self.node.flags |= NODE_HANDED_OVER;
+        self.maps.node.set(0, self.node, 0)?;
+        Ok(())
+    }
+
+    /// The VIPs a previous process handed over on its way out, if it did and its claim lease
+    /// still runs: the next one can go on claiming them without a gap. Read before the first
+    /// sync, which clears the mark.
+    pub fn handed_over(&self) -> Result<Option<HashSet<IpAddr>>> {
+        let node = self.maps.node.get(&0, 0)?;
+        let lease = self.maps.claim_lease.get(&0, 0)?;
+        let marked = node.flags & NODE_HANDED_OVER != 0 && node.flags & NODE_FORWARDING != 0;
+        if !marked || lease <= coarse_now_ns()? {
+            return Ok(None);
+        }
+        let mut claimed = HashSet::new();
+        for entry in self.maps.vips.iter() {
+            let (key, flags) = entry?;
+            if flags & VIP_CLAIMED != 0 {
+                claimed.insert(ip_from(&key.addr, key.family));
+            }
+        }
+        Ok(Some(claimed))
+    }
+
+    /// Goes on claiming `vips` (handed over by the previous process) from the first sync on,
+    /// forwarding meanwhile.
+    pub fn resume_claims(&mut self, vips: HashSet<IpAddr>) {
+        self.forwarding = !vips.is_empty();
+        self.claimed = Some(vips);
     }
 
     /// Whether the data plane balances VIP traffic now.

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Client MAC used in test frames.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
-/// Destination MAC of test frames (whatever the node's is; XDP does not check).
+/// Destination MAC of test frames: the test node's (frames for other MACs are not balanced).
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// RFC 1071 checksum of `data` plus an initial sum.

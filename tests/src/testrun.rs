@@ -2,7 +2,7 @@
 //! plane loaded with a small configuration, and one-frame runs. Used by the verdict tests and
 //! the `xdp` benchmark.
 
-use crate::{enter, ifindex_of, mac_of, Netns, PinDir};
+use crate::{enter, ifindex_of, mac_of, packet::NODE_MAC, Netns, PinDir};
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use foobar::{config, dataplane::Dataplane, health::Health, stats};
@@ -144,6 +144,11 @@ address = "fd20::1"
     )
 }
 
+/// `02:00:…` notation of a MAC address.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// A namespace with veth t0 (10.20.0.1, fd20::1) whose FIB knows the backends' MACs, and the
 /// data plane loaded with [`config_text`]. The test thread enters the namespace.
 pub struct Fixture {
@@ -163,6 +168,7 @@ impl Fixture {
     pub fn new(name: &str) -> Result<Self> {
         let ns = Netns::new(name)?;
         ns.exec(&["ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1"])?;
+        ns.exec(&["ip", "link", "set", "t0", "address", &mac_text(&NODE_MAC)])?;
         ns.exec(&["ip", "link", "set", "t0", "up"])?;
         ns.exec(&["ip", "link", "set", "t1", "up"])?;
         ns.exec(&["ip", "addr", "add", "10.20.0.1/24", "dev", "t0"])?;
@@ -173,7 +179,7 @@ impl Fixture {
             ("fd20::2", BACKEND6_MAC),
             ("fd20::3", BACKEND6B_MAC),
         ] {
-            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let mac = mac_text(&mac);
             ns.exec(&[
                 "ip",
                 "neigh",

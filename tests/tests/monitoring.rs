@@ -472,7 +472,7 @@ fn the_management_listener_takes_tls_and_basic_auth() -> Result<()> {
     let (ok, answer) = curl(&["-u", "prometheus:scrape s3cret"])?;
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     ensure!(ok, "an authenticated scrape failed: {body}");
-    let samples = scrape::parse(&body, false)?;
+    let samples = scrape::parse(body, false)?;
     let unauthorized = scrape::sum(&samples, "foobar_management_unauthorized_requests_total", &[]);
     // The wait's first try may have come before the listener was up; at least the three above.
     ensure!(unauthorized >= 3.0, "401s counted: {unauthorized}");

@@ -114,6 +114,25 @@ fn established_flow_keeps_its_backend_when_the_set_changes() -> Result<()> {
 }
 
 #[test]
+fn vip_frames_for_another_hosts_mac_are_left_to_the_kernel() -> Result<()> {
+    let mut fx = Fixture::new("t-otherhost")?;
+    // The same SYN, flooded by a switch or seen by a promiscuous port: unicast to another MAC.
+    let frame = Spec::tcp("198.51.100.7", 40000, "192.0.2.1", 80, SYN).frame();
+    let mut elsewhere = frame.clone();
+    elsewhere[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    assert_eq!(fx.run(&elsewhere)?, (XDP_PASS, elsewhere.clone()));
+    assert_eq!(fx.counter("passed_other_host")?, 1);
+    assert_eq!(fx.counter("conntrack_miss")?, 0, "no flow learnt from it");
+    // The probe: addressed to this node, or to every host, the same SYN is balanced.
+    assert_eq!(fx.run(&frame)?.0, XDP_TX);
+    let mut broadcast = frame;
+    broadcast[..6].copy_from_slice(&[0xff; 6]);
+    assert_eq!(fx.run(&broadcast)?.0, XDP_TX);
+    assert_eq!(fx.counter("transmitted")?, 2);
+    Ok(())
+}
+
+#[test]
 fn non_vip_traffic_passes_untouched() -> Result<()> {
     let mut fx = Fixture::new("t-nonvip")?;
     for spec in [

@@ -81,6 +81,10 @@ pub const BACKEND_IN_USE: u8 = 4;
 /// runs without VRRP).
 pub const NODE_FORWARDING: u32 = 1;
 
+/// [`NodeConfig::flags`]: a control plane stopping for a restart left its VRRP claims for its
+/// successor, within the claim lease (the program ignores it; the next process clears it).
+pub const NODE_HANDED_OVER: u32 = 2;
+
 /// Value flag of the VIP table: this node claims the VIP (answers ARP / neighbour solicitations
 /// for it) while it forwards.
 pub const VIP_CLAIMED: u32 = 1;
@@ -382,6 +386,10 @@ counters! {
     /// ARP requests or neighbour solicitations for a claimed VIP left unanswered because the
     /// control plane's claim lease lapsed (it is dead or stuck; the peer takes over).
     ClaimLapsed = "claim_lapsed",
+    /// VIP frames unicast to another host's MAC (seen on a promiscuous interface, or flooded by
+    /// a switch): passed to the kernel, which discards them, instead of forwarding a copy of a
+    /// flow another edge serves.
+    PassedOtherHost = "passed_other_host",
 }
 
 #[cfg(feature = "user")]

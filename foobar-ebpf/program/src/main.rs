@@ -2,7 +2,8 @@
 //!
 //! The entry function reads as a packet's path: parse (ARP for a VIP is answered by the
 //! master), tunnel decapsulation, neighbour solicitations for a VIP, VIP check,
-//! service lookup (the VIP firewall), connection table or Maglev, then local delivery,
+//! frames unicast to another host's MAC passed, service lookup (the VIP firewall), connection
+//! table or Maglev, then local delivery,
 //! L2 direct server return or IPIP encapsulation. Every exit names its verdict and bumps a
 //! counter. Everything that is not VIP traffic is passed to the kernel untouched.
 #![no_std]
@@ -83,6 +84,10 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     // a packet may still not be VIP traffic; `not_a_service` decides pass or drop.
     if !maybe_vip(&flow.dst) {
         return pass(Counter::Passed);
+    }
+    // Balancing a frame meant for another host would forward a copy of a flow it serves.
+    if vip::for_another_host(&ctx) {
+        return pass(Counter::PassedOtherHost);
     }
     let Some(node) = NODE.get(0) else {
         return pass(Counter::Passed);

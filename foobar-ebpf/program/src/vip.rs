@@ -54,6 +54,21 @@ fn claimant(ctx: &XdpContext, node: &NodeConfig, vip: Addr, family: u8) -> Optio
     lookup(&LINK_MACS, ifindex).map(|m| m.mac)
 }
 
+/// Whether the frame is unicast to a MAC other than the receiving interface's. Such a frame
+/// reaches XDP only on a promiscuous interface (a bridge port, a sniffer) or when a switch
+/// floods unknown unicast; the kernel would discard it. Unknown interfaces count as ours.
+#[inline(always)]
+pub fn for_another_host(ctx: &XdpContext) -> bool {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    let dst = get!(eth.dst);
+    if dst[0] & 1 != 0 {
+        return false; // broadcast or multicast: for every host on the segment
+    }
+    lookup(&LINK_MACS, ctx.ingress_ifindex() as u32).is_some_and(|link| link.mac != dst)
+}
+
 /// Answers an ARP request for a VIP at `l3_off`; anything else is passed.
 #[inline(always)]
 pub fn answer_arp(ctx: &XdpContext, l3_off: usize, node: &NodeConfig) -> u32 {

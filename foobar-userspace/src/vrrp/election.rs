@@ -74,6 +74,8 @@ pub enum Reason {
     Fault,
     /// Every tracked condition is fine again.
     FaultCleared,
+    /// Started as master: the previous process, restarting, handed its claim over.
+    Resumed,
 }
 
 impl Reason {
@@ -88,6 +90,7 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::Fault => "fault",
             Reason::FaultCleared => "fault_cleared",
+            Reason::Resumed => "resumed",
         }
     }
 }
@@ -197,6 +200,24 @@ impl Election {
             return self.become_master(now_ms, Reason::OwnerStart);
         }
         self.become_backup(now_ms, self.settings.interval_cs, Reason::Start)
+    }
+
+    /// Starts the router as the master the previous process was: it handed over on a restart,
+    /// within the time a backup waits before taking over.
+    pub fn resume(&mut self, now_ms: u64) -> Vec<Action> {
+        self.preempt_after_ms = now_ms + self.settings.preempt_delay_cs as u64 * 10;
+        self.become_master(now_ms, Reason::Resumed)
+    }
+
+    /// Stops the router for a restart: a master advertises once more, so the backups' wait
+    /// starts afresh, and keeps its claim for the next process (no priority-0 advert).
+    pub fn hand_over(&mut self) -> Vec<Action> {
+        let was = self.state;
+        self.state = State::Initialize;
+        match was {
+            State::Master => vec![Action::Advertise(self.settings.priority)],
+            _ => Vec::new(),
+        }
     }
 
     /// Stops the router: a master says so with a priority-0 advert, so a backup takes over
@@ -489,5 +510,24 @@ mod tests {
         let mut backup = Election::new(settings(100, true, 0));
         backup.start(0);
         assert!(backup.shutdown().is_empty());
+    }
+
+    #[test]
+    fn a_restart_hands_the_claim_over_and_the_next_process_resumes_it() {
+        let mut e = Election::new(settings(100, true, 0));
+        e.start(0);
+        e.on_timer(360);
+        // One more advert at the old priority (the backups' wait starts afresh), no release.
+        assert_eq!(e.hand_over(), vec![Action::Advertise(100)]);
+        assert_eq!((e.state(), e.deadline_ms()), (State::Initialize, None));
+        let mut next = Election::new(settings(100, true, 0));
+        assert_eq!(
+            next.resume(1000),
+            vec![Action::Advertise(100), Action::BecomeMaster(Reason::Resumed)]
+        );
+        assert_eq!((next.state(), next.deadline_ms()), (State::Master, Some(1100)));
+        let mut backup = Election::new(settings(100, true, 0));
+        backup.start(0);
+        assert!(backup.hand_over().is_empty(), "a backup leaves nothing to hand over");
     }
 }

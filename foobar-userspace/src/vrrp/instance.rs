@@ -181,12 +181,13 @@ pub struct Handle {
     /// Tracked faults (empty: healthy).
     pub faults: watch::Sender<Vec<Fault>>,
     task: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<Stop>>,
 }
 
 impl Handle {
     /// Opens the instance's sockets and starts its task.
-    pub fn start(index: usize, spec: Spec, claims: mpsc::Sender<Claim>) -> Result<Self> {
+    /// With `resume`, it starts as master: the previous process handed its claim over.
+    pub fn start(index: usize, spec: Spec, claims: mpsc::Sender<Claim>, resume: bool) -> Result<Self> {
         let multicast = spec.peers.is_empty();
         let socket = VrrpSocket::open(&spec.interface, spec.settings.address, multicast)
             .with_context(|| format!("vrrp instance {}", spec.name))?;
@@ -207,7 +208,7 @@ impl Handle {
             ..Status::default()
         }));
         let (faults, faults_rx) = watch::channel(Vec::new());
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let runner = Runner {
             index,
             election: Election::new(spec.settings.clone()),
@@ -224,7 +225,7 @@ impl Handle {
             notifies: Pacer::new(NOTIFY_BUDGET, NOTIFY_WINDOW),
             discard_logs: BTreeMap::new(),
         };
-        let task = tokio::spawn(runner.run(faults_rx, stop_rx));
+        let task = tokio::spawn(runner.run(resume, faults_rx, stop_rx));
         Ok(Self {
             spec,
             status,
@@ -234,9 +235,9 @@ impl Handle {
         })
     }
 
-    /// Asks the instance to stop: a master sends its priority-0 advert and releases its VIPs.
-    pub fn request_stop(&self) {
-        let _ = self.stop.send(true);
+    /// Asks the instance to stop: as [`Stop`] says.
+    pub fn request_stop(&self, how: Stop) {
+        let _ = self.stop.send(Some(how));
     }
 
     /// Waits until the instance's task has ended.
@@ -245,6 +246,15 @@ impl Handle {
             warn!(instance = self.spec.name, "vrrp task ended abnormally: {e}");
         }
     }
+}
+
+/// How an instance stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// For good: a master sends its priority-0 advert and releases its VIPs.
+    Release,
+    /// For a restart: a master advertises once more and keeps its claim for the next process.
+    HandOver,
 }
 
 /// Notify runs allowed per [`NOTIFY_WINDOW`]; a flapping instance runs no more.
@@ -310,8 +320,17 @@ impl Runner {
         self.clock.elapsed().as_millis() as u64
     }
 
-    async fn run(mut self, mut faults: watch::Receiver<Vec<Fault>>, mut stop: watch::Receiver<bool>) {
-        let actions = self.election.start(self.now_ms());
+    async fn run(
+        mut self,
+        resume: bool,
+        mut faults: watch::Receiver<Vec<Fault>>,
+        mut stop: watch::Receiver<Option<Stop>>,
+    ) {
+        let actions = if resume {
+            self.election.resume(self.now_ms())
+        } else {
+            self.election.start(self.now_ms())
+        };
         self.apply(actions).await;
         let far = Duration::from_secs(3600);
         loop {
@@ -349,7 +368,10 @@ impl Runner {
             };
             self.apply(actions).await;
         }
-        let actions = self.election.shutdown();
+        let actions = match *stop.borrow() {
+            Some(Stop::HandOver) => self.election.hand_over(),
+            _ => self.election.shutdown(),
+        };
         self.apply(actions).await;
     }
 

@@ -11,7 +11,7 @@
 
 use crate::Row;
 use anyhow::{bail, Context, Result};
-use foobar_tests::{foobar_bin, mac_of, veth, ChildGuard, Netns, PinDir, Scratch};
+use foobar_tests::{foobar_bin, mac_of, testrun::mac_text, veth, ChildGuard, Netns, PinDir, Scratch};
 use std::time::Duration;
 
 /// Packets per run (fewer under emulation: `$FOOBAR_PKTGEN_COUNT`).
@@ -99,8 +99,8 @@ pub fn run() -> Result<Vec<Row>> {
     veth(&gen, "g0", &edge, "e0")?;
     gen.exec(&["ip", "addr", "add", "10.30.0.2/24", "dev", "g0"])?;
     edge.exec(&["ip", "addr", "add", "10.30.0.1/24", "dev", "e0"])?;
-    let g0_mac = mac_string(mac_of(&gen, "g0")?);
-    let e0_mac = mac_string(mac_of(&edge, "e0")?);
+    let g0_mac = mac_text(&mac_of(&gen, "g0")?);
+    let e0_mac = mac_text(&mac_of(&edge, "e0")?);
     // The backend lives behind g0: its frames come back to the generator and are dropped there.
     edge.exec(&[
         "ip",
@@ -173,8 +173,4 @@ address = "10.30.0.3"
         baseline: "offered by pktgen".into(),
         baseline_value: offered_pps,
     }])
-}
-
-fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
