@@ -23,7 +23,7 @@ use hyper::{
     header::{self, HeaderValue},
     http::uri::Authority,
     service::service_fn,
-    Request, Response, StatusCode, Version,
+    Method, Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -528,8 +528,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     let site = sites.route(host);
     let mut upstream = None;
     let mut route = &site.served;
-    let refusal =
-        smuggling_shape(req.headers()).or_else(|| host_problem(req.version(), uri.authority(), req.headers()));
+    let refusal = smuggling_shape(req.version(), req.headers())
+        .or_else(|| host_problem(req.version(), uri.authority(), req.headers()))
+        .or_else(|| max_forwards(&method, req.headers()).err());
     let mut response = if let Some(why) = refusal {
         warn!(client = %conn.peer.ip(), why, "request refused");
         route = &site.refused;
@@ -541,6 +542,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     } else if conn.redirect {
         route = &site.redirected;
         redirect_to_https(host, &req)
+    } else if let Some(answer) = answered_here(&method, req.headers()) {
+        answer
     } else if let Some(proxied) = site.proxy_for(path) {
         route = &proxied.requests;
         let client = conn.peer.ip();
@@ -596,11 +599,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
 }
 
 /// Why a request's framing headers could be read two ways (request smuggling), if they can:
-/// both Content-Length and Transfer-Encoding, several Content-Lengths, or a Transfer-Encoding
-/// other than exactly `chunked`. (hyper already refuses obs-fold and malformed lengths.)
-fn smuggling_shape(headers: &header::HeaderMap) -> Option<&'static str> {
+/// both Content-Length and Transfer-Encoding, several Content-Lengths, a Transfer-Encoding
+/// other than exactly `chunked`, or any in an HTTP/1.0 request (RFC 9112 §6.1: its framing is
+/// faulty). (hyper already refuses obs-fold and malformed lengths.)
+fn smuggling_shape(version: Version, headers: &header::HeaderMap) -> Option<&'static str> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let encodings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if version == Version::HTTP_10 && !encodings.is_empty() {
+        return Some("Transfer-Encoding in an HTTP/1.0 request");
+    }
     if lengths > 0 && !encodings.is_empty() {
         return Some("both Content-Length and Transfer-Encoding");
     }
@@ -624,6 +631,13 @@ fn host_problem(version: Version, authority: Option<&Authority>, headers: &heade
         [] if version == Version::HTTP_11 && authority.is_none() => Some("an HTTP/1.1 request without Host"),
         [] => None,
         [_, _, ..] => Some("more than one Host"),
+        // HTTP/2: a Host naming another entity than :authority (RFC 9113 §8.3.1).
+        [one]
+            if version == Version::HTTP_2
+                && authority.is_some_and(|a| !one.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())) =>
+        {
+            Some("a Host that differs from :authority")
+        }
         [_] if authority.is_some() => None,
         [one] => {
             // `http` parses the port leniently: after the host (an IPv6 literal is bracketed)
@@ -640,6 +654,50 @@ fn host_problem(version: Version, authority: Option<&Authority>, headers: &heade
             (!valid).then_some("a Host that is not a host and port")
         }
     }
+}
+
+/// The methods the edge lets through, for `Allow`: never TRACE (it would echo the client's
+/// credentials back to a script) or CONNECT (a reverse proxy opens no tunnels).
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
+/// An OPTIONS request's Max-Forwards (RFC 9110 §7.6.2; other methods ignore it): none, or
+/// the hops left; an invalid value is refused.
+fn max_forwards(method: &Method, headers: &header::HeaderMap) -> Result<Option<u32>, &'static str> {
+    if method != Method::OPTIONS {
+        return Ok(None);
+    }
+    let mut values = headers.get_all(header::MAX_FORWARDS).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(one), None) => std::str::from_utf8(one.as_bytes())
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .map(|v| Some(v.parse::<u32>().unwrap_or(u32::MAX)))
+            .ok_or("an invalid Max-Forwards"),
+        (Some(_), Some(_)) => Err("more than one Max-Forwards"),
+    }
+}
+
+/// What the edge answers itself instead of serving or proxying: TRACE and CONNECT (405), and
+/// an OPTIONS whose Max-Forwards is 0 (the edge is its final recipient, RFC 9110 §7.6.2).
+fn answered_here(method: &Method, headers: &header::HeaderMap) -> Option<Response<Body>> {
+    let status = if method == Method::TRACE || method == Method::CONNECT {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if max_forwards(method, headers) == Ok(Some(0)) {
+        StatusCode::OK
+    } else {
+        return None;
+    };
+    let mut response = if status == StatusCode::OK {
+        Response::new(full(Vec::new()))
+    } else {
+        status_page(status)
+    };
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    Some(response)
 }
 
 fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {
@@ -673,16 +731,62 @@ mod tests {
             }
             m
         };
-        assert_eq!(smuggling_shape(&h(&[("transfer-encoding", "Chunked")])), None);
-        assert_eq!(smuggling_shape(&h(&[("content-length", "3")])), None);
-        assert!(smuggling_shape(&h(&[("content-length", "3"), ("transfer-encoding", "chunked")])).is_some());
-        assert!(smuggling_shape(&h(&[("content-length", "3"), ("content-length", "3")])).is_some());
-        assert!(smuggling_shape(&h(&[("transfer-encoding", "gzip, chunked")])).is_some());
-        assert!(smuggling_shape(&h(&[
-            ("transfer-encoding", "chunked"),
-            ("transfer-encoding", "chunked")
-        ]))
+        assert_eq!(
+            smuggling_shape(Version::HTTP_11, &h(&[("transfer-encoding", "Chunked")])),
+            None
+        );
+        assert_eq!(smuggling_shape(Version::HTTP_11, &h(&[("content-length", "3")])), None);
+        assert!(smuggling_shape(
+            Version::HTTP_11,
+            &h(&[("content-length", "3"), ("transfer-encoding", "chunked")])
+        )
         .is_some());
+        assert!(smuggling_shape(
+            Version::HTTP_11,
+            &h(&[("content-length", "3"), ("content-length", "3")])
+        )
+        .is_some());
+        assert!(smuggling_shape(Version::HTTP_11, &h(&[("transfer-encoding", "gzip, chunked")])).is_some());
+        assert!(smuggling_shape(
+            Version::HTTP_11,
+            &h(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")])
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn http_1_0_framing_and_options_hops_are_checked() {
+        let mut te = header::HeaderMap::new();
+        te.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert_eq!(smuggling_shape(Version::HTTP_11, &te), None);
+        assert!(smuggling_shape(Version::HTTP_10, &te).is_some());
+        let hops = |values: &[&str]| {
+            let mut m = header::HeaderMap::new();
+            for v in values {
+                m.append(header::MAX_FORWARDS, HeaderValue::from_str(v).expect("value"));
+            }
+            m
+        };
+        assert_eq!(max_forwards(&Method::OPTIONS, &hops(&[])), Ok(None));
+        assert_eq!(max_forwards(&Method::OPTIONS, &hops(&["0"])), Ok(Some(0)));
+        assert_eq!(
+            max_forwards(&Method::OPTIONS, &hops(&["99999999999"])),
+            Ok(Some(u32::MAX))
+        );
+        assert_eq!(
+            max_forwards(&Method::GET, &hops(&["x"])),
+            Ok(None),
+            "only OPTIONS counts hops"
+        );
+        for bad in [&["-1"][..], &["1 "], &[""], &["1", "2"]] {
+            assert!(max_forwards(&Method::OPTIONS, &hops(bad)).is_err(), "{bad:?}");
+        }
+        let answered = |method: Method, values: &[&str]| answered_here(&method, &hops(values)).map(|r| r.status());
+        assert_eq!(answered(Method::OPTIONS, &["0"]), Some(StatusCode::OK));
+        assert_eq!(answered(Method::OPTIONS, &["1"]), None);
+        assert_eq!(answered(Method::TRACE, &[]), Some(StatusCode::METHOD_NOT_ALLOWED));
+        assert_eq!(answered(Method::CONNECT, &[]), Some(StatusCode::METHOD_NOT_ALLOWED));
+        assert_eq!(answered(Method::GET, &[]), None);
     }
 
     #[test]
@@ -707,6 +811,10 @@ mod tests {
         let target = Authority::from_static("www.foobar.com");
         assert_eq!(host_problem(v11, Some(&target), &hosts(&[])), None, "absolute form");
         assert_eq!(host_problem(v11, Some(&target), &hosts(&["whatever else"])), None);
+        let h2 = Version::HTTP_2;
+        assert_eq!(host_problem(h2, Some(&target), &hosts(&[])), None);
+        assert_eq!(host_problem(h2, Some(&target), &hosts(&["WWW.foobar.com"])), None);
+        assert!(host_problem(h2, Some(&target), &hosts(&["evil.example"])).is_some());
     }
 
     #[test]

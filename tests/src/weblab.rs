@@ -335,6 +335,17 @@ upgrade_idle_timeout_ms = 1000
     }
 }
 
+/// An HTTP/2 client over TLS to the web lab's HTTPS listener trusting `ca` (PEM), its
+/// connection driven by a task of the current runtime; run it inside the lab's namespace.
+pub async fn h2_client(ca: &[u8]) -> Result<h2::client::SendRequest<bytes::Bytes>> {
+    let tls = tls_connect(ca, b"h2").await?;
+    let (client, connection) = h2::client::handshake(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 /// A TLS connection to the web lab's HTTPS listener trusting `ca` (PEM), offering `alpn`; run it
 /// inside the lab's namespace.
 pub async fn tls_connect(ca: &[u8], alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {

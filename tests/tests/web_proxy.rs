@@ -391,6 +391,126 @@ fn requests_without_exactly_one_valid_host_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Requests RFC 9110 / 9112 say a server or gateway must refuse or answer itself, each with
+/// the status it gets; none may reach the application.
+const REFUSED_BY_THE_RFCS: [(&str, &str, &str); 11] = [
+    (
+        "a whitespace-preceded line before the first field (9112 §2.2)",
+        "GET /api/echo HTTP/1.1\r\n X-Lead: a\r\nHost: www.foobar.com\r\n\r\n",
+        "400",
+    ),
+    (
+        "a bare CR in a field value (9112 §2.2)",
+        "GET /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nX-A: a\rb\r\n\r\n",
+        "400",
+    ),
+    (
+        "a NUL in a field value (9110 §5.5)",
+        "GET /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nX-A: a\0b\r\n\r\n",
+        "400",
+    ),
+    (
+        "a Content-Length that is no number (9112 §6.3)",
+        "POST /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 1x\r\n\r\nab",
+        "400",
+    ),
+    (
+        "a Content-Length list of different values (9112 §6.3)",
+        "POST /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 1, 2\r\n\r\nab",
+        "400",
+    ),
+    (
+        "Transfer-Encoding in HTTP/1.0 (9112 §6.1)",
+        "POST /api/echo HTTP/1.0\r\nHost: www.foobar.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "400",
+    ),
+    (
+        "a space in the request target (9112 §3)",
+        "GET /api/echo x HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n",
+        "400",
+    ),
+    (
+        "TRACE (9110 §9.3.8: echoes credentials; never forwarded)",
+        "TRACE /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n",
+        "405",
+    ),
+    (
+        "CONNECT (a reverse proxy opens no tunnels)",
+        "CONNECT www.foobar.com:443 HTTP/1.1\r\nHost: www.foobar.com:443\r\nConnection: close\r\n\r\n",
+        "405",
+    ),
+    (
+        "OPTIONS with Max-Forwards 0: the edge is the final recipient (9110 §7.6.2)",
+        "OPTIONS /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        "200",
+    ),
+    (
+        "OPTIONS with an invalid Max-Forwards (9110 §7.6.2)",
+        "OPTIONS /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nMax-Forwards: -1\r\n\r\n",
+        "400",
+    ),
+];
+
+#[test]
+fn requests_the_rfcs_say_to_refuse_never_reach_the_app() -> Result<()> {
+    let lab = WebLab::start("rfc")?;
+    // The probe: a well-formed OPTIONS with hops left reaches the application, one hop fewer.
+    let before = received(&lab);
+    let out = lab.raw_tls(
+        b"OPTIONS /api/echo HTTP/1.1\r\nHost: www.foobar.com\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n",
+    )?;
+    ensure!(
+        out.starts_with("HTTP/1.1 200") && out.contains("max-forwards: 2"),
+        "{out}"
+    );
+    ensure!(
+        received_since(&lab, &before).contains(&"OPTIONS /api/echo".to_string()),
+        "{:?}",
+        received(&lab)
+    );
+    for (what, request, status) in REFUSED_BY_THE_RFCS {
+        let before = received(&lab);
+        let out = lab.raw_tls(request.as_bytes())?;
+        ensure!(out.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {out}");
+        if status != "400" {
+            ensure!(
+                out.to_ascii_lowercase()
+                    .contains("allow: get, head, post, put, delete, options, patch"),
+                "{what}: no Allow: {out}"
+            );
+        }
+        // The upstream's active checks (GET /api/name) go on meanwhile.
+        let reached: Vec<String> = received_since(&lab, &before)
+            .into_iter()
+            .filter(|r| r != "GET /api/name")
+            .collect();
+        ensure!(reached.is_empty(), "{what}: reached the app: {reached:?}");
+    }
+    // HTTP/2: a Host naming another site than :authority (RFC 9113 §8.3.1) is refused.
+    let ca = std::fs::read(lab.pem("www-ec.crt"))?;
+    let statuses = lab.ns.run(move || -> Result<Vec<u16>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let client = foobar_tests::weblab::h2_client(&ca).await?;
+            let mut statuses = Vec::new();
+            for host in ["www.foobar.com", "evil.example"] {
+                let mut client = client.clone().ready().await?;
+                let request = hyper::Request::get(format!("https://{HOST}/api/echo"))
+                    .header("host", host)
+                    .body(())?;
+                let (response, _) = client.send_request(request, true)?;
+                statuses.push(response.await?.status().as_u16());
+            }
+            Ok(statuses)
+        })
+    })??;
+    ensure!(
+        statuses == [200, 400],
+        "HTTP/2 with a matching and a foreign Host: {statuses:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn slow_and_oversized_heads_are_refused() -> Result<()> {
     let lab = WebLab::start("heads")?;
@@ -499,11 +619,7 @@ fn request_bodies_arrive_intact_and_a_clients_bad_body_benches_no_upstream() -> 
     let echoed = lab.ns.run(move || -> Result<Vec<u8>> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
-            let tls = foobar_tests::weblab::tls_connect(&ca, b"h2").await?;
-            let (client, connection) = h2::client::handshake(tls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let client = foobar_tests::weblab::h2_client(&ca).await?;
             let mut client = client.ready().await?;
             let request = hyper::Request::put(format!("https://{HOST}/api/echo")).body(())?;
             let (response, mut stream) = client.send_request(request, false)?;

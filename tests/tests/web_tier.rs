@@ -503,12 +503,7 @@ fn http2_rapid_resets_end_the_connection_not_the_server() -> Result<()> {
         runtime.block_on(async move {
             let outcome = rapid_reset(tls_connect(&ca, b"h2").await?).await?;
             // A new connection is served as usual.
-            let tls = tls_connect(&ca, b"h2").await?;
-            let (client, connection) = h2::client::handshake(tls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let mut client = client.ready().await?;
+            let mut client = foobar_tests::weblab::h2_client(&ca).await?.ready().await?;
             let (response, _) = client.send_request(hyper::Request::get(format!("https://{HOST}/")).body(())?, true)?;
             let healthy = response.await?.status() == 200;
             Ok((outcome, healthy))

@@ -2,8 +2,8 @@
 //!
 //! The entry function reads as a packet's path: parse (ARP for a VIP is answered by the
 //! master), tunnel decapsulation, neighbour solicitations for a VIP, VIP check,
-//! frames unicast to another host's MAC passed, service lookup (the VIP firewall), connection
-//! table or Maglev, then local delivery,
+//! connection table, or (a new flow in a frame addressed to this host) service lookup (the VIP
+//! firewall) and Maglev, then local delivery,
 //! L2 direct server return or IPIP encapsulation. Every exit names its verdict and bumps a
 //! counter. Everything that is not VIP traffic is passed to the kernel untouched.
 #![no_std]
@@ -85,10 +85,6 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     if !maybe_vip(&flow.dst) {
         return pass(Counter::Passed);
     }
-    // Balancing a frame meant for another host would forward a copy of a flow it serves.
-    if vip::for_another_host(&ctx) {
-        return pass(Counter::PassedOtherHost);
-    }
     let Some(node) = NODE.get(0) else {
         return pass(Counter::Passed);
     };
@@ -130,6 +126,12 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
     let choice = match balance::established(&flow) {
         Some(choice) => choice,
         None => {
+            // A new flow in a frame meant for another host (flooded, or seen by a promiscuous
+            // port) is that host's: balancing it would forward a copy. Established flows were
+            // learnt from frames addressed here, so only new ones pay for the check.
+            if vip::for_another_host(&ctx) {
+                return pass(Counter::PassedOtherHost);
+            }
             let Some(svc) = lookup_service(&flow) else {
                 return not_a_service(&flow, Counter::DropNoService);
             };

@@ -472,6 +472,9 @@ impl Pool {
             *upstream_req.version_mut() = Version::HTTP_11;
             // Built for each attempt (a retry is rare) rather than cloned for every request.
             *upstream_req.headers_mut() = forward_headers(&parts.headers, origin, upgrade);
+            if parts.method == Method::OPTIONS {
+                count_hop(upstream_req.headers_mut());
+            }
             let in_flight = InFlight::start(&server);
             let sent = tokio::time::timeout(self.read_timeout, self.send(i, upstream_req)).await;
             let (response, checkin) = match sent {
@@ -615,6 +618,18 @@ fn end_to_end(headers: &HeaderMap, upgrade: bool, extra: usize) -> HeaderMap {
         kept.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     kept
+}
+
+/// Takes this hop off an OPTIONS request's Max-Forwards before it goes on (RFC 9110 §7.6.2;
+/// the web tier answers one that arrives at 0 and refuses an invalid one).
+fn count_hop(headers: &mut HeaderMap) {
+    let left = headers
+        .get(header::MAX_FORWARDS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if let Some(left) = left {
+        headers.insert(header::MAX_FORWARDS, HeaderValue::from(left.saturating_sub(1)));
+    }
 }
 
 /// Headers that say who the client is and how it came: set by the first proxy from the
