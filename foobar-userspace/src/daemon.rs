@@ -96,7 +96,7 @@ pub async fn run(path: &Path) -> Result<()> {
     let mut config = config::load(path)?;
     crate::fdlimit::fit(&config)?;
     let mut dataplane = Dataplane::load(&config)?;
-    let resumed = resume_handed_over(&config, &mut dataplane);
+    let resumed = resume_held_claims(&config, &mut dataplane);
     let (health_tx, mut health_rx) = watch::channel(Health::default());
     dataplane
         .sync(&config, &Health::default())
@@ -381,13 +381,17 @@ pub async fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The VRRP instances that start as master because the previous process handed them over on a
-/// restart (every VIP of theirs claimed, the lease still running); the data plane goes on
-/// claiming their VIPs from the first sync on.
-fn resume_handed_over(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
-    let held = match dp.handed_over() {
-        Ok(Some(held)) if !c.vrrp.is_empty() => held,
-        Ok(_) => return BTreeSet::new(),
+/// The VRRP instances that start as master because the previous process held their claims
+/// and no backup can have taken over yet (it handed them over on a restart, or died with most
+/// of its lease left; every VIP of the instance claimed); the data plane goes on claiming their
+/// VIPs from the first sync on.
+fn resume_held_claims(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
+    let Some(fastest) = c.vrrp.iter().map(|v| v.advert_interval).min() else {
+        return BTreeSet::new();
+    };
+    let held = match dp.held_claims(fastest) {
+        Ok(Some(held)) => held,
+        Ok(None) => return BTreeSet::new(),
         Err(e) => {
             warn!("reading what the previous process handed over failed: {e:#}");
             return BTreeSet::new();
@@ -403,7 +407,7 @@ fn resume_handed_over(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
     let vips: HashSet<IpAddr> = resumed.iter().flat_map(|i| c.vrrp[*i].vips.iter().copied()).collect();
     if !resumed.is_empty() {
         let names: Vec<&str> = resumed.iter().map(|i| c.vrrp[*i].name.as_str()).collect();
-        info!(instances = ?names, "resuming the vrrp claims the previous process handed over");
+        info!(instances = ?names, "resuming the vrrp claims the previous process held");
         dp.resume_claims(vips);
     }
     resumed

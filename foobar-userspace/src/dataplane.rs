@@ -304,14 +304,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The VIPs a previous process handed over on its way out, if it did and its claim lease
-    /// still runs: the next one can go on claiming them without a gap. Read before the first
-    /// sync, which clears the mark.
-    pub fn handed_over(&self) -> Result<Option<HashSet<IpAddr>>> {
+    /// The VIPs a previous process claimed and the next one can go on claiming without a gap:
+    /// it handed them over on its way out (a restart) and its lease still runs, or it died
+    /// with more than `interval` (the fastest advert interval) of its lease left. A lease runs
+    /// three intervals from its last renewal, when the last advert was at most one interval
+    /// old; a backup takes over three intervals and a skew after the last advert it heard, so
+    /// with more than one interval left none can have. Read before the first sync, which
+    /// clears the hand-over mark.
+    pub fn held_claims(&self, interval: std::time::Duration) -> Result<Option<HashSet<IpAddr>>> {
         let node = self.maps.node.get(&0, 0)?;
         let lease = self.maps.claim_lease.get(&0, 0)?;
-        let marked = node.flags & NODE_HANDED_OVER != 0 && node.flags & NODE_FORWARDING != 0;
-        if !marked || lease <= coarse_now_ns()? {
+        let now = coarse_now_ns()?;
+        let left = lease.saturating_sub(now);
+        let handed_over = node.flags & NODE_HANDED_OVER != 0 && left > 0;
+        let survivable = left > interval.as_nanos() as u64;
+        if node.flags & NODE_FORWARDING == 0 || !(handed_over || survivable) {
             return Ok(None);
         }
         let mut claimed = HashSet::new();

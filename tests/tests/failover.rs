@@ -197,8 +197,31 @@ fn graceful_stop_hands_over_within_one_interval() -> Result<()> {
     Ok(())
 }
 
+/// Stops edge 1 (the master) with `signal`, starts it again at once and checks that it resumes
+/// as master while edge 2 never moves (`transitions` is edge 2's count before): it returns
+/// edge 1's log of the stopped process.
+fn restart_resumes(lab: &mut LbLab, signal: Signal, transitions: u64) -> Result<String> {
+    stop_edge(lab, 0, signal)?;
+    let old_log = lab.edge_log(0);
+    lab.start_edge(0)?;
+    wait_until(Duration::from_secs(5), "edge1 to resume as master", || {
+        lab.status(0)
+            .is_ok_and(|s| s.vrrp[0].state == State::Master && s.vrrp[0].reason == Reason::Resumed)
+    })
+    .with_context(|| format!("after {signal}: {}", lab.edge_log(0)))?;
+    // Past the backup's master-down interval from the stop: it never took over.
+    sleep(Duration::from_secs(4));
+    let backup = lab.status(1)?;
+    ensure!(
+        backup.vrrp[0].transitions == transitions && lab.vrrp_state(1) == "backup",
+        "edge2 moved when edge1 got {signal}: {backup:?}"
+    );
+    carries(lab, 0, 500)?;
+    Ok(old_log)
+}
+
 #[test]
-fn a_restarted_master_keeps_the_vip_and_the_backup_never_takes_over() -> Result<()> {
+fn a_restarted_or_crashed_master_keeps_the_vip_and_the_backup_never_takes_over() -> Result<()> {
     // Intervals of a second: the backup waits 3.6 s before taking over, longer than a restart.
     let mut spec = LabSpec::pair(3, true, false);
     spec.vrrp.as_mut().context("a VRRP lab")?.interval_ms = 1000;
@@ -209,29 +232,17 @@ fn a_restarted_master_keeps_the_vip_and_the_backup_never_takes_over() -> Result<
     );
     let transfers = Transfers::start(&lab.client, lab.vip(), TRANSFERS, PACE)?;
     carries(&lab, 0, 200)?;
-    let backup_transitions = lab.status(1)?.vrrp[0].transitions;
+    let transitions = lab.status(1)?.vrrp[0].transitions;
     // A restart (SIGUSR2, systemd's RestartKillSignal): the claim is left to the next process.
-    stop_edge(&mut lab, 0, Signal::SIGUSR2)?;
-    let old_log = lab.edge_log(0);
-    lab.start_edge(0)?;
-    wait_until(Duration::from_secs(5), "edge1 to resume as master", || {
-        lab.status(0)
-            .is_ok_and(|s| s.vrrp[0].state == State::Master && s.vrrp[0].reason == Reason::Resumed)
-    })
-    .with_context(|| lab.edge_log(0))?;
-    // Past the backup's master-down interval from the hand-over: it never took over.
-    sleep(Duration::from_secs(4));
-    let backup = lab.status(1)?;
-    ensure!(
-        backup.vrrp[0].transitions == backup_transitions && lab.vrrp_state(1) == "backup",
-        "edge2 moved during edge1's restart: {backup:?}"
-    );
-    carries(&lab, 0, 500)?;
-    check_transfers(transfers)?;
+    let old_log = restart_resumes(&mut lab, Signal::SIGUSR2, transitions)?;
     ensure!(
         old_log.contains("vrrp claims handed over to the next process"),
         "edge1 did not log its hand-over:\n{old_log}"
     );
+    // A crash restarted at once (systemd's Restart=always) resumes too: with most of the lease
+    // left, no backup can have taken over.
+    restart_resumes(&mut lab, Signal::SIGKILL, transitions)?;
+    check_transfers(transfers)?;
     Ok(())
 }
 

@@ -74,7 +74,8 @@ pub enum Reason {
     Fault,
     /// Every tracked condition is fine again.
     FaultCleared,
-    /// Started as master: the previous process, restarting, handed its claim over.
+    /// Started as master: the previous process held the claim and no backup can have taken
+    /// over yet (it handed the claim over on a restart, or was restarted at once after dying).
     Resumed,
 }
 
