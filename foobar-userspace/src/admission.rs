@@ -8,6 +8,15 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+/// Who `addr` is as a client: its IPv4 address, or its IPv6 address's first
+/// `ipv6_prefix_len` bits (one host usually holds a whole /64).
+pub fn client_of(addr: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(_) => crate::config::web::truncate(addr, ipv6_prefix_len),
+    }
+}
+
 /// The caps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
@@ -51,12 +60,9 @@ impl Admission {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Who a connection counts against: its IPv4 address, or its IPv6 address's prefix.
+    /// Who a connection counts against.
     fn client_key(&self, addr: IpAddr) -> IpAddr {
-        match addr {
-            IpAddr::V4(_) => addr,
-            IpAddr::V6(_) => crate::config::web::truncate(addr, self.caps.ipv6_prefix_len),
-        }
+        client_of(addr, self.caps.ipv6_prefix_len)
     }
 
     /// A slot for a connection from `addr`, unless a cap is reached.

@@ -5,6 +5,7 @@
 pub mod files;
 pub mod names;
 pub mod proxy;
+pub mod rate;
 pub mod stats;
 pub mod tls;
 
@@ -79,6 +80,7 @@ struct SiteHandle {
     served: Arc<stats::ClassCounters>,
     redirected: Arc<stats::ClassCounters>,
     refused: Arc<stats::ClassCounters>,
+    rate_limited: Arc<stats::ClassCounters>,
 }
 
 /// A path prefix proxied to an upstream pool, with its request counters.
@@ -145,6 +147,7 @@ impl Sites {
                 served: counters.get(&name, "static"),
                 redirected: counters.get(&name, "redirect"),
                 refused: counters.get(&name, "refused"),
+                rate_limited: counters.get(&name, "rate_limited"),
                 name,
                 proxies,
                 files: Files::new(site)?,
@@ -194,6 +197,8 @@ struct Shared {
     sites: ArcSwap<Sites>,
     limits: Limits,
     connections: Arc<Admission>,
+    /// The per-client request rate limit, when configured.
+    rate: Option<rate::RateLimit>,
 }
 
 /// A `[web]` section ready to be made live ([`WebTier::prepare`], [`WebTier::commit`]).
@@ -228,6 +233,9 @@ impl WebTier {
                 per_client: limits.max_connections_per_client,
                 ipv6_prefix_len: limits.client_ipv6_prefix_len,
             }),
+            rate: limits
+                .client_request_rate
+                .map(|r| rate::RateLimit::new(r, limits.client_ipv6_prefix_len)),
             limits,
         });
         let (shutdown, _) = watch::channel(false);
@@ -539,6 +547,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
+    } else if let Some(wait) = shared.rate.as_ref().and_then(|r| r.admit(conn.peer.ip()).err()) {
+        route = &site.rate_limited;
+        too_many_requests(wait)
     } else if conn.redirect {
         route = &site.redirected;
         redirect_to_https(host, &req)
@@ -698,6 +709,16 @@ fn answered_here(method: &Method, headers: &header::HeaderMap) -> Option<Respons
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
     Some(response)
+}
+
+/// 429 for a client over its request rate, with the whole seconds until it may ask again.
+fn too_many_requests(wait: Duration) -> Response<Body> {
+    let mut response = status_page(StatusCode::TOO_MANY_REQUESTS);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {

@@ -5,7 +5,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use foobar_tests::{
     wait_until,
-    weblab::{WebLab, ADDR, HOST},
+    weblab::{WebLab, ADDR, APP1, APP2, HOST},
 };
 use futures_util::{SinkExt, StreamExt};
 use std::{
@@ -561,6 +561,34 @@ fn ask(stream: &mut TcpStream) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// [`ask`] on a connection kept for more: reads the whole response (head and its
+/// Content-Length of body), so the next answer starts where it should.
+fn ask_whole(stream: &mut TcpStream) -> Result<String> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Ok(text);
+            }
+        }
+        let n = stream.read(&mut buf)?;
+        ensure!(n > 0, "the connection closed mid-response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[test]
 fn a_client_over_its_connection_cap_is_closed_and_others_are_served() -> Result<()> {
     let lab = WebLab::start("cap")?;
@@ -606,6 +634,115 @@ fn a_client_over_its_connection_cap_is_closed_and_others_are_served() -> Result<
         )
         .is_ok_and(|o| o.starts_with("HTTP/1.1 301"))
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_client_over_its_request_rate_gets_429_and_others_are_served() -> Result<()> {
+    // One request a second and 3 more at once: 4 in a row pass, the 5th waits a second.
+    let lab = WebLab::start_with("rate", "client_request_rate = 1\nclient_request_burst = 3\n")?;
+    lab.ns.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", "w0"])?;
+    let (answers, other, after) = lab.ns.run(|| -> Result<(Vec<String>, String, String)> {
+        let mut client = connect_from(ADDR)?;
+        let answers = (0..6).map(|_| ask_whole(&mut client)).collect::<Result<Vec<_>>>()?;
+        // Another client has an allowance of its own.
+        let other = ask(&mut connect_from("10.99.0.2")?)?;
+        std::thread::sleep(Duration::from_millis(1100));
+        let after = ask_whole(&mut client)?;
+        Ok((answers, other, after))
+    })??;
+    // The probe: within the burst every request is answered as usual.
+    for (i, answer) in answers.iter().take(4).enumerate() {
+        ensure!(
+            answer.starts_with("HTTP/1.1 301"),
+            "request {i} within the burst: {answer:?}"
+        );
+    }
+    // Past it (a slow run may have earned one more), 429 saying when to come back.
+    let limited: Vec<&String> = answers[4..].iter().filter(|a| a.starts_with("HTTP/1.1 429")).collect();
+    ensure!(!limited.is_empty(), "no 429 past the burst: {answers:?}");
+    ensure!(
+        limited
+            .iter()
+            .all(|a| a.to_ascii_lowercase().contains("retry-after: 1\r\n")),
+        "{limited:?}"
+    );
+    ensure!(
+        other.starts_with("HTTP/1.1 301"),
+        "another client was limited: {other:?}"
+    );
+    ensure!(
+        after.starts_with("HTTP/1.1 301"),
+        "still limited after a second: {after:?}"
+    );
+    Ok(())
+}
+
+/// Which app server answered `/api/name` for a request with these headers, and the cookie
+/// the response set (if any).
+fn served_by(lab: &WebLab, headers: &[String]) -> Result<(String, Option<String>)> {
+    let mut args = vec!["--http1.1".to_string(), "-i".to_string()];
+    for h in headers {
+        args.extend(["-H".to_string(), h.clone()]);
+    }
+    args.push(format!("{URL}/api/name"));
+    let out = lab.curl(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no response head")?;
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .map(|c| c.split(';').next().unwrap_or_default().to_owned());
+    Ok((body.trim().to_owned(), cookie))
+}
+
+#[test]
+fn affinity_by_hash_and_by_cookie_keeps_a_client_on_its_server() -> Result<()> {
+    let extra = format!(
+        "\n[[web.site.proxy]]\nprefix = \"/api/name\"\nupstream = \"hashed\"\n\n[[web.upstream]]\nname = \"hashed\"\nservers = [\"{ADDR}:{APP1}\", \"{ADDR}:{APP2}\"]\nbalance = \"hash\"\nhash_key = \"header:X-User\"\nsticky_cookie = \"fbsrv\"\n"
+    );
+    let mut lab = WebLab::start_with("affinity", &extra)?;
+    let user = |i: usize| vec![format!("X-User: user{i}")];
+    // Different keys spread over both servers (the probe that the key decides)...
+    let mut first = Vec::new();
+    for i in 0..16 {
+        first.push(served_by(&lab, &user(i))?.0);
+    }
+    ensure!(
+        first.iter().any(|s| s == "app1") && first.iter().any(|s| s == "app2"),
+        "16 keys all went to one server: {first:?}"
+    );
+    // ...and each key keeps its server.
+    for (i, was) in first.iter().enumerate().take(8) {
+        for _ in 0..3 {
+            let now = served_by(&lab, &user(i))?.0;
+            ensure!(now == *was, "user{i} moved from {was} to {now}");
+        }
+    }
+    // The sticky cookie beats the hash: a key another server owns follows the cookie.
+    let (server, cookie) = served_by(&lab, &user(0))?;
+    let cookie = cookie.context("no sticky cookie set")?;
+    let elsewhere = first
+        .iter()
+        .position(|s| *s != server)
+        .context("a key on the other server")?;
+    for _ in 0..3 {
+        let mut headers = user(elsewhere);
+        headers.push(format!("Cookie: {cookie}"));
+        let (now, again) = served_by(&lab, &headers)?;
+        ensure!(now == server, "the cookie for {server} led to {now}");
+        ensure!(again.is_none(), "a carried cookie was set again: {again:?}");
+    }
+    // Its server gone, the cookie's client is served by the other one and gets its cookie.
+    let gone = if server == "app1" { 0 } else { 1 };
+    lab.apps[gone].take().context("app running")?.stop();
+    let (now, moved) = served_by(&lab, &[format!("Cookie: {cookie}")])?;
+    ensure!(
+        now != server && moved.is_some_and(|c| c != cookie),
+        "after {server} stopped: {now}"
+    );
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 //! protection limits.
 
 use super::{file, ms, HealthCheck, Range};
-use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// The `[web]` section.
@@ -103,7 +102,10 @@ pub struct Upstream {
     /// The servers (at least one).
     pub servers: Vec<SocketAddr>,
     /// How a server is chosen for a request.
-    pub balance: Balance,
+    pub balance: Balancing,
+    /// Cookie naming the server a client keeps to (HAProxy's `cookie NAME insert`): set on
+    /// responses, followed while that server is in rotation; none: no cookie.
+    pub sticky_cookie: Option<String>,
     /// Connection attempt limit.
     pub connect_timeout: Duration,
     /// Limit on waiting for the response headers (then 504).
@@ -119,14 +121,49 @@ pub struct Upstream {
 }
 
 /// Load-balancing method of an upstream pool.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Balancing {
     /// Each server in turn.
-    #[default]
     RoundRobin,
     /// The server with the fewest requests in flight.
     LeastRequests,
+    /// The server a consistent (rendezvous) hash of the key picks among those in rotation:
+    /// the same key keeps its server, and losing a server moves only the keys it had.
+    Hash(HashKey),
+}
+
+/// What [`Balancing::Hash`] hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address.
+    Client,
+    /// A request header's value (the client's address when it is missing).
+    Header(hyper::header::HeaderName),
+    /// A cookie's value (the client's address when it is missing).
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `client`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let shape = || format!("hash_key {text:?} must be \"client\", \"header:NAME\" or \"cookie:NAME\"");
+        match text.split_once(':') {
+            None if text == "client" => Ok(Self::Client),
+            Some(("header", name)) => hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map(Self::Header)
+                .map_err(|_| shape()),
+            Some(("cookie", name)) if is_cookie_name(name) => Ok(Self::Cookie(name.to_owned())),
+            _ => Err(shape()),
+        }
+    }
+}
+
+/// Whether `name` can name a cookie (an RFC 6265 token).
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 /// `[web.limits]`: protection against slow, large and too many requests.
@@ -154,6 +191,17 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     /// An upgraded connection with no byte moving either way for this long is closed.
     pub upgrade_idle_timeout: Duration,
+    /// Requests one client may make; none: no limit.
+    pub client_request_rate: Option<RequestRate>,
+}
+
+/// A per-client request rate limit (nginx's `limit_req ... burst=N nodelay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRate {
+    /// Requests per second on average (at least 1).
+    pub per_second: u32,
+    /// Requests allowed at once beyond the rate.
+    pub burst: u32,
 }
 
 impl Default for Limits {
@@ -280,7 +328,22 @@ pub(super) fn lower(w: &file::web::Web, report: &mut dyn FnMut(&Range<usize>, St
             .map(|u| Upstream {
                 name: u.name.get_ref().clone(),
                 servers: u.servers.get_ref().clone(),
-                balance: u.balance,
+                balance: match u.balance {
+                    file::web::Balance::RoundRobin => Balancing::RoundRobin,
+                    file::web::Balance::LeastRequests => Balancing::LeastRequests,
+                    file::web::Balance::Hash => {
+                        let key = u.hash_key.as_ref().map_or("client", |k| k.get_ref().as_str());
+                        match HashKey::parse(key) {
+                            Ok(key) => Balancing::Hash(key),
+                            Err(why) => {
+                                let span = u.hash_key.as_ref().map_or_else(|| u.name.span(), |k| k.span());
+                                report(&span, why);
+                                Balancing::RoundRobin
+                            }
+                        }
+                    }
+                },
+                sticky_cookie: u.sticky_cookie.as_ref().map(|c| c.get_ref().clone()),
                 connect_timeout: ms(u.connect_timeout_ms),
                 read_timeout: ms(u.read_timeout_ms),
                 pool_idle_timeout: ms(u.pool_idle_timeout_ms),
@@ -308,6 +371,10 @@ fn lower_limits(l: &file::web::Limits) -> Limits {
         drain_timeout: ms(l.drain_timeout_ms),
         max_request_body_bytes: l.max_request_body_bytes,
         upgrade_idle_timeout: ms(l.upgrade_idle_timeout_ms),
+        client_request_rate: (l.client_request_rate > 0).then_some(RequestRate {
+            per_second: l.client_request_rate,
+            burst: l.client_request_burst,
+        }),
     }
 }
 

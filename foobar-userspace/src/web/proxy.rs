@@ -8,7 +8,7 @@
 
 use super::{stats::UpstreamError, status_page, Body};
 use crate::{
-    config::web::{Balance, Upstream},
+    config::web::{Balancing, HashKey, Upstream},
     health, relay,
 };
 use bytes::Bytes;
@@ -103,7 +103,11 @@ pub struct Pool {
     /// The section it was built from (a reload keeps the pool while this is unchanged).
     pub config: Upstream,
     servers: Vec<Arc<Server>>,
-    balance: Balance,
+    balance: Balancing,
+    /// Each server's place in the rendezvous hash, and its value of the sticky cookie.
+    server_keys: Vec<u64>,
+    /// The sticky cookie's name and each server's value for it.
+    sticky: Option<(String, Vec<String>)>,
     next: AtomicUsize,
     /// Identifies the pool in each worker thread's table of idle connections.
     id: usize,
@@ -321,11 +325,38 @@ impl Pool {
                 .collect(),
             None => Vec::new(),
         };
+        // A server's key and cookie value depend only on the pool's name and its address, so
+        // every edge agrees on them.
+        let digests: Vec<[u8; 32]> = u
+            .servers
+            .iter()
+            .map(|addr| {
+                let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                d.update(u.name.as_bytes());
+                d.update(addr.to_string().as_bytes());
+                let mut out = [0; 32];
+                out.copy_from_slice(d.finish().as_ref());
+                out
+            })
+            .collect();
+        let server_keys = digests
+            .iter()
+            .map(|d| u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]))
+            .collect();
+        let sticky = u.sticky_cookie.as_ref().map(|name| {
+            let values = digests
+                .iter()
+                .map(|d| d[8..16].iter().map(|b| format!("{b:02x}")).collect())
+                .collect();
+            (name.clone(), values)
+        });
         Arc::new(Self {
             name: u.name.clone(),
             config: u.clone(),
             servers,
-            balance: u.balance,
+            balance: u.balance.clone(),
+            server_keys,
+            sticky,
             next: AtomicUsize::new(0),
             id,
             connect_timeout: u.connect_timeout,
@@ -380,8 +411,34 @@ impl Pool {
         }
     }
 
-    /// A healthy server not in `tried`.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// What a request brings to the choice of its server: the server its sticky cookie names,
+    /// and its hash key (with `balance = "hash"`: the header, cookie or client address).
+    fn affinity(&self, headers: &HeaderMap, client: IpAddr) -> Affinity {
+        let sticky = self.sticky.as_ref().and_then(|(name, values)| {
+            let value = cookie(headers, name)?;
+            values.iter().position(|v| v == value)
+        });
+        let key = match &self.balance {
+            Balancing::Hash(key) => {
+                let client_bytes = match client {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                let chosen = match key {
+                    HashKey::Client => None,
+                    HashKey::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
+                    HashKey::Cookie(name) => cookie(headers, name).map(str::as_bytes),
+                };
+                Some(key_hash(chosen.unwrap_or(&client_bytes)))
+            }
+            _ => None,
+        };
+        Affinity { sticky, key }
+    }
+
+    /// A healthy server not in `tried`: the one the request's sticky cookie names if it is in
+    /// rotation, else as `balance` says.
+    fn pick(&self, tried: &[usize], affinity: &Affinity) -> Option<usize> {
         let now = self.now_ms();
         let usable = |i: &usize| {
             let s = &self.servers[*i];
@@ -390,13 +447,30 @@ impl Pool {
                 && !s.drained.load(Ordering::Relaxed)
                 && s.down_until_ms.load(Ordering::Relaxed) <= now
         };
+        if let Some(i) = affinity.sticky.filter(usable) {
+            return Some(i);
+        }
         let n = self.servers.len();
+        if let (Balancing::Hash(_), Some(key)) = (&self.balance, affinity.key) {
+            // Rendezvous: the highest score wins, so a server leaving moves only its own keys.
+            return (0..n).filter(usable).max_by_key(|i| mix64(key ^ self.server_keys[*i]));
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let rotation = (0..n).map(|k| (start + k) % n).filter(usable);
         match self.balance {
-            Balance::RoundRobin => rotation.into_iter().next(),
-            Balance::LeastRequests => rotation.min_by_key(|i| self.servers[*i].in_flight.load(Ordering::Relaxed)),
+            Balancing::LeastRequests => rotation.min_by_key(|i| self.servers[*i].in_flight.load(Ordering::Relaxed)),
+            _ => rotation.into_iter().next(),
         }
+    }
+
+    /// The sticky cookie for a response from server `i`, unless the request carried it.
+    fn sticky_cookie(&self, i: usize, affinity: &Affinity, https: bool) -> Option<HeaderValue> {
+        let (name, values) = self.sticky.as_ref()?;
+        if affinity.sticky == Some(i) {
+            return None;
+        }
+        let secure = if https { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!("{name}={}; Path=/; HttpOnly; SameSite=Lax{secure}", values[i])).ok()
     }
 
     fn mark_failed(&self, i: usize) {
@@ -451,9 +525,10 @@ impl Pool {
             return fail(StatusCode::BAD_REQUEST, Some(UpstreamError::Failed));
         };
 
+        let affinity = self.affinity(&parts.headers, origin.client);
         let mut tried = Vec::new();
         loop {
-            let Some(i) = self.pick(&tried) else {
+            let Some(i) = self.pick(&tried, &affinity) else {
                 return if tried.is_empty() {
                     fail(StatusCode::SERVICE_UNAVAILABLE, Some(UpstreamError::NoServer))
                 } else {
@@ -529,8 +604,12 @@ impl Pool {
                     };
                 }
             };
+            let mut response = self.relay(response, client_upgrade, in_flight, checkin, upgrade_idle);
+            if let Some(cookie) = self.sticky_cookie(i, &affinity, origin.https) {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
             return Outcome {
-                response: self.relay(response, client_upgrade, in_flight, checkin, upgrade_idle),
+                response,
                 upstream: Some(server.addr),
                 error: None,
             };
@@ -583,6 +662,40 @@ impl Pool {
         };
         Response::from_parts(parts, body.boxed())
     }
+}
+
+/// What a request brings to the choice of its server ([`Pool::affinity`]).
+struct Affinity {
+    /// The server its sticky cookie names.
+    sticky: Option<usize>,
+    /// Its hash key, hashed (with `balance = "hash"`).
+    key: Option<u64>,
+}
+
+/// The value of cookie `name` in the request's Cookie headers, if it has one.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
+/// FNV-1a of a hash key: the same on every edge and every build.
+fn key_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finalizer: spreads a key and server pair over the whole range.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Whether a request asks to switch protocols (WebSocket).
@@ -739,6 +852,97 @@ async fn active_check(pool: String, server: Arc<Server>, check: crate::config::H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool of `n` servers (10.0.1.1.. port 8080) balanced as `balance`.
+    fn pool(n: u8, balance: Balancing, sticky: Option<&str>) -> Arc<Pool> {
+        let mut u = crate::config::parse(
+            "[node]\nname = \"a\"\ninterfaces = [\"eth0\"]\n[[web.listener]]\naddress = \"127.0.0.1:80\"\n[[web.site]]\nnames = [\"a\"]\nroot = \"/srv\"\nproxy = [{ prefix = \"/\", upstream = \"u\" }]\n[[web.upstream]]\nname = \"u\"\nservers = [\"10.0.1.1:8080\"]\n",
+        )
+        .expect("valid")
+        .web
+        .expect("web")
+        .upstreams
+        .remove(0);
+        u.servers = (1..=n).map(|i| SocketAddr::from(([10, 0, 1, i], 8080))).collect();
+        u.balance = balance;
+        u.sticky_cookie = sticky.map(str::to_owned);
+        Pool::new(&u)
+    }
+
+    fn keyed(pool: &Pool, key: &str) -> Option<usize> {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_str(key).expect("value"));
+        let affinity = pool.affinity(&h, "198.51.100.9".parse().expect("ip"));
+        pool.pick(&[], &affinity)
+    }
+
+    #[test]
+    fn a_hash_keeps_each_key_on_its_server_and_a_lost_server_moves_only_its_keys() {
+        let pool = pool(
+            5,
+            Balancing::Hash(HashKey::Header(HeaderName::from_static("x-user"))),
+            None,
+        );
+        let keys: Vec<String> = (0..2000).map(|i| format!("user{i}")).collect();
+        let before: Vec<usize> = keys.iter().map(|k| keyed(&pool, k).expect("a server")).collect();
+        let mut per_server = [0usize; 5];
+        before.iter().for_each(|s| per_server[*s] += 1);
+        assert!(per_server.iter().all(|n| (250..=550).contains(n)), "{per_server:?}");
+        assert_eq!(
+            keys.iter().map(|k| keyed(&pool, k)).collect::<Vec<_>>(),
+            before.iter().map(|s| Some(*s)).collect::<Vec<_>>()
+        );
+        pool.servers[2].up.store(false, Ordering::Relaxed);
+        for (k, was) in keys.iter().zip(&before) {
+            let now = keyed(&pool, k).expect("a server");
+            if *was == 2 {
+                assert_ne!(now, 2);
+            } else {
+                assert_eq!(now, *was, "{k} moved though its server stayed");
+            }
+        }
+        // Another pool with the same name and servers (the other edge) agrees.
+        let twin = super::tests::pool(
+            5,
+            Balancing::Hash(HashKey::Header(HeaderName::from_static("x-user"))),
+            None,
+        );
+        assert_eq!(keyed(&twin, "user7"), Some(before[7]));
+    }
+
+    #[test]
+    fn the_sticky_cookie_names_a_server_and_is_followed_while_it_is_in_rotation() {
+        let pool = pool(3, Balancing::RoundRobin, Some("srv"));
+        let client: IpAddr = "198.51.100.9".parse().expect("ip");
+        let fresh = pool.affinity(&HeaderMap::new(), client);
+        let first = pool.pick(&[], &fresh).expect("a server");
+        let set = pool.sticky_cookie(first, &fresh, true).expect("a cookie is set");
+        let set = set.to_str().expect("text");
+        assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure"), "{set}");
+        let pair = set.split(';').next().expect("pair");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; {pair}")).expect("value"),
+        );
+        let back = pool.affinity(&h, client);
+        for _ in 0..5 {
+            assert_eq!(pool.pick(&[], &back), Some(first), "round-robin overrode the cookie");
+        }
+        assert!(
+            pool.sticky_cookie(first, &back, true).is_none(),
+            "set again though carried"
+        );
+        pool.servers[first].drained.store(true, Ordering::Relaxed);
+        let other = pool.pick(&[], &back).expect("another server");
+        assert_ne!(other, first);
+        assert!(
+            pool.sticky_cookie(other, &back, false).is_some(),
+            "the new server's cookie"
+        );
+        assert_eq!(cookie(&h, "srv"), Some(pair.trim_start_matches("srv=")));
+        assert_eq!(cookie(&h, "sr"), None);
+    }
 
     #[test]
     fn a_clients_own_forwarding_headers_are_replaced_unless_it_is_a_trusted_proxy() {

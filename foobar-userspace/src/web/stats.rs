@@ -57,7 +57,8 @@ impl RouteCounters {
 pub struct RouteRequests {
     /// The site's first name.
     pub site: String,
-    /// `static`, a proxy prefix, `redirect` (HTTP→HTTPS) or `refused` (smuggling shapes).
+    /// `static`, a proxy prefix, `redirect` (HTTP→HTTPS), `refused` (smuggling shapes and the
+    /// like) or `rate_limited` (a client over `client_request_rate`).
     pub route: String,
     /// `1xx` .. `5xx`.
     pub class: String,

@@ -1,7 +1,6 @@
 //! The `[web]` section as the file has it.
 
 use super::Range;
-use crate::config::web::Balance;
 use serde::Deserialize;
 use std::{collections::HashSet, net::SocketAddr, path::PathBuf};
 use toml::Spanned;
@@ -47,6 +46,10 @@ pub struct Upstream {
     /// How a server is chosen for a request.
     #[serde(default)]
     pub balance: Balance,
+    /// With `balance = "hash"`: `client` (the default), `header:NAME` or `cookie:NAME`.
+    pub hash_key: Option<Spanned<String>>,
+    /// A cookie naming the server a client keeps to, set on responses.
+    pub sticky_cookie: Option<Spanned<String>>,
     /// Connection attempt limit, ms.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -65,6 +68,19 @@ pub struct Upstream {
     pub fail_timeout_ms: u64,
     /// Active health check (HTTP GET); none means passive health only.
     pub health: Option<super::HealthCheck>,
+}
+
+/// `balance` as the file spells it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each server in turn.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight.
+    LeastRequests,
+    /// A consistent hash of `hash_key`.
+    Hash,
 }
 
 /// One `[[web.site.proxy]]`: requests under a path prefix go to an upstream pool.
@@ -199,6 +215,11 @@ pub struct Limits {
     /// An upgraded connection (WebSocket) with no byte moving either way for this long is
     /// closed, ms.
     pub upgrade_idle_timeout_ms: u64,
+    /// Requests per second one client (an IPv4 address, an IPv6 prefix) may make on average
+    /// (0: no limit); a request over it gets 429 with Retry-After.
+    pub client_request_rate: u32,
+    /// Requests a client may make at once beyond that rate (nginx's `burst`).
+    pub client_request_burst: u32,
 }
 
 impl Default for Limits {
@@ -215,6 +236,8 @@ impl Default for Limits {
             drain_timeout_ms: 10_000,
             max_request_body_bytes: 16 * 1024 * 1024,
             upgrade_idle_timeout_ms: 300_000,
+            client_request_rate: 0,
+            client_request_burst: 0,
         }
     }
 }
@@ -311,6 +334,19 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
         if u.servers.get_ref().is_empty() {
             report(&u.servers.span(), "an upstream needs at least one server".into());
         }
+        if let (Some(key), false) = (&u.hash_key, u.balance == Balance::Hash) {
+            report(&key.span(), "hash_key needs balance = \"hash\"".into());
+        }
+        if let Some(cookie) = u
+            .sticky_cookie
+            .as_ref()
+            .filter(|c| !crate::config::web::is_cookie_name(c.get_ref()))
+        {
+            report(
+                &cookie.span(),
+                format!("sticky_cookie {:?} is not a cookie name", cookie.get_ref()),
+            );
+        }
         if u.connect_timeout_ms == 0 || u.read_timeout_ms == 0 {
             report(
                 &u.name.span(),
@@ -340,6 +376,12 @@ pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
             &w.limits.span(),
             "[web.limits]: timeouts, connection and stream limits must be positive, max_header_bytes at least 1024"
                 .into(),
+        );
+    }
+    if l.client_request_rate == 0 && l.client_request_burst > 0 {
+        report(
+            &w.limits.span(),
+            "[web.limits] client_request_burst needs client_request_rate".into(),
         );
     }
     if !(1..=128).contains(&l.client_ipv6_prefix_len) {
