@@ -108,6 +108,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         why: "worker threads start with the daemon",
     },
     RestartOnly {
+        key: "[web] ticket_keys",
+        changed: |a, b| web_part(a, b, |w| format!("{:?}", w.ticket_keys)),
+        why: "the session ticketer is made at start (a reload re-reads the keys in the file)",
+    },
+    RestartOnly {
         key: "[web.limits]",
         changed: |a, b| web_part(a, b, |w| format!("{:?}", w.limits)),
         why: "open connections were admitted under them",

@@ -7,6 +7,7 @@ pub mod names;
 pub mod proxy;
 pub mod rate;
 pub mod stats;
+pub mod tickets;
 pub mod tls;
 
 use crate::{
@@ -205,6 +206,8 @@ struct Shared {
 pub struct Prepared {
     sites: Sites,
     tls: Arc<rustls::ServerConfig>,
+    /// The shared ticket keys, read again.
+    ticket_keys: Option<Vec<tickets::TicketKey>>,
     certificates: Vec<Certificate>,
 }
 
@@ -225,7 +228,7 @@ impl WebTier {
         let sites = Sites::new(web, pools(web, None), &stats.routes)?;
         let shared = Arc::new(Shared {
             stats,
-            tls: tls::Tls::new(&web.certificates)?,
+            tls: tls::Tls::new(&web.certificates, ticket_keys(web)?)?,
             certificates: ArcSwap::from_pointee(web.certificates.clone()),
             sites: ArcSwap::from_pointee(sites),
             connections: Admission::new(Caps {
@@ -280,6 +283,7 @@ impl WebTier {
         Ok(Prepared {
             sites,
             tls,
+            ticket_keys: ticket_keys(web)?,
             certificates: web.certificates.clone(),
         })
     }
@@ -288,6 +292,9 @@ impl WebTier {
     /// sites at once; requests in flight finish on what they started with.
     pub fn commit(&self, prepared: Prepared) {
         self.shared.tls.commit(prepared.tls);
+        if let Some(keys) = prepared.ticket_keys {
+            self.shared.tls.set_ticket_keys(keys);
+        }
         self.shared.certificates.store(Arc::new(prepared.certificates));
         self.shared.sites.store(Arc::new(prepared.sites));
     }
@@ -335,6 +342,11 @@ impl WebTier {
         // the rest.
         self.pool.stop().await;
     }
+}
+
+/// The shared session ticket keys of `[web] ticket_keys`, when configured.
+fn ticket_keys(web: &Web) -> Result<Option<Vec<tickets::TicketKey>>> {
+    web.ticket_keys.as_deref().map(tickets::read_keys).transpose()
 }
 
 /// Modification times of every certificate and key file (None: unreadable).

@@ -581,3 +581,58 @@ fn an_http2_client_that_sends_no_request_is_closed_after_the_header_timeout() ->
     );
     Ok(())
 }
+
+/// Stops the lab's foobar (SIGTERM, as systemd does) and starts it again: a new process, as a
+/// client resuming on the other edge meets.
+fn restart(lab: &mut WebLab) -> Result<()> {
+    let mut running = lab.foobar.take().context("foobar runs")?;
+    running.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(running.wait(Duration::from_secs(15))?, "foobar did not stop cleanly");
+    lab.start_foobar()
+}
+
+#[test]
+fn shared_ticket_keys_resume_sessions_in_another_process() -> Result<()> {
+    let mut lab = WebLab::start("tickets")?;
+    let dir = lab.scratch.path.clone();
+    let session = |name: &str| dir.join(name).display().to_string();
+    // The probe: with keys of its own, a new process cannot open an earlier process's ticket.
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (_, out) = lab.s_client(&format!("-servername {HOST} {version} -sess_out {}", session(version)))?;
+        ensure!(out.contains("New, TLSv1."), "{version}: {out}");
+    }
+    restart(&mut lab)?;
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (_, out) = lab.s_client(&format!("-servername {HOST} {version} -sess_in {}", session(version)))?;
+        ensure!(
+            out.contains("New, TLSv1."),
+            "{version}: resumed without shared keys: {out}"
+        );
+    }
+    // With a shared key file: a ticket from one process resumes in the next.
+    let keys = lab.scratch.file("ticket.keys");
+    let key = lab.ns.exec(&["openssl", "rand", "-base64", "32"])?;
+    std::fs::write(&keys, format!("# shared by every edge\n{key}"))?;
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let config = std::fs::read_to_string(lab.config())?;
+    std::fs::write(
+        lab.config(),
+        format!("{config}\n[web]\nticket_keys = \"{}\"\n", keys.display()),
+    )?;
+    restart(&mut lab)?;
+    for version in ["-tls1_3", "-tls1_2"] {
+        let shared = session(&format!("shared{version}"));
+        let (_, out) = lab.s_client(&format!("-servername {HOST} {version} -sess_out {shared}"))?;
+        ensure!(out.contains("New, TLSv1."), "{version}: {out}");
+    }
+    restart(&mut lab)?;
+    for version in ["-tls1_3", "-tls1_2"] {
+        let shared = session(&format!("shared{version}"));
+        let (_, out) = lab.s_client(&format!("-servername {HOST} {version} -sess_in {shared}"))?;
+        ensure!(
+            out.contains("Reused, TLSv1."),
+            "{version}: not resumed with shared keys: {out}"
+        );
+    }
+    Ok(())
+}

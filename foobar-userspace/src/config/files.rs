@@ -38,6 +38,15 @@ pub fn check(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)) {
         for cert in &w.certificates {
             check_pair(&cert.chain, &cert.key, &provider, report);
         }
+        if let Some(keys) = &w.ticket_keys {
+            let path = keys.get_ref();
+            if let Some(problem) = readable_by_others(path) {
+                report(&keys.span(), format!("ticket keys {}: {problem}", path.display()));
+            }
+            if let Err(e) = crate::web::tickets::read_keys(path) {
+                report(&keys.span(), format!("{e:#}"));
+            }
+        }
         for site in w.sites.get_ref() {
             let root = site.root.get_ref();
             match std::fs::metadata(root) {

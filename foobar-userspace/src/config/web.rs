@@ -21,6 +21,8 @@ pub struct Web {
     pub limits: Limits,
     /// Peers that are proxies themselves: their forwarding headers are kept and appended to.
     pub trusted_proxies: Vec<Prefix>,
+    /// File of session ticket keys shared by every edge; none: each process makes its own.
+    pub ticket_keys: Option<PathBuf>,
 }
 
 /// One `[[web.listener]]`.
@@ -355,6 +357,7 @@ pub(super) fn lower(w: &file::web::Web, report: &mut dyn FnMut(&Range<usize>, St
         workers: w.workers,
         limits: lower_limits(w.limits.get_ref()),
         trusted_proxies,
+        ticket_keys: w.ticket_keys.as_ref().map(|k| k.get_ref().clone()),
     }
 }
 

@@ -5,6 +5,7 @@
 //! atomically: a new set that fails to load is refused and the running one keeps serving.
 
 use super::names::NameTable;
+use super::tickets::{SharedTicketer, TicketKey};
 use crate::config::web::Certificate;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -138,21 +139,29 @@ pub struct Tls {
     provider: Arc<CryptoProvider>,
     /// Kept across reloads so tickets and cached sessions stay valid.
     ticketer: Arc<dyn ProducesTickets>,
+    /// The same ticketer when its keys are shared (`[web] ticket_keys`), for reloads.
+    shared_tickets: Option<Arc<SharedTicketer>>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
     current: ArcSwap<ServerConfig>,
 }
 
 impl Tls {
-    /// Loads the certificates and builds the first configuration.
-    pub fn new(certificates: &[Certificate]) -> Result<Self> {
+    /// Loads the certificates and builds the first configuration; tickets are sealed with
+    /// `ticket_keys` (shared by every edge) or with keys of this process's own.
+    pub fn new(certificates: &[Certificate], ticket_keys: Option<Vec<TicketKey>>) -> Result<Self> {
         let provider = provider();
-        let ticketer = aws_lc_rs::Ticketer::new().context("creating the session ticketer")?;
+        let shared_tickets = ticket_keys.map(SharedTicketer::new);
+        let ticketer: Arc<dyn ProducesTickets> = match &shared_tickets {
+            Some(shared) => shared.clone(),
+            None => aws_lc_rs::Ticketer::new().context("creating the session ticketer")?,
+        };
         let sessions: Arc<dyn StoresServerSessions + Send + Sync> =
             ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         let config = build(&provider, &ticketer, &sessions, certificates)?;
         Ok(Self {
             provider,
             ticketer,
+            shared_tickets,
             sessions,
             current: ArcSwap::from_pointee(config),
         })
@@ -172,6 +181,13 @@ impl Tls {
     /// Makes a prepared configuration the one new handshakes use.
     pub fn commit(&self, config: Arc<ServerConfig>) {
         self.current.store(config);
+    }
+
+    /// Seals and opens tickets with `keys` from now on (when they are shared).
+    pub fn set_ticket_keys(&self, keys: Vec<TicketKey>) {
+        if let Some(shared) = &self.shared_tickets {
+            shared.set_keys(keys);
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Web {
     /// those headers are replaced by the connection's own address.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// File of session ticket keys shared by every edge; none: each process makes its own.
+    pub ticket_keys: Option<Spanned<PathBuf>>,
 }
 
 /// One `[[web.upstream]]`: a pool of application servers.
@@ -248,6 +250,9 @@ fn default_index() -> Vec<String> {
 
 /// Reports every problem of the `[web]` section.
 pub(super) fn validate(w: &Web, report: &mut dyn FnMut(&Range<usize>, String)) {
+    if let Some(keys) = w.ticket_keys.as_ref().filter(|k| !k.get_ref().is_absolute()) {
+        report(&keys.span(), "ticket_keys must be an absolute path".into());
+    }
     let mut addresses = HashSet::new();
     for l in &w.listeners {
         let addr = *l.address.get_ref();
