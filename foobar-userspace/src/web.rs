@@ -12,7 +12,7 @@ pub mod tls;
 
 use crate::{
     admission::{Admission, Admitted, Caps},
-    config::web::{Certificate, Limits, Listener, ListenerKind, Prefix, Web},
+    config::web::{Certificate, HeaderMatch, Limits, Listener, ListenerKind, Prefix, Web},
     workers::Workers,
 };
 use anyhow::{Context, Result};
@@ -84,16 +84,21 @@ struct SiteHandle {
     rate_limited: Arc<stats::ClassCounters>,
 }
 
-/// A path prefix proxied to an upstream pool, with its request counters.
+/// A path prefix (and maybe a header) proxied to an upstream pool, with its request counters.
 struct ProxyRoute {
     prefix: String,
+    header: Option<HeaderMatch>,
     pool: Arc<proxy::Pool>,
     requests: Arc<stats::ClassCounters>,
 }
 
 impl SiteHandle {
-    fn proxy_for(&self, path: &str) -> Option<&ProxyRoute> {
-        self.proxies.iter().find(|r| path.starts_with(r.prefix.as_str()))
+    /// The route of a request: the longest matching prefix, and of equal prefixes one whose
+    /// header the request carries before one without a header condition.
+    fn proxy_for(&self, path: &str, headers: &header::HeaderMap) -> Option<&ProxyRoute> {
+        self.proxies
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()) && r.header.as_ref().is_none_or(|h| h.matches(headers)))
     }
 }
 
@@ -133,17 +138,22 @@ impl Sites {
                 .iter()
                 .map(|r| {
                     let prefix = r.prefix.clone();
+                    let label = match &r.header {
+                        Some(h) => format!("{prefix} [{}]", h.label()),
+                        None => prefix.clone(),
+                    };
                     pools
                         .get(&r.upstream)
                         .map(|p| ProxyRoute {
-                            requests: counters.get(&name, &prefix),
+                            requests: counters.get(&name, &label),
                             prefix,
+                            header: r.header.clone(),
                             pool: p.clone(),
                         })
                         .with_context(|| format!("upstream {:?} is not configured", r.upstream))
                 })
                 .collect::<Result<_>>()?;
-            proxies.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            proxies.sort_by_key(|r| (std::cmp::Reverse(r.prefix.len()), r.header.is_none()));
             let handle = Arc::new(SiteHandle {
                 served: counters.get(&name, "static"),
                 redirected: counters.get(&name, "redirect"),
@@ -567,7 +577,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
         redirect_to_https(host, &req)
     } else if let Some(answer) = answered_here(&method, req.headers()) {
         answer
-    } else if let Some(proxied) = site.proxy_for(path) {
+    } else if let Some(proxied) = site.proxy_for(path, req.headers()) {
         route = &proxied.requests;
         let client = conn.peer.ip();
         let origin = proxy::Origin {

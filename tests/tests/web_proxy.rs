@@ -747,6 +747,27 @@ fn affinity_by_hash_and_by_cookie_keeps_a_client_on_its_server() -> Result<()> {
 }
 
 #[test]
+fn a_header_routes_requests_to_another_upstream() -> Result<()> {
+    // /api/name goes to app1, and to app2 for requests saying X-Canary: 1.
+    let extra = format!(
+        "\n[[web.site.proxy]]\nprefix = \"/api/name\"\nupstream = \"stable\"\n\n[[web.site.proxy]]\nprefix = \"/api/name\"\nupstream = \"canary\"\nheader = \"X-Canary: 1\"\n\n[[web.upstream]]\nname = \"stable\"\nservers = [\"{ADDR}:{APP1}\"]\n\n[[web.upstream]]\nname = \"canary\"\nservers = [\"{ADDR}:{APP2}\"]\n"
+    );
+    let lab = WebLab::start_with("header", &extra)?;
+    for (headers, expected) in [
+        (vec![], "app1"),
+        (vec!["X-Canary: 1".to_string()], "app2"),
+        (vec!["X-Canary: 0".to_string()], "app1"),
+        (vec!["x-canary: 1".to_string()], "app2"),
+    ] {
+        for _ in 0..3 {
+            let (server, _) = served_by(&lab, &headers)?;
+            ensure!(server == expected, "{headers:?} went to {server}, not {expected}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn request_bodies_arrive_intact_and_a_clients_bad_body_benches_no_upstream() -> Result<()> {
     let lab = WebLab::start("bodies")?;
     let ca = std::fs::read(lab.pem("www-ec.crt"))?;

@@ -87,13 +87,60 @@ pub struct CacheRule {
     pub cache_control: String,
 }
 
-/// One `[[web.site.proxy]]`: requests under a path prefix go to an upstream pool.
+/// One `[[web.site.proxy]]`: requests under a path prefix (and with a header, when it says
+/// so) go to an upstream pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyRule {
-    /// Path prefix, starting with `/`; the longest matching rule wins.
+    /// Path prefix, starting with `/`; the longest matching rule wins, and of rules with the
+    /// same prefix one whose header matches.
     pub prefix: String,
     /// Upstream name (one that is configured).
     pub upstream: String,
+    /// The header a request must carry for this rule.
+    pub header: Option<HeaderMatch>,
+}
+
+/// A header condition of a proxy rule: the header is present, or has exactly this value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// The header.
+    pub name: hyper::header::HeaderName,
+    /// The value it must have (any, when none).
+    pub value: Option<hyper::header::HeaderValue>,
+}
+
+impl HeaderMatch {
+    /// Parses `NAME` or `NAME: VALUE`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, value) = match text.split_once(':') {
+            Some((name, value)) => (name, Some(value.trim())),
+            None => (text, None),
+        };
+        let name = hyper::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("header {text:?}: {name:?} is not a header name"))?;
+        let value = value
+            .map(hyper::header::HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| format!("header {text:?}: not a header value"))?;
+        Ok(Self { name, value })
+    }
+
+    /// Whether a request with `headers` matches.
+    pub fn matches(&self, headers: &hyper::HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        match &self.value {
+            None => values.next().is_some(),
+            Some(wanted) => values.any(|v| v == wanted),
+        }
+    }
+
+    /// `NAME` or `NAME: VALUE`, as configured (for route labels).
+    pub fn label(&self) -> String {
+        match &self.value {
+            None => self.name.to_string(),
+            Some(v) => format!("{}: {}", self.name, String::from_utf8_lossy(v.as_bytes())),
+        }
+    }
 }
 
 /// One `[[web.upstream]]`: a pool of application servers.
@@ -320,6 +367,11 @@ pub(super) fn lower(w: &file::web::Web, report: &mut dyn FnMut(&Range<usize>, St
                     .map(|r| ProxyRule {
                         prefix: r.prefix.get_ref().clone(),
                         upstream: r.upstream.get_ref().clone(),
+                        header: r.header.as_ref().and_then(|h| {
+                            HeaderMatch::parse(h.get_ref())
+                                .map_err(|why| report(&h.span(), why))
+                                .ok()
+                        }),
                     })
                     .collect(),
             })
@@ -383,7 +435,21 @@ fn lower_limits(l: &file::web::Limits) -> Limits {
 
 #[cfg(test)]
 mod tests {
-    use super::Prefix;
+    use super::{HeaderMatch, Prefix};
+
+    #[test]
+    fn header_conditions_match_presence_or_an_exact_value() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.append("x-canary", hyper::header::HeaderValue::from_static("1"));
+        let present = HeaderMatch::parse("X-Canary").expect("a name");
+        let one = HeaderMatch::parse("X-Canary: 1").expect("a condition");
+        let two = HeaderMatch::parse("x-canary:2").expect("a condition");
+        assert!(present.matches(&headers) && one.matches(&headers) && !two.matches(&headers));
+        assert!(!present.matches(&hyper::HeaderMap::new()));
+        assert_eq!(one.label(), "x-canary: 1");
+        assert!(HeaderMatch::parse("bad name: 1").is_err());
+        assert!(HeaderMatch::parse("x: a\u{1}b").is_err());
+    }
 
     #[test]
     fn prefixes_match_their_family_and_bits() {

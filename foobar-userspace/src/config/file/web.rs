@@ -93,6 +93,8 @@ pub struct ProxyRule {
     pub prefix: Spanned<String>,
     /// Upstream name.
     pub upstream: Spanned<String>,
+    /// Only requests with this header (`NAME`) or this header value (`NAME: VALUE`).
+    pub header: Option<Spanned<String>>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
