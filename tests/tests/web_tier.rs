@@ -636,3 +636,64 @@ fn shared_ticket_keys_resume_sessions_in_another_process() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_site_may_gzip_its_compressible_files_on_the_fly() -> Result<()> {
+    let lab = WebLab::start("gzip")?;
+    let css: String = (0..200)
+        .map(|i| format!(".rule{i} {{ color: black; margin: 0 }}\n"))
+        .collect();
+    std::fs::write(lab.root().join("assets/long.css"), &css)?;
+    std::fs::write(lab.root().join("assets/noise.bin"), vec![7u8; 4096])?;
+    let fetch = |path: &str, extra: &[&str]| -> Result<(String, String)> {
+        let mut args = vec!["--http1.1", "-D", "-"];
+        args.extend_from_slice(extra);
+        let url = format!("{URL}{path}");
+        args.push(&url);
+        let out = lab.curl(&args)?;
+        let (head, body) = out.split_once("\r\n\r\n").context("no head")?;
+        Ok((head.to_ascii_lowercase(), body.to_owned()))
+    };
+    // The probe: by default a client that accepts gzip gets the file as it is.
+    let (head, body) = fetch("/assets/long.css", &["--compressed"])?;
+    ensure!(!head.contains("content-encoding") && body == css, "{head}");
+    // With compress = true (a reload): gzip for those that accept it, the same bytes decoded.
+    let config = std::fs::read_to_string(lab.config())?;
+    std::fs::write(
+        lab.config(),
+        config.replacen(
+            "hsts_max_age_s = 31536000",
+            "hsts_max_age_s = 31536000\ncompress = true",
+            1,
+        ),
+    )?;
+    let (code, said) = lab.reload()?;
+    ensure!(code == 0, "reload: {said}");
+    let (head, body) = fetch("/assets/long.css", &["--compressed"])?;
+    ensure!(
+        head.contains("content-encoding: gzip") && head.contains("vary: accept-encoding"),
+        "{head}"
+    );
+    ensure!(body == css, "the gzipped file decodes to something else");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no content-length")?;
+    ensure!(
+        length * 4 < css.len(),
+        "{length} bytes of gzip for {} of CSS",
+        css.len()
+    );
+    // Without Accept-Encoding: the file itself; a type that does not compress: as it is.
+    let (head, body) = fetch("/assets/long.css", &[])?;
+    ensure!(!head.contains("content-encoding") && body == css, "{head}");
+    let (head, _) = fetch("/assets/noise.bin", &["--compressed"])?;
+    ensure!(!head.contains("content-encoding"), "a binary was compressed: {head}");
+    // A precompressed twin still wins over compressing on the fly.
+    let (head, _) = fetch("/assets/app.js", &["-H", "Accept-Encoding: gzip"])?;
+    ensure!(head.contains("content-encoding: gzip"), "{head}");
+    let (_, twin) = fetch("/assets/app.js", &["-H", "Accept-Encoding: gzip"])?;
+    ensure!(twin == "GZIP-BYTES", "the .gz twin was not served: {twin:?}");
+    Ok(())
+}

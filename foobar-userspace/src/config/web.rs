@@ -72,6 +72,8 @@ pub struct Site {
     pub hsts_max_age_s: u64,
     /// Serve files and directories whose name starts with a dot.
     pub serve_dotfiles: bool,
+    /// Compress compressible files without a `.gz` twin on the fly (gzip).
+    pub compress: bool,
     /// Cache-Control by path prefix; the longest matching prefix wins.
     pub cache_rules: Vec<CacheRule>,
     /// Path prefixes passed to upstream pools instead of served from the root.
@@ -353,6 +355,7 @@ pub(super) fn lower(w: &file::web::Web, report: &mut dyn FnMut(&Range<usize>, St
                 index: s.index.clone(),
                 hsts_max_age_s: s.hsts_max_age_s,
                 serve_dotfiles: s.serve_dotfiles,
+                compress: s.compress,
                 cache_rules: s
                     .cache_rules
                     .iter()

@@ -53,6 +53,8 @@ pub struct Files {
     cache: Mutex<HashMap<String, Arc<Cached>>>,
     /// Serve names that start with a dot.
     dotfiles: bool,
+    /// Gzip compressible small files that have no `.gz` twin, once, as they are cached.
+    compress: bool,
 }
 
 /// A request path (still percent-encoded, starting with `/`) as a path relative to the root:
@@ -161,6 +163,7 @@ impl Files {
             cache_rules,
             cache: Mutex::new(HashMap::new()),
             dotfiles: site.serve_dotfiles,
+            compress: site.compress,
         };
         // Every file is opened with openat2: without it nothing could be served.
         if let Err(e) = files.open_beneath("") {
@@ -343,6 +346,11 @@ impl Files {
                 bytes: Bytes::from(buf),
             });
         }
+        if self.compress && !cached.iter().any(|v| v.encoding == Some("gzip")) {
+            if let Some(gzipped) = cached.first().and_then(gzipped) {
+                cached.push(gzipped);
+            }
+        }
         let entry = Arc::new(Cached {
             checked: Instant::now(),
             variants: cached,
@@ -355,6 +363,33 @@ impl Files {
         drop(cache);
         Ok(entry.variants())
     }
+}
+
+/// Files smaller than this are not worth compressing.
+const MIN_COMPRESS: usize = 256;
+
+/// A gzip variant of a cached plain file, made once, when its type compresses (text, scripts,
+/// JSON, XML, SVG, WebAssembly) and the result saves at least a tenth.
+fn gzipped(plain: &CachedVariant) -> Option<CachedVariant> {
+    let mime = mime_guess::from_path(&*plain.name).first()?;
+    let compressible = mime.type_() == mime_guess::mime::TEXT
+        || matches!(
+            mime.essence_str(),
+            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml" | "application/wasm"
+        );
+    if !compressible || plain.bytes.len() < MIN_COMPRESS {
+        return None;
+    }
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain.bytes).ok()?;
+    let bytes = gz.finish().ok()?;
+    (bytes.len() * 10 <= plain.bytes.len() * 9).then(|| CachedVariant {
+        name: plain.name.clone(),
+        encoding: Some("gzip"),
+        modified: plain.modified,
+        bytes: Bytes::from(bytes),
+    })
 }
 
 impl Cached {

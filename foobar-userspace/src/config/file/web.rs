@@ -172,6 +172,9 @@ pub struct Site {
     /// with 404 by default, except under `/.well-known/`.
     #[serde(default)]
     pub serve_dotfiles: bool,
+    /// Compress compressible files that have no `.gz` twin, for clients that accept gzip.
+    #[serde(default)]
+    pub compress: bool,
     /// Cache-Control by path prefix; the longest matching prefix wins.
     #[serde(default, rename = "cache")]
     pub cache_rules: Vec<CacheRule>,
