@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 with hyper, virtual hosts serving static files, HTTP-to-HTTPS
 //! redirects and HSTS, connection limits, and graceful shutdown with a drain deadline.
 
+pub mod compress;
 pub mod files;
 pub mod names;
 pub mod proxy;
@@ -75,6 +76,8 @@ struct SiteHandle {
     name: String,
     files: Files,
     hsts: Option<HeaderValue>,
+    /// Gzip compressible proxied responses for clients that accept it (`compress`).
+    compress: bool,
     /// Proxy rules, longest prefix first.
     proxies: Vec<ProxyRoute>,
     /// Requests served from files, redirected to HTTPS, and refused, by status class.
@@ -162,6 +165,7 @@ impl Sites {
                 name,
                 proxies,
                 files: Files::new(site)?,
+                compress: site.compress,
                 hsts: (site.hsts_max_age_s > 0)
                     .then(|| HeaderValue::from_str(&format!("max-age={}", site.hsts_max_age_s)))
                     .transpose()?,
@@ -586,6 +590,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
             https: conn.tls.is_some(),
             host,
         };
+        let gzip = site.compress && method != Method::HEAD && compress::accepts_gzip(req.headers());
         let outcome = proxied
             .pool
             .forward(
@@ -599,7 +604,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
             shared.stats.upstream_error(kind);
         }
         upstream = outcome.upstream;
-        outcome.response
+        if gzip {
+            compress::gzip_response(outcome.response)
+        } else {
+            outcome.response
+        }
     } else {
         site.files.serve(&method, path, req.headers()).await
     };

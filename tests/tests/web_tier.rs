@@ -638,7 +638,7 @@ fn shared_ticket_keys_resume_sessions_in_another_process() -> Result<()> {
 }
 
 #[test]
-fn a_site_may_gzip_its_compressible_files_on_the_fly() -> Result<()> {
+fn a_site_may_gzip_its_compressible_files_and_proxied_responses_on_the_fly() -> Result<()> {
     let lab = WebLab::start("gzip")?;
     let css: String = (0..200)
         .map(|i| format!(".rule{i} {{ color: black; margin: 0 }}\n"))
@@ -654,9 +654,16 @@ fn a_site_may_gzip_its_compressible_files_on_the_fly() -> Result<()> {
         let (head, body) = out.split_once("\r\n\r\n").context("no head")?;
         Ok((head.to_ascii_lowercase(), body.to_owned()))
     };
-    // The probe: by default a client that accepts gzip gets the file as it is.
+    // The probe: by default a client that accepts gzip gets the file, and the app's answer, as
+    // they are.
     let (head, body) = fetch("/assets/long.css", &["--compressed"])?;
     ensure!(!head.contains("content-encoding") && body == css, "{head}");
+    let echo = format!("/api/echo?pad={}", "x".repeat(400));
+    let (head, plain_echo) = fetch(&echo, &["--compressed"])?;
+    ensure!(
+        !head.contains("content-encoding") && plain_echo.starts_with("GET /api/echo?pad="),
+        "{head}"
+    );
     // With compress = true (a reload): gzip for those that accept it, the same bytes decoded.
     let config = std::fs::read_to_string(lab.config())?;
     std::fs::write(
@@ -690,6 +697,13 @@ fn a_site_may_gzip_its_compressible_files_on_the_fly() -> Result<()> {
     ensure!(!head.contains("content-encoding") && body == css, "{head}");
     let (head, _) = fetch("/assets/noise.bin", &["--compressed"])?;
     ensure!(!head.contains("content-encoding"), "a binary was compressed: {head}");
+    // A proxied answer of a compressible type streams gzipped and decodes to the same text.
+    let (head, body) = fetch(&echo, &["--compressed"])?;
+    ensure!(
+        head.contains("content-encoding: gzip") && !head.contains("content-length"),
+        "{head}"
+    );
+    ensure!(body.starts_with("GET /api/echo?pad=xxxx"), "{body}");
     // A precompressed twin still wins over compressing on the fly.
     let (head, _) = fetch("/assets/app.js", &["-H", "Accept-Encoding: gzip"])?;
     ensure!(head.contains("content-encoding: gzip"), "{head}");

@@ -4,7 +4,7 @@
 //! byte ranges, precompressed `.br` / `.gz` variants by Accept-Encoding, HEAD, and
 //! Cache-Control by path prefix.
 
-use super::{empty, full, status_page, Body};
+use super::{compress, empty, full, status_page, Body};
 use crate::config::web::Site;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -365,19 +365,11 @@ impl Files {
     }
 }
 
-/// Files smaller than this are not worth compressing.
-const MIN_COMPRESS: usize = 256;
-
 /// A gzip variant of a cached plain file, made once, when its type compresses (text, scripts,
 /// JSON, XML, SVG, WebAssembly) and the result saves at least a tenth.
 fn gzipped(plain: &CachedVariant) -> Option<CachedVariant> {
     let mime = mime_guess::from_path(&*plain.name).first()?;
-    let compressible = mime.type_() == mime_guess::mime::TEXT
-        || matches!(
-            mime.essence_str(),
-            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml" | "application/wasm"
-        );
-    if !compressible || plain.bytes.len() < MIN_COMPRESS {
+    if !compress::compressible(mime.essence_str()) || (plain.bytes.len() as u64) < compress::MIN_COMPRESS {
         return None;
     }
     use std::io::Write;
@@ -516,7 +508,7 @@ fn content_type(path: &Path) -> String {
 }
 
 /// Encodings the client accepts (q > 0), lowercase.
-fn accepted_encodings(headers: &HeaderMap) -> Vec<String> {
+pub(super) fn accepted_encodings(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
