@@ -87,17 +87,20 @@ pub struct Dataplane {
     pub max_services: u32,
     /// Capacity of the backend table (all services together).
     pub max_backends: u32,
+    /// Capacity of the source-policy table (every service's prefixes together).
+    pub max_source_prefixes: u32,
 }
 
 impl Dataplane {
     /// Every setting that sizes a map: changing one takes a restart.
-    pub fn sizes(&self) -> [u32; 5] {
+    pub fn sizes(&self) -> [u32; 6] {
         [
             self.maglev_table_size,
             self.conntrack_entries,
             self.conntrack_entries_v6,
             self.max_services,
             self.max_backends,
+            self.max_source_prefixes,
         ]
     }
 }
@@ -117,6 +120,11 @@ pub struct Service {
     pub forwarding: Forwarding,
     /// Health check applied to every backend.
     pub health: HealthCheck,
+    /// Sources let through (normalised prefixes of the VIP's family); with any, a source no
+    /// prefix covers is dropped.
+    pub allow: Vec<web::Prefix>,
+    /// Sources dropped; the longest prefix covering a source decides between the lists.
+    pub deny: Vec<web::Prefix>,
     /// Backends, each address once.
     pub backends: Vec<Backend>,
 }
@@ -412,6 +420,7 @@ fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Con
             new_flow_cap: d.new_flow_cap,
             max_services: *d.max_services.get_ref(),
             max_backends: *d.max_backends.get_ref(),
+            max_source_prefixes: *d.max_source_prefixes.get_ref(),
         },
         services: f
             .services
@@ -423,6 +432,8 @@ fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Con
                 protocol: s.protocol,
                 forwarding: s.forwarding,
                 health: s.health.lower(),
+                allow: source_prefixes(s, &s.allow, report),
+                deny: source_prefixes(s, &s.deny, report),
                 backends: s
                     .backends
                     .iter()
@@ -439,6 +450,41 @@ fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Con
         databases: f.databases.iter().map(database::lower).collect(),
         monitoring: f.monitoring.as_ref().map(|m| monitoring::lower(m, report)),
     }
+}
+
+/// A service's `allow` or `deny` list, parsed and normalised; a prefix that does not parse, is
+/// not of the VIP's family, or is in both lists is reported at its place.
+fn source_prefixes(
+    s: &file::Service,
+    listed: &[toml::Spanned<String>],
+    report: &mut dyn FnMut(&Range<usize>, String),
+) -> Vec<web::Prefix> {
+    let parse = |p: &toml::Spanned<String>| {
+        web::Prefix::parse(p.get_ref()).ok().map(|p| web::Prefix {
+            addr: web::truncate(p.addr, p.len),
+            len: p.len,
+        })
+    };
+    let mut out = Vec::with_capacity(listed.len());
+    for p in listed {
+        match web::Prefix::parse(p.get_ref()) {
+            Err(why) => report(&p.span(), why),
+            Ok(prefix) if prefix.addr.is_ipv4() != s.vip.get_ref().is_ipv4() => report(
+                &p.span(),
+                format!("{:?} is not of VIP {}'s family", p.get_ref(), s.vip.get_ref()),
+            ),
+            Ok(_) => {
+                let normal = parse(p);
+                let in_both = std::ptr::eq(listed, s.allow.as_slice())
+                    && s.deny.iter().filter_map(parse).any(|d| Some(d) == normal);
+                if in_both {
+                    report(&p.span(), format!("{:?} is both allowed and denied", p.get_ref()));
+                }
+                out.extend(normal);
+            }
+        }
+    }
+    out
 }
 
 /// Milliseconds from the file as a duration.
@@ -847,6 +893,25 @@ monitor = {{ interval_ms = 700, timeout_ms = 300, rise = 3, fall = 2 }}
         let c = parse(&fine).expect("valid");
         let m = c.monitoring.expect("monitoring");
         assert_eq!(m.basic_auth_users.keys().collect::<Vec<_>>(), ["alice", "prometheus"]);
+    }
+
+    #[test]
+    fn source_prefixes_are_parsed_normalised_and_of_the_vips_family() {
+        let with = |lists: &str| GOOD.replace("port = 443\n", &format!("port = 443\n{lists}"));
+        let c = parse(&with("allow = [\"10.9.8.7/8\"]\ndeny = [\"10.1.2.3\"]\n")).expect("valid");
+        let s = &c.services[0];
+        assert_eq!(
+            (s.allow[0].addr.to_string(), s.allow[0].len, s.deny[0].len),
+            ("10.0.0.0".to_string(), 8, 32)
+        );
+        let p = problems(&with(
+            "allow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"10.0.0.0/40\"]\ndeny = [\"10.0.0.0/8\"]\n",
+        ));
+        let reasons: Vec<&str> = p.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{p:?}");
+        assert!(reasons[0].contains("both allowed and denied"), "{p:?}");
+        assert!(reasons[1].contains("not of VIP 192.0.2.1's family"), "{p:?}");
+        assert!(reasons[2].contains("prefix length must be 0..=32"), "{p:?}");
     }
 
     #[test]

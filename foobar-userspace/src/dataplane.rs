@@ -13,14 +13,14 @@ pub use pins::{detach, open_pin, open_pinned, pin_root};
 use crate::{config::Config, health::Health};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, MapData},
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
 use foobar_common::{
     addr_octets, maglev_elements, names, vip_filter_slot, Addr, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig,
-    ServiceInfo, ServiceKey, BACKEND_IN_USE, FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING, NODE_HANDED_OVER,
-    VIP_CLAIMED, VIP_FILTER_WORDS,
+    ServiceInfo, ServiceKey, SourceKey, BACKEND_IN_USE, FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, NODE_FORWARDING,
+    NODE_HANDED_OVER, SERVICE_LIVE_HALF, VIP_CLAIMED, VIP_FILTER_WORDS,
 };
 use maps::Maps;
 use plan::{addr_key, Layout, Plan};
@@ -125,6 +125,10 @@ impl Dataplane {
         }
         self.layout.services.extend(services);
         self.layout.backends.extend(in_use);
+        for entry in self.maps.sources.iter() {
+            let (key, verdict) = entry?;
+            self.layout.sources.insert((key.prefix_len(), key.data()), verdict);
+        }
         if !self.layout.services.is_empty() {
             info!(
                 services = self.layout.services.len(),
@@ -180,9 +184,17 @@ impl Dataplane {
                 self.maps.backends.set(*id, *entry, 0)?;
             }
         }
+        // New source-policy entries before any service is told to look them up.
+        for (key, verdict) in &plan.sources {
+            if self.layout.sources.get(key) != Some(verdict) {
+                self.maps.sources.insert(&LpmKey::new(key.0, key.1), *verdict, 0)?;
+            }
+        }
         for svc in &plan.services {
             if let Some(table) = svc.interim.as_ref().or(svc.table.as_ref()) {
-                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table)?;
+                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table, svc.policy)?;
+            } else {
+                self.set_policy(svc.key, svc.policy)?;
             }
         }
         // Services and backends no longer configured: unlink first, then free.
@@ -210,9 +222,21 @@ impl Dataplane {
         }
         for svc in plan.services.iter().filter(|s| s.interim.is_some()) {
             if let Some(table) = &svc.table {
-                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table)?;
+                self.publish_table(plan.node.maglev_size, svc.key, svc.id, table, svc.policy)?;
             }
         }
+        // Entries no service looks up any more go last.
+        let stale: Vec<(u32, SourceKey)> = self
+            .layout
+            .sources
+            .keys()
+            .filter(|k| !plan.sources.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            self.maps.sources.remove(&LpmKey::new(key.0, key.1))?;
+        }
+        self.layout.sources = plan.sources.clone();
         for svc in &plan.services {
             if let Some(table) = &svc.table {
                 self.layout.tables.insert(svc.id, table.clone());
@@ -225,9 +249,9 @@ impl Dataplane {
 
     /// Writes `table` into the idle half of service `sid`'s Maglev table, then makes that half
     /// live with one service-table update.
-    fn publish_table(&mut self, maglev_size: u32, key: ServiceKey, sid: u32, table: &[u16]) -> Result<()> {
+    fn publish_table(&mut self, maglev_size: u32, key: ServiceKey, sid: u32, table: &[u16], policy: u32) -> Result<()> {
         let half = match self.layout.services.get(&key) {
-            Some(info) => 1 - (info.table_half & 1),
+            Some(info) => 1 - (info.flags & SERVICE_LIVE_HALF),
             None => 0,
         };
         let base = (sid * 2 + half) * maglev_elements(maglev_size);
@@ -238,7 +262,24 @@ impl Dataplane {
         }
         let info = ServiceInfo {
             id: sid,
-            table_half: half,
+            flags: half | policy,
+        };
+        self.maps.services.insert(key, info, 0)?;
+        self.layout.services.insert(key, info);
+        Ok(())
+    }
+
+    /// Gives a service whose table stays its new source-policy flags, when they changed.
+    fn set_policy(&mut self, key: ServiceKey, policy: u32) -> Result<()> {
+        let Some(info) = self.layout.services.get(&key).copied() else {
+            return Ok(());
+        };
+        if info.flags & !SERVICE_LIVE_HALF == policy {
+            return Ok(());
+        }
+        let info = ServiceInfo {
+            id: info.id,
+            flags: (info.flags & SERVICE_LIVE_HALF) | policy,
         };
         self.maps.services.insert(key, info, 0)?;
         self.layout.services.insert(key, info);

@@ -78,6 +78,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         why: "it sizes a map",
     },
     RestartOnly {
+        key: "[dataplane] max_source_prefixes",
+        changed: |a, b| a.dataplane.max_source_prefixes != b.dataplane.max_source_prefixes,
+        why: "it sizes a map",
+    },
+    RestartOnly {
         key: "[[vrrp]]",
         changed: |a, b| a.vrrp != b.vrrp,
         why: "instances are elected from start; a restart hands over without a forwarding gap",

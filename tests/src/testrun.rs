@@ -46,6 +46,8 @@ pub struct Variant {
     pub extra_backend: bool,
     /// `[dataplane] new_flow_cap` (0 = unlimited).
     pub new_flow_cap: u32,
+    /// web4 allows 198.51.100.0/24 but denies 198.51.100.66; web6 denies 2001:db8:bad::/48.
+    pub source_policy: bool,
 }
 
 /// The configuration: services web4 (192.0.2.1:80, IPIP to 10.20.0.2), dns (192.0.2.2:53/udp,
@@ -58,6 +60,14 @@ pub fn config_text(pin: &str, variant: Variant) -> String {
         (
             "[[service.backend]]\naddress = \"10.20.0.3\"\n",
             "[[service.backend]]\naddress = \"fd20::3\"\n",
+        )
+    } else {
+        ("", "")
+    };
+    let (policy, policy6) = if variant.source_policy {
+        (
+            "allow = [\"198.51.100.0/24\"]\ndeny = [\"198.51.100.66\"]\n",
+            "deny = [\"2001:db8:bad::/48\"]\n",
         )
     } else {
         ("", "")
@@ -86,7 +96,7 @@ name = "web4"
 vip = "192.0.2.1"
 port = 80
 health = {{ kind = "none" }}
-[[service.backend]]
+{policy}[[service.backend]]
 address = "10.20.0.2"
 {extra}
 [[service]]
@@ -104,7 +114,7 @@ name = "web6"
 vip = "2001:db8::1"
 port = 80
 health = {{ kind = "none" }}
-[[service.backend]]
+{policy6}[[service.backend]]
 address = "fd20::2"
 {extra6}
 [[service]]

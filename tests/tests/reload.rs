@@ -217,7 +217,9 @@ fn refused_reloads_change_nothing_and_a_weight_change_keeps_pools_and_health() -
     let flipped: Vec<bool> = halves
         .iter()
         .zip(&now)
-        .map(|((_, was), (_, is))| was.table_half != is.table_half)
+        .map(|((_, was), (_, is))| {
+            was.flags & foobar_common::SERVICE_LIVE_HALF != is.flags & foobar_common::SERVICE_LIVE_HALF
+        })
         .collect();
     ensure!(halves.len() == 2 && now.len() == 2, "{now:?}");
     let l4b = halves

@@ -133,6 +133,43 @@ fn vip_frames_for_another_hosts_mac_are_left_to_the_kernel() -> Result<()> {
 }
 
 #[test]
+fn source_policies_decide_new_flows_and_change_without_a_gap() -> Result<()> {
+    let mut fx = Fixture::new("t-policy")?;
+    let syn = |src: &str, port: u16| Spec::tcp(src, port, "192.0.2.1", 80, SYN).frame();
+    // The probe: without a policy, new flows from anywhere are balanced.
+    for (i, src) in ["198.51.100.8", "198.51.100.66", "203.0.113.5"].iter().enumerate() {
+        assert_eq!(fx.run(&syn(src, 41000 + i as u16))?.0, XDP_TX, "{src}");
+    }
+    fx.reconfigure(Variant {
+        source_policy: true,
+        ..Variant::default()
+    })?;
+    // allow 198.51.100.0/24 with 198.51.100.66/32 denied inside it: the longest prefix
+    // decides; a source outside the allow list is dropped.
+    assert_eq!(fx.run(&syn("198.51.100.9", 42000))?.0, XDP_TX);
+    assert_eq!(fx.run(&syn("198.51.100.66", 42001))?.0, XDP_DROP);
+    assert_eq!(fx.run(&syn("203.0.113.6", 42002))?.0, XDP_DROP);
+    assert_eq!(fx.counter("drop_source_denied")?, 2);
+    // Flows established before the policy keep going: it decides new flows.
+    let established = Spec::tcp("203.0.113.5", 41002, "192.0.2.1", 80, ACK).frame();
+    assert_eq!(fx.run(&established)?.0, XDP_TX);
+    // IPv6, a deny list only: everyone else is let through.
+    let syn6 = |src: &str| Spec::tcp(src, 43000, "2001:db8::1", 80, SYN).frame();
+    assert_eq!(fx.run(&syn6("2001:db8:bad::1"))?.0, XDP_DROP);
+    assert_eq!(fx.run(&syn6("2001:db8:ffff::7"))?.0, XDP_TX);
+    // A service without a policy is not affected.
+    assert_eq!(
+        fx.run(&Spec::udp("203.0.113.6", 44000, "192.0.2.2", 53).frame())?.0,
+        XDP_TX
+    );
+    // The policy removed again: the denied source's new flows are balanced.
+    fx.reconfigure(Variant::default())?;
+    assert_eq!(fx.run(&syn("198.51.100.66", 42003))?.0, XDP_TX);
+    assert_eq!(fx.counter("drop_source_denied")?, 3);
+    Ok(())
+}
+
+#[test]
 fn non_vip_traffic_passes_untouched() -> Result<()> {
     let mut fx = Fixture::new("t-nonvip")?;
     for spec in [

@@ -45,6 +45,9 @@ pub mod names {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// [`crate::AddrKey`] -> u32: the only sources whose tunnels this node decapsulates.
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+    /// LPM trie of [`crate::SourceKey`] (a service id, then a source prefix) -> verdict
+    /// ([`crate::SOURCE_ALLOW`] or [`crate::SOURCE_DENY`]): the services' source policies.
+    pub const SOURCES: &str = "SOURCES";
     /// Per-CPU global counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU [`crate::TrafficStats`] indexed by service id.
@@ -158,8 +161,33 @@ pub struct ServiceKey {
 pub struct ServiceInfo {
     /// Index into the per-service arrays (statistics, Maglev tables).
     pub id: u32,
-    /// Which half of the service's double-buffered Maglev table is live (0 or 1).
-    pub table_half: u32,
+    /// [`SERVICE_LIVE_HALF`], [`SERVICE_SOURCE_POLICY`], [`SERVICE_DEFAULT_DENY`].
+    pub flags: u32,
+}
+
+/// [`ServiceInfo::flags`]: which half of the service's double-buffered Maglev table is live
+/// (the bit's value, 0 or 1).
+pub const SERVICE_LIVE_HALF: u32 = 1;
+/// [`ServiceInfo::flags`]: new flows' sources are looked up in [`names::SOURCES`].
+pub const SERVICE_SOURCE_POLICY: u32 = 2;
+/// [`ServiceInfo::flags`]: a source that no prefix of the policy covers is dropped (the
+/// service has an allow list).
+pub const SERVICE_DEFAULT_DENY: u32 = 4;
+
+/// Verdict of a [`names::SOURCES`] prefix: let new flows from it through.
+pub const SOURCE_ALLOW: u32 = 1;
+/// Verdict of a [`names::SOURCES`] prefix: drop new flows from it.
+pub const SOURCE_DENY: u32 = 2;
+
+/// The data of a [`names::SOURCES`] key: every bit of the service id is matched, then the
+/// prefix's bits of the address (an IPv4 address in the first word).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// The service's id.
+    pub service: u32,
+    /// The source address, as [`Addr`] stores it.
+    pub addr: Addr,
 }
 
 /// A backend ("real") of one service.
@@ -390,6 +418,8 @@ counters! {
     /// a switch): passed to the kernel, which discards them, instead of forwarding a copy of a
     /// flow another edge serves.
     PassedOtherHost = "passed_other_host",
+    /// New flows from a source a service's policy denies (a deny prefix, or no allow prefix).
+    DropSourceDenied = "drop_source_denied",
 }
 
 #[cfg(feature = "user")]
@@ -398,6 +428,7 @@ mod pod {
     // padding fields, so any bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}

@@ -6,7 +6,7 @@ use crate::{
 };
 use foobar_common::{
     maglev_elements, Backend, Counter, FlowKey, FlowKey4, FlowValue, NodeConfig, ServiceInfo, BACKEND_ACTIVE,
-    FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES,
+    FAMILY_V4, MAGLEV_EMPTY, MAGLEV_LANES, SERVICE_LIVE_HALF,
 };
 
 /// Length of the new-flow insert window.
@@ -85,7 +85,7 @@ pub fn pick(flow: &FlowKey, svc: &ServiceInfo, node: &NodeConfig) -> Option<Choi
     count(Counter::ConntrackMiss);
     let size = node.maglev_size;
     let slot = flow_hash(flow).checked_rem(size)?;
-    let table = svc.id.wrapping_mul(2).wrapping_add(svc.table_half & 1);
+    let table = svc.id.wrapping_mul(2).wrapping_add(svc.flags & SERVICE_LIVE_HALF);
     let slots = MAGLEV.get(
         table
             .wrapping_mul(maglev_elements(size))

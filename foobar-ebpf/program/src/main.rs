@@ -17,6 +17,7 @@ mod encap;
 mod icmp;
 mod maps;
 mod parse;
+mod policy;
 mod vip;
 
 use access::lookup;
@@ -135,6 +136,9 @@ pub fn foobar_xdp(ctx: XdpContext) -> u32 {
             let Some(svc) = lookup_service(&flow) else {
                 return not_a_service(&flow, Counter::DropNoService);
             };
+            if !policy::admits(&flow, &svc) {
+                return drop(Counter::DropSourceDenied);
+            }
             let Some(choice) = balance::pick(&flow, &svc, node) else {
                 return drop(Counter::DropNoBackend);
             };

@@ -6,11 +6,11 @@ use crate::access::per_cpu;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
     Addr, AddrKey, Backend, Counter, FlowKey, FlowKey4, FlowValue, InsertBudget, LinkMac, MaglevSlots, NodeConfig,
-    ServiceInfo, ServiceKey, TrafficStats, VIP_FILTER_WORDS,
+    ServiceInfo, ServiceKey, SourceKey, TrafficStats, VIP_FILTER_WORDS,
 };
 
 /// A backend's next hop as the FIB last said, and until when to trust it.
@@ -84,6 +84,10 @@ pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::pinned(64, 0);
 /// The only sources whose tunnels to this node are decapsulated (`[node] tunnel_peers`).
 #[map]
 pub static TUNNEL_PEERS: HashMap<AddrKey, u32> = HashMap::pinned(1024, 0);
+
+/// The services' source policies: a service id and a source prefix -> verdict.
+#[map]
+pub static SOURCES: LpmTrie<SourceKey, u32> = LpmTrie::pinned(65536, 0);
 
 /// Global counters.
 #[map]

@@ -102,6 +102,8 @@ pub struct Dataplane {
     pub max_services: Spanned<u32>,
     /// Capacity of the backend table (all services together).
     pub max_backends: Spanned<u32>,
+    /// Capacity of the source-policy table (allow and deny prefixes of all services).
+    pub max_source_prefixes: Spanned<u32>,
 }
 
 impl Default for Dataplane {
@@ -114,6 +116,7 @@ impl Default for Dataplane {
             new_flow_cap: 125_000,
             max_services: Spanned::new(0..0, 64),
             max_backends: Spanned::new(0..0, 4096),
+            max_source_prefixes: Spanned::new(0..0, 65_536),
         }
     }
 }
@@ -137,6 +140,13 @@ pub struct Service {
     /// Health check applied to every backend.
     #[serde(default)]
     pub health: HealthCheck,
+    /// Sources (`ADDRESS/LENGTH` prefixes of the VIP's family) whose new flows are let through;
+    /// with any, a source no prefix covers is dropped.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// Sources whose new flows are dropped; the longest prefix covering a source decides.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
     /// Backends.
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
@@ -365,6 +375,16 @@ pub(super) fn validate(c: &Config, report: &mut dyn FnMut(&Range<usize>, String)
         report(
             &dp.max_backends.span(),
             format!("max_backends must be 1..={}", foobar_common::MAX_BACKENDS),
+        );
+    }
+    let prefixes: usize = c.services.iter().map(|s| s.allow.len() + s.deny.len()).sum();
+    if prefixes > *dp.max_source_prefixes.get_ref() as usize || *dp.max_source_prefixes.get_ref() == 0 {
+        report(
+            &dp.max_source_prefixes.span(),
+            format!(
+                "{prefixes} allow / deny prefixes configured but max_source_prefixes is {} (and must be at least 1)",
+                dp.max_source_prefixes.get_ref()
+            ),
         );
     }
     let backend_total: usize = c.services.iter().map(|s| s.backends.len()).sum();

@@ -2,10 +2,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData},
+    maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap, Map, MapData},
     Ebpf,
 };
-use foobar_common::{names, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig, ServiceInfo, ServiceKey};
+use foobar_common::{names, AddrKey, Backend, LinkMac, MaglevSlots, NodeConfig, ServiceInfo, ServiceKey, SourceKey};
 
 /// Typed handles on the control plane's maps (the program keeps its own references).
 pub(super) struct Maps {
@@ -29,6 +29,8 @@ pub(super) struct Maps {
     pub claim_lease: Array<MapData, u64>,
     /// The VIP pre-filter's bit words.
     pub vip_filter: Array<MapData, u64>,
+    /// The services' source policies.
+    pub sources: LpmTrie<MapData, SourceKey, u32>,
 }
 
 impl Maps {
@@ -45,6 +47,7 @@ impl Maps {
             node: take(ebpf, names::NODE)?,
             claim_lease: take(ebpf, names::CLAIM_LEASE)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
+            sources: take(ebpf, names::SOURCES)?,
         })
     }
 }

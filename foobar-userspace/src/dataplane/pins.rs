@@ -20,7 +20,7 @@ pub(super) fn link_pin(root: &Path, interface: &str) -> PathBuf {
 }
 
 /// Sizes of the maps the configuration asks for, by map name.
-pub(super) fn map_sizes(c: &Config) -> [(&'static str, u32); 8] {
+pub(super) fn map_sizes(c: &Config) -> [(&'static str, u32); 9] {
     let dp = &c.dataplane;
     let services = dp.max_services;
     let backends = dp.max_backends;
@@ -33,6 +33,7 @@ pub(super) fn map_sizes(c: &Config) -> [(&'static str, u32); 8] {
         (names::CONNTRACK, dp.conntrack_entries),
         (names::CONNTRACK6, dp.conntrack_entries_v6),
         (names::COUNTERS, foobar_common::Counter::COUNT),
+        (names::SOURCES, dp.max_source_prefixes),
     ]
 }
 

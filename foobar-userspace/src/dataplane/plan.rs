@@ -11,8 +11,9 @@ use crate::{
 };
 use anyhow::{bail, Result};
 use foobar_common::{
-    addr_from_octets, Addr, AddrKey, Backend, NodeConfig, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_IN_USE,
-    BACKEND_LOCAL, FAMILY_V4, FAMILY_V6, MAGLEV_EMPTY, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
+    addr_from_octets, Addr, AddrKey, Backend, NodeConfig, ServiceInfo, ServiceKey, SourceKey, BACKEND_ACTIVE,
+    BACKEND_IN_USE, BACKEND_LOCAL, FAMILY_V4, FAMILY_V6, MAGLEV_EMPTY, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
+    SERVICE_DEFAULT_DENY, SERVICE_SOURCE_POLICY, SOURCE_ALLOW, SOURCE_DENY,
 };
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -30,6 +31,8 @@ pub struct Layout {
     pub tables: HashMap<u32, Vec<u16>>,
     /// Where the round-robin search for a free backend id starts.
     pub cursor: u32,
+    /// The source-policy entries: (prefix length, key) -> verdict.
+    pub sources: HashMap<(u32, SourceKey), u32>,
 }
 
 /// One service as the plan wants it.
@@ -47,6 +50,8 @@ pub struct ServicePlan {
     /// this plan: the same members without those (so no table ever names a reused id while
     /// its old owner's table may still be live).
     pub interim: Option<Vec<u16>>,
+    /// Its source-policy flags ([`SERVICE_SOURCE_POLICY`], [`SERVICE_DEFAULT_DENY`]).
+    pub policy: u32,
 }
 
 /// Everything one sync writes.
@@ -74,6 +79,8 @@ pub struct Plan {
     pub backends: HashMap<(u32, IpAddr), u32>,
     /// The backend-id cursor after the plan.
     pub cursor: u32,
+    /// Every service's source-policy entries: (prefix length, key) -> verdict.
+    pub sources: HashMap<(u32, SourceKey), u32>,
 }
 
 impl Plan {
@@ -220,7 +227,22 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         backends.insert(*key, id);
     }
     let mut services = Vec::with_capacity(c.services.len());
+    let mut sources = HashMap::new();
     for ((svc, key), sid) in c.services.iter().zip(&keys).zip(&sids) {
+        for (listed, verdict) in [(&svc.allow, SOURCE_ALLOW), (&svc.deny, SOURCE_DENY)] {
+            for prefix in listed {
+                let key = SourceKey {
+                    service: *sid,
+                    addr: map_addr(prefix.addr).0,
+                };
+                sources.insert((SOURCE_SERVICE_BITS + u32::from(prefix.len), key), verdict);
+            }
+        }
+        let policy = match (svc.allow.is_empty(), svc.deny.is_empty()) {
+            (true, true) => 0,
+            (true, false) => SERVICE_SOURCE_POLICY,
+            (false, _) => SERVICE_SOURCE_POLICY | SERVICE_DEFAULT_DENY,
+        };
         let mode = match svc.forwarding {
             Forwarding::Ipip => MODE_IPIP,
             Forwarding::L2dsr => MODE_L2DSR,
@@ -272,6 +294,7 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
             backends: entries,
             table: changed.then_some(table),
             interim,
+            policy,
         });
     }
     Ok(Plan {
@@ -286,8 +309,12 @@ pub fn plan(c: &Config, health: &Health, now: &Layout, links: Vec<(u32, [u8; 6])
         reused,
         backends,
         cursor,
+        sources,
     })
 }
+
+/// Bits of the service id in front of the address in a source-policy key.
+const SOURCE_SERVICE_BITS: u32 = 32;
 
 #[cfg(test)]
 mod tests {
@@ -315,12 +342,15 @@ mod tests {
         let mut next = now.clone();
         for s in &p.services {
             if let Some(t) = &s.table {
-                let half = next.services.get(&s.key).map_or(0, |i| 1 - (i.table_half & 1));
+                let half = next
+                    .services
+                    .get(&s.key)
+                    .map_or(0, |i| 1 - (i.flags & foobar_common::SERVICE_LIVE_HALF));
                 next.services.insert(
                     s.key,
                     ServiceInfo {
                         id: s.id,
-                        table_half: half,
+                        flags: half | s.policy,
                     },
                 );
                 next.tables.insert(s.id, t.clone());
@@ -334,6 +364,26 @@ mod tests {
         next.backends = p.backends.clone();
         next.cursor = p.cursor;
         next
+    }
+
+    #[test]
+    fn a_source_policy_is_entries_keyed_by_service_and_flags_on_the_service() {
+        let mut c = config(&[("a", &[("10.0.0.2", 100)]), ("b", &[("10.0.0.4", 100)])], 16);
+        c.services[1].allow = vec![crate::config::web::Prefix::parse("198.51.100.0/24").expect("prefix")];
+        c.services[1].deny = vec![crate::config::web::Prefix::parse("198.51.100.66").expect("prefix")];
+        let p = plan(&c, &Health::default(), &Layout::default(), vec![]).expect("plan");
+        assert_eq!(
+            (p.services[0].policy, p.services[1].policy),
+            (0, SERVICE_SOURCE_POLICY | SERVICE_DEFAULT_DENY)
+        );
+        let sid = p.services[1].id;
+        let verdict = |len: u32, ip: &str| {
+            let addr = map_addr(ip.parse().expect("ip")).0;
+            p.sources.get(&(len, SourceKey { service: sid, addr })).copied()
+        };
+        assert_eq!(p.sources.len(), 2);
+        assert_eq!(verdict(32 + 24, "198.51.100.0"), Some(SOURCE_ALLOW));
+        assert_eq!(verdict(32 + 32, "198.51.100.66"), Some(SOURCE_DENY));
     }
 
     #[test]
