@@ -91,20 +91,6 @@ pub struct Dataplane {
     pub max_source_prefixes: u32,
 }
 
-impl Dataplane {
-    /// Every setting that sizes a map: changing one takes a restart.
-    pub fn sizes(&self) -> [u32; 6] {
-        [
-            self.maglev_table_size,
-            self.conntrack_entries,
-            self.conntrack_entries_v6,
-            self.max_services,
-            self.max_backends,
-            self.max_source_prefixes,
-        ]
-    }
-}
-
 /// One `[[service]]`: a VIP, port and protocol balanced over backends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
@@ -425,23 +411,26 @@ fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Con
         services: f
             .services
             .iter()
-            .map(|s| Service {
-                name: s.name.get_ref().clone(),
-                vip: *s.vip.get_ref(),
-                port: s.port,
-                protocol: s.protocol,
-                forwarding: s.forwarding,
-                health: s.health.lower(),
-                allow: source_prefixes(s, &s.allow, report),
-                deny: source_prefixes(s, &s.deny, report),
-                backends: s
-                    .backends
-                    .iter()
-                    .map(|b| Backend {
-                        address: *b.address.get_ref(),
-                        weight: b.weight,
-                    })
-                    .collect(),
+            .map(|s| {
+                let (allow, deny) = source_prefixes(s, report);
+                Service {
+                    name: s.name.get_ref().clone(),
+                    vip: *s.vip.get_ref(),
+                    port: s.port,
+                    protocol: s.protocol,
+                    forwarding: s.forwarding,
+                    health: s.health.lower(),
+                    allow,
+                    deny,
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| Backend {
+                            address: *b.address.get_ref(),
+                            weight: b.weight,
+                        })
+                        .collect(),
+                }
             })
             .collect(),
         vrrp: f.vrrp.iter().map(file::VrrpInstance::lower).collect(),
@@ -452,39 +441,39 @@ fn lower(f: &file::Config, report: &mut dyn FnMut(&Range<usize>, String)) -> Con
     }
 }
 
-/// A service's `allow` or `deny` list, parsed and normalised; a prefix that does not parse, is
-/// not of the VIP's family, or is in both lists is reported at its place.
+/// A service's `allow` and `deny` lists, parsed and normalised; a prefix that does not
+/// parse, is not of the VIP's family, or is in both lists is reported at its place.
 fn source_prefixes(
     s: &file::Service,
-    listed: &[toml::Spanned<String>],
     report: &mut dyn FnMut(&Range<usize>, String),
-) -> Vec<web::Prefix> {
-    let parse = |p: &toml::Spanned<String>| {
-        web::Prefix::parse(p.get_ref()).ok().map(|p| web::Prefix {
-            addr: web::truncate(p.addr, p.len),
-            len: p.len,
-        })
-    };
-    let mut out = Vec::with_capacity(listed.len());
-    for p in listed {
-        match web::Prefix::parse(p.get_ref()) {
-            Err(why) => report(&p.span(), why),
-            Ok(prefix) if prefix.addr.is_ipv4() != s.vip.get_ref().is_ipv4() => report(
-                &p.span(),
-                format!("{:?} is not of VIP {}'s family", p.get_ref(), s.vip.get_ref()),
-            ),
-            Ok(_) => {
-                let normal = parse(p);
-                let in_both = std::ptr::eq(listed, s.allow.as_slice())
-                    && s.deny.iter().filter_map(parse).any(|d| Some(d) == normal);
-                if in_both {
-                    report(&p.span(), format!("{:?} is both allowed and denied", p.get_ref()));
+) -> (Vec<web::Prefix>, Vec<web::Prefix>) {
+    let vip = *s.vip.get_ref();
+    let mut lists = [Vec::new(), Vec::new()];
+    for (list, listed) in lists.iter_mut().zip([&s.allow, &s.deny]) {
+        for p in listed {
+            match web::Prefix::parse(p.get_ref()) {
+                Err(why) => report(&p.span(), why),
+                Ok(prefix) if prefix.addr.is_ipv4() != vip.is_ipv4() => {
+                    report(&p.span(), format!("{:?} is not of VIP {vip}'s family", p.get_ref()))
                 }
-                out.extend(normal);
+                Ok(prefix) => list.push((
+                    p,
+                    web::Prefix {
+                        addr: web::truncate(prefix.addr, prefix.len),
+                        len: prefix.len,
+                    },
+                )),
             }
         }
     }
-    out
+    let [allow, deny] = lists;
+    for (p, prefix) in &allow {
+        if deny.iter().any(|(_, d)| d == prefix) {
+            report(&p.span(), format!("{:?} is both allowed and denied", p.get_ref()));
+        }
+    }
+    let strip = |list: Vec<(&toml::Spanned<String>, web::Prefix)>| list.into_iter().map(|(_, p)| p).collect();
+    (strip(allow), strip(deny))
 }
 
 /// Milliseconds from the file as a duration.
