@@ -386,7 +386,7 @@ pub async fn run(path: &Path) -> Result<()> {
 /// of its lease left; every VIP of the instance claimed); the data plane goes on claiming their
 /// VIPs from the first sync on.
 fn resume_held_claims(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
-    let Some(fastest) = c.vrrp.iter().map(|v| v.advert_interval).min() else {
+    let Some(fastest) = fastest_advert(c) else {
         return BTreeSet::new();
     };
     let held = match dp.held_claims(fastest) {
@@ -416,8 +416,12 @@ fn resume_held_claims(c: &Config, dp: &mut Dataplane) -> BTreeSet<usize> {
 /// How long the data plane's VIP claim lasts without renewal: three of the fastest advert
 /// intervals (at least three tracking ticks); none without VRRP (no peer to take over).
 fn claim_lease(c: &Config) -> Option<Duration> {
-    let fastest = c.vrrp.iter().map(|v| v.advert_interval).min()?;
-    Some((3 * fastest).max(3 * TRACK_INTERVAL))
+    Some((3 * fastest_advert(c)?).max(3 * TRACK_INTERVAL))
+}
+
+/// The shortest advertisement interval of the VRRP instances; none without VRRP.
+fn fastest_advert(c: &Config) -> Option<Duration> {
+    c.vrrp.iter().map(|v| v.advert_interval).min()
 }
 
 /// Stops every instance as `how` says, applying the claims they make on the way out.

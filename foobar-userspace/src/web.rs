@@ -562,9 +562,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     let site = sites.route(host);
     let mut upstream = None;
     let mut route = &site.served;
+    let hops = max_forwards(&method, req.headers());
     let refusal = smuggling_shape(req.version(), req.headers())
         .or_else(|| host_problem(req.version(), uri.authority(), req.headers()))
-        .or_else(|| max_forwards(&method, req.headers()).err());
+        .or_else(|| hops.err());
     let mut response = if let Some(why) = refusal {
         warn!(client = %conn.peer.ip(), why, "request refused");
         route = &site.refused;
@@ -579,7 +580,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, conn: Conn) -> Response
     } else if conn.redirect {
         route = &site.redirected;
         redirect_to_https(host, &req)
-    } else if let Some(answer) = answered_here(&method, req.headers()) {
+    } else if let Some(answer) = answered_here(&method, hops.ok().flatten()) {
         answer
     } else if let Some(proxied) = site.proxy_for(path, req.headers()) {
         route = &proxied.requests;
@@ -721,11 +722,12 @@ fn max_forwards(method: &Method, headers: &header::HeaderMap) -> Result<Option<u
 }
 
 /// What the edge answers itself instead of serving or proxying: TRACE and CONNECT (405), and
-/// an OPTIONS whose Max-Forwards is 0 (the edge is its final recipient, RFC 9110 §7.6.2).
-fn answered_here(method: &Method, headers: &header::HeaderMap) -> Option<Response<Body>> {
+/// an OPTIONS whose Max-Forwards (`hops`, from [`max_forwards`]) is 0: the edge is its final
+/// recipient (RFC 9110 §7.6.2).
+fn answered_here(method: &Method, hops: Option<u32>) -> Option<Response<Body>> {
     let status = if method == Method::TRACE || method == Method::CONNECT {
         StatusCode::METHOD_NOT_ALLOWED
-    } else if max_forwards(method, headers) == Ok(Some(0)) {
+    } else if hops == Some(0) {
         StatusCode::OK
     } else {
         return None;
@@ -833,7 +835,10 @@ mod tests {
         for bad in [&["-1"][..], &["1 "], &[""], &["1", "2"]] {
             assert!(max_forwards(&Method::OPTIONS, &hops(bad)).is_err(), "{bad:?}");
         }
-        let answered = |method: Method, values: &[&str]| answered_here(&method, &hops(values)).map(|r| r.status());
+        let answered = |method: Method, values: &[&str]| {
+            let left = max_forwards(&method, &hops(values)).ok().flatten();
+            answered_here(&method, left).map(|r| r.status())
+        };
         assert_eq!(answered(Method::OPTIONS, &["0"]), Some(StatusCode::OK));
         assert_eq!(answered(Method::OPTIONS, &["1"]), None);
         assert_eq!(answered(Method::TRACE, &[]), Some(StatusCode::METHOD_NOT_ALLOWED));
